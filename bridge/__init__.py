@@ -1,0 +1,3 @@
+"""polybridge: Polymarket trading data (exchange DropCopy, Predexon WebSocket) into Kafka."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""CLI commands that wire the pieces together."""

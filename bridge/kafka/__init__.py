@@ -1,0 +1,1 @@
+"""Kafka: transactional producer, state store, topic admin, read-back."""

@@ -1,0 +1,1 @@
+"""Upstream message -> Avro record, one module per upstream."""

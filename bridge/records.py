@@ -1,0 +1,93 @@
+"""What a source hands to its pipeline: the one contract between upstream and Kafka.
+
+A source turns upstream messages into `Batch`es. A batch is the unit the pipeline treats
+atomically: its records, dead letters, gaps and the `Position` after it go into the same
+Kafka transaction, or none of them do.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One data record, already serialized for its topic."""
+
+    topic: str
+    key: bytes | None
+    value: bytes
+    event_id: str
+    """Identity used to drop upstream repeats (e.g. `Execution.id`, `(tx_hash, log_index)`)."""
+    event_time_us: int | None
+    """Upstream event time in microseconds since the epoch, when the upstream gives one."""
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """An upstream message that could not become a record, kept with its raw bytes."""
+
+    raw: bytes
+    error: str
+    error_type: str
+    received_at_us: int
+    target_topic: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Gap:
+    """A window of upstream time the bridge could not cover, for downstream backfill."""
+
+    from_us: int | None
+    """Start of the uncovered window; None when nothing had been covered before."""
+    to_us: int
+    """End of the uncovered window: when coverage resumed."""
+    reason: str
+    channel: str
+    filters: str
+    """The upstream selection (symbols/firms or Predexon filters) as JSON."""
+
+
+@dataclass(frozen=True, slots=True)
+class Position:
+    """Where a stream stands: *after the last record committed to Kafka*.
+
+    Restarting a source from a position yields exactly the records that follow it. For
+    DropCopy `resume_token` is the token of the last response whose records were all
+    committed (so resuming with it yields the next response); `event_time_us` is the newest
+    upstream event time committed, the fallback when the token is refused. For Predexon,
+    which cannot resume, `live_time_us` is the last instant the subscription was known to be
+    connected and delivering; the window after it is a gap if the connection is lost.
+    """
+
+    resume_token: bytes | None = None
+    event_time_us: int | None = None
+    live_time_us: int | None = None
+    detail: Mapping[str, str] = field(default_factory=dict)
+    """Upstream-specific context persisted with the position (e.g. subscription filters)."""
+
+
+@dataclass(slots=True)
+class Batch:
+    """Records from one upstream unit (a gRPC response, a WebSocket frame) and the position after it."""
+
+    records: list[Record]
+    position: Position
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+    gaps: list[Gap] = field(default_factory=list)
+
+
+class Source(Protocol):
+    """Give me batches from this position: the whole contract of an upstream."""
+
+    stream_id: str
+
+    def stream(self, start: Position | None) -> AsyncIterator[Batch]:
+        """Yield batches following `start` (None: the configured first-start behaviour).
+
+        Reconnects to the upstream by itself, resuming after the last batch it yielded.
+        Raises a non-retriable `BridgeError` when it cannot go on.
+        """
+        ...

@@ -1,0 +1,1 @@
+"""Avro: schemas, wire formats (single-object, Schema Registry), fast encoders."""

@@ -1,0 +1,1 @@
+"""Faithful upstream simulators for the demo, tests and benchmarks."""

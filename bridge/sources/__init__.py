@@ -1,0 +1,1 @@
+"""Upstream sources: each yields `Batch`es from a `Position` (see bridge.records)."""

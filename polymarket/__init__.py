@@ -1,0 +1,1 @@
+"""Generated Polymarket exchange wire contract (`polymarket.v1`)."""

@@ -1,0 +1,1 @@
+"""Python modules generated from `proto/polymarket/v1` (see tools/gen_proto.py)."""
