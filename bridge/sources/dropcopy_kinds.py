@@ -1,0 +1,72 @@
+"""The four DropCopy streams: which RPC, request, response list and default topic each uses."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from polymarket.v1 import dropcopy_pb2
+
+
+@dataclass(frozen=True, slots=True)
+class StreamKind:
+    name: str
+    rpc: str
+    """Method name on `polymarket.v1.DropCopyAPI`."""
+    request_type: Any
+    response_type: Any
+    list_field: str
+    """The repeated field of the response that holds the records."""
+    topic: str
+    """Default topic (before the configured prefix)."""
+    schema: str
+    """Full name of the topic's Avro value schema in bridge/avro."""
+    account_scoped: bool
+    """Needs `x-participant-id` and accepts `firms`."""
+
+
+KINDS: dict[str, StreamKind] = {
+    k.name: k
+    for k in (
+        StreamKind(
+            "executions",
+            "CreateDropCopySubscription",
+            dropcopy_pb2.CreateDropCopySubscriptionRequest,
+            dropcopy_pb2.CreateDropCopySubscriptionResponse,
+            "executions",
+            "polymarket.dropcopy.executions",
+            "polymarket.v1.dropcopy.ExecutionRecord",
+            account_scoped=True,
+        ),
+        StreamKind(
+            "trade_captures",
+            "CreateTradeCaptureReportSubscription",
+            dropcopy_pb2.CreateTradeCaptureReportSubscriptionRequest,
+            dropcopy_pb2.CreateTradeCaptureReportSubscriptionResponse,
+            "trade_capture_reports",
+            "polymarket.dropcopy.trade-captures",
+            "polymarket.v1.dropcopy.TradeCaptureRecord",
+            account_scoped=True,
+        ),
+        StreamKind(
+            "instrument_states",
+            "CreateInstrumentStateChangeSubscription",
+            dropcopy_pb2.CreateInstrumentStateChangeSubscriptionRequest,
+            dropcopy_pb2.CreateInstrumentStateChangeSubscriptionResponse,
+            "instruments",
+            "polymarket.dropcopy.instrument-states",
+            "polymarket.v1.dropcopy.InstrumentStateRecord",
+            account_scoped=False,
+        ),
+        StreamKind(
+            "position_changes",
+            "CreatePositionChangeSubscription",
+            dropcopy_pb2.CreatePositionChangeSubscriptionRequest,
+            dropcopy_pb2.CreatePositionChangeSubscriptionResponse,
+            "position_changes",
+            "polymarket.dropcopy.position-changes",
+            "polymarket.v1.dropcopy.PositionChangeRecord",
+            account_scoped=True,
+        ),
+    )
+}
