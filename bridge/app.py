@@ -1,0 +1,200 @@
+"""Wiring: settings -> topics, pipelines, sources; run them until stopped."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from bridge.config import DropCopyStreamSettings, Settings, parse_time
+from bridge.dedupe import LatestPerKey, RecentIds, RepeatFilter
+from bridge.errors import BridgeError, ConfigError
+from bridge.kafka.admin import TopicSpec, check_state_topic, ensure_topics
+from bridge.kafka.producer import TransactionalProducer
+from bridge.kafka.readback import recent_records
+from bridge.kafka.state import StateStore
+from bridge.mapping.dropcopy import DropCopyMapper
+from bridge.pipeline import EVENT_ID_HEADER, Pipeline, SideTopics
+from bridge.records import Record
+from bridge.serde.avro import Serializer, SingleObjectFormat, WireFormat
+from bridge.sources.auth import PrivateKeyJwtProvider, StaticToken, TokenProvider
+from bridge.sources.dropcopy import DropCopySource, open_channel
+from bridge.sources.dropcopy_kinds import KINDS
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class StreamPlan:
+    """One stream to run: its id, topic and how to build its source."""
+
+    stream_id: str
+    upstream: str
+    topic: str
+    repeats: Callable[[], RepeatFilter]
+
+
+class Bridge:
+    """All configured pipelines of one bridge process."""
+
+    def __init__(self, settings: Settings, wire_format: WireFormat | None = None) -> None:
+        if not settings.dropcopy.streams and not settings.predexon.subscriptions:
+            raise ConfigError(
+                "nothing to run: configure at least one [[dropcopy.streams]] or "
+                "[[predexon.subscriptions]]"
+            )
+        self.settings = settings
+        self.instance_id = uuid.uuid4().hex
+        self.pipelines: list[Pipeline] = []
+        self._format = wire_format or SingleObjectFormat()
+        self._kafka = settings.kafka.librdkafka()
+        self._channels: list[Any] = []
+
+    def topics(self) -> list[TopicSpec]:
+        kafka = self.settings.kafka
+        specs = [
+            TopicSpec(kafka.topic(kafka.state_topic), 1, kafka.replication_factor, {"cleanup.policy": "compact"}),
+            TopicSpec(kafka.topic(kafka.dlq_topic), 1, kafka.replication_factor, {}),
+            TopicSpec(kafka.topic(kafka.gaps_topic), 1, kafka.replication_factor, {}),
+        ]
+        data_topics = {self._dropcopy_topic(s) for s in self.settings.dropcopy.streams}
+        specs += [TopicSpec(t, kafka.partitions, kafka.replication_factor, {}) for t in sorted(data_topics)]
+        return specs
+
+    def _dropcopy_topic(self, stream: DropCopyStreamSettings) -> str:
+        return self.settings.kafka.topic(stream.topic or KINDS[stream.kind].topic)
+
+    def _side_topics(self) -> SideTopics:
+        kafka = self.settings.kafka
+        names = {
+            "state": kafka.topic(kafka.state_topic),
+            "dead_letters": kafka.topic(kafka.dlq_topic),
+            "gaps": kafka.topic(kafka.gaps_topic),
+        }
+        return SideTopics(
+            state=names["state"],
+            dead_letters=names["dead_letters"],
+            gaps=names["gaps"],
+            state_serializer=self._serializer("polybridge.State", names["state"]),
+            dead_letter_serializer=self._serializer("polybridge.DeadLetter", names["dead_letters"]),
+            gap_serializer=self._serializer("polybridge.Gap", names["gaps"]),
+        )
+
+    def _serializer(self, schema: str, topic: str) -> Serializer:
+        return Serializer(schema, self._format.prefix(schema, topic))
+
+    async def prepare(self) -> None:
+        """Create missing topics and refuse a state topic that is not compacted."""
+        kafka = self.settings.kafka
+        await asyncio.to_thread(ensure_topics, self._kafka, self.topics())
+        await asyncio.to_thread(check_state_topic, self._kafka, kafka.topic(kafka.state_topic))
+
+    def build(self) -> list[Pipeline]:
+        side = self._side_topics()
+        state_store = StateStore(self._kafka, side.state)
+        self.pipelines = [
+            self._dropcopy_pipeline(stream, side, state_store)
+            for stream in self.settings.dropcopy.streams
+        ]
+        return self.pipelines
+
+    def _tokens(self) -> TokenProvider:
+        auth = self.settings.dropcopy.auth
+        if auth.mode == "static":
+            return StaticToken(env=None if auth.token_file else auth.token_env, path=auth.token_file or None)
+        return PrivateKeyJwtProvider(
+            client_id=auth.client_id,
+            private_key_path=auth.private_key_file,
+            token_url=auth.token_url,
+            audience=auth.audience,
+            refresh_margin_s=auth.refresh_margin_s,
+            ca_file=auth.ca_file or None,
+        )
+
+    def _dropcopy_pipeline(
+        self, stream: DropCopyStreamSettings, side: SideTopics, state_store: StateStore
+    ) -> Pipeline:
+        settings = self.settings
+        dropcopy = settings.dropcopy
+        if not self._channels:
+            self._channels.append(open_channel(dropcopy.endpoint, tls=dropcopy.tls, ca_file=dropcopy.ca_file))
+            self._token_provider = self._tokens()
+        kind = KINDS[stream.kind]
+        stream_id = f"dropcopy.{stream.stream_name}"
+        topic = self._dropcopy_topic(stream)
+        mapper = DropCopyMapper(kind, stream_id, topic, self._format.prefix(kind.schema, topic))
+        first_start = None if stream.start == "live" else int(parse_time(stream.start).timestamp() * 1_000_000)
+        source = DropCopySource(
+            kind=kind,
+            stream_id=stream_id,
+            channel=self._channels[0],
+            tokens=self._token_provider,
+            mapper=mapper,
+            participant_id=dropcopy.participant_id,
+            symbols=stream.symbols,
+            firms=stream.firms,
+            first_start_time_us=first_start,
+            resume_margin_us=int(dropcopy.resume_time_margin_s * 1_000_000),
+        )
+        repeats: RepeatFilter = (
+            LatestPerKey() if kind.name == "instrument_states" else RecentIds(settings.pipeline.dedupe_window)
+        )
+        return Pipeline(
+            stream_id=stream_id,
+            upstream="dropcopy",
+            source=source,
+            producer=TransactionalProducer(
+                {**self._kafka, "transaction.timeout.ms": settings.kafka.transaction_timeout_ms},
+                f"{settings.app_id}.{stream_id}",
+                stream_id,
+            ),
+            state_store=state_store,
+            side=side,
+            settings=settings.pipeline,
+            repeats=repeats,
+            read_back=self._read_back(topic, stream_id),
+            instance_id=self.instance_id,
+        )
+
+    def _read_back(self, topic: str, stream_id: str) -> Callable[[], Sequence[Record]]:
+        window = max(1, self.settings.pipeline.dedupe_window // self.settings.kafka.partitions)
+
+        def read() -> Sequence[Record]:
+            records = []
+            for key, value, headers in recent_records(self._kafka, topic, stream_id, window):
+                event_id = dict(headers or []).get(EVENT_ID_HEADER)
+                if event_id is not None:
+                    records.append(Record(topic, key, value, event_id.decode(), None))
+            return records
+
+        return read
+
+    async def run(self, stop: asyncio.Event) -> int:
+        """Run every pipeline until `stop`; 0 when all stopped cleanly, 1 when any failed."""
+        await self.prepare()
+        pipelines = self.build()
+        results = await asyncio.gather(*(p.run(stop) for p in pipelines), return_exceptions=True)
+        failed = 0
+        for pipeline, result in zip(pipelines, results, strict=True):
+            if isinstance(result, BaseException):
+                failed += 1
+                if isinstance(result, BridgeError):
+                    log.error("stream=%s stopped: %s", pipeline.stream_id, result)
+                else:
+                    log.error("stream=%s crashed", pipeline.stream_id, exc_info=result)
+        for channel in self._channels:
+            await channel.close()
+        return 1 if failed else 0
+
+
+async def run_until_signalled(bridge: Bridge) -> int:
+    """Run the bridge; SIGTERM / SIGINT stop reading, commit what is complete and exit."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    return await bridge.run(stop)

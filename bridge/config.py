@@ -1,0 +1,223 @@
+"""Typed, frozen settings: one TOML file, every key overridable from the environment.
+
+Environment overrides use `POLYBRIDGE_<SECTION>__<KEY>` (double underscore between levels),
+e.g. `POLYBRIDGE_KAFKA__BOOTSTRAP_SERVERS=broker:9092`; values are parsed as JSON when they
+parse (numbers, booleans, lists, objects) and taken as strings otherwise. Unknown keys are
+rejected by name. Secrets are never values here, only where to read them (env var or file).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from bridge.errors import ConfigError
+
+ENV_PREFIX = "POLYBRIDGE_"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class KafkaSettings(_Section):
+    bootstrap_servers: str = "localhost:9092"
+    topic_prefix: str = ""
+    """Prepended to every topic name the bridge uses (data, state, dead letters, gaps)."""
+    partitions: int = Field(6, ge=1)
+    replication_factor: int = Field(1, ge=1)
+    state_topic: str = "polybridge.state"
+    dlq_topic: str = "polybridge.dlq"
+    gaps_topic: str = "polybridge.gaps"
+    transaction_timeout_ms: int = Field(60_000, ge=1_000)
+    properties: dict[str, str | int | float | bool] = Field(default_factory=dict)
+    """Passed to librdkafka as-is, e.g. security.protocol / sasl.* / ssl.* for managed Kafka."""
+
+    def topic(self, name: str) -> str:
+        return self.topic_prefix + name
+
+    def librdkafka(self) -> dict[str, Any]:
+        """The base librdkafka configuration every client of the bridge starts from."""
+        return {"bootstrap.servers": self.bootstrap_servers, **self.properties}
+
+
+class PipelineSettings(_Section):
+    max_batch_records: int = Field(10_000, ge=1)
+    """Commit once a transaction holds this many records (bigger = fewer commits, more latency)."""
+    max_latency_ms: int = Field(50, ge=1)
+    """Commit once the oldest record of the open transaction has waited this long."""
+    heartbeat_commit_interval_s: float = Field(5.0, gt=0)
+    """With only heartbeats (no records), commit the newer position at most this often."""
+    dedupe_window: int = Field(100_000, ge=0)
+    """How many recent event ids per stream are remembered to drop upstream repeats."""
+    queue_max_batches: int = Field(64, ge=1)
+    """Batches buffered between source and Kafka; when full the source stops reading."""
+
+
+class DropCopyAuthSettings(_Section):
+    mode: Literal["static", "private_key_jwt"] = "static"
+    token_env: str = "POLYMARKET_ACCESS_TOKEN"
+    """static: the environment variable holding the access token."""
+    token_file: str = ""
+    """static: a file holding the access token (wins over token_env when set)."""
+    client_id: str = ""
+    private_key_file: str = ""
+    """private_key_jwt: PEM file of the RSA key registered for client_id."""
+    token_url: str = "https://pmx-prod.us.auth0.com/oauth/token"
+    audience: str = "https://api.prod.polymarketexchange.com"
+    ca_file: str = ""
+    """private_key_jwt: CA bundle to verify the token endpoint (system roots when empty)."""
+    refresh_margin_s: float = Field(30.0, ge=0)
+
+
+DropCopyKind = Literal["executions", "trade_captures", "instrument_states", "position_changes"]
+
+
+class DropCopyStreamSettings(_Section):
+    kind: DropCopyKind
+    name: str = ""
+    """Stream id suffix (`dropcopy.<name>`); defaults to the kind."""
+    symbols: tuple[str, ...] = ()
+    firms: tuple[str, ...] = ()
+    topic: str = ""
+    """Topic override (before the prefix); defaults to the kind's topic."""
+    start: str = "live"
+    """First start only (no stored position): `live`, or an ISO-8601 time to replay from."""
+
+    @field_validator("start")
+    @classmethod
+    def _start_is_live_or_time(cls, value: str) -> str:
+        if value != "live":
+            parse_time(value)
+        return value
+
+    @property
+    def stream_name(self) -> str:
+        return self.name or self.kind
+
+
+class DropCopySettings(_Section):
+    endpoint: str = "grpc-api.prod.polymarketexchange.com:443"
+    tls: bool = True
+    """TLS is the default; plaintext only when explicitly set to false (simulators, tests)."""
+    ca_file: str = ""
+    """Extra CA bundle to trust (PEM); system roots when empty."""
+    participant_id: str = ""
+    """`firms/<Firm>/users/<user>`, sent as x-participant-id on account-scoped streams."""
+    resume_time_margin_s: float = Field(5.0, ge=0)
+    """When a resume token is refused, replay from the last committed event time minus this."""
+    auth: DropCopyAuthSettings = DropCopyAuthSettings()
+    streams: tuple[DropCopyStreamSettings, ...] = ()
+
+
+class PredexonSubscriptionSettings(_Section):
+    name: str
+    channel: Literal[
+        "orders", "activity", "lifecycle", "orderbook", "oracle", "collateral", "crypto"
+    ]
+    filters: dict[str, Any]
+    topic: str = ""
+
+
+class PredexonSettings(_Section):
+    url: str = "wss://wss.predexon.com/v1/{api_key}"
+    """`{api_key}` is replaced by the key; the URL is never logged with the key in it."""
+    api_key_env: str = "PREDEXON_API_KEY"
+    api_key_file: str = ""
+    plan: Literal["dev", "pro"] = "dev"
+    subscriptions: tuple[PredexonSubscriptionSettings, ...] = ()
+
+
+class MetricsSettings(_Section):
+    port: int = Field(0, ge=0, le=65535)
+    """Port for /metrics, /healthz and /readyz; 0 disables the endpoint."""
+    host: str = "127.0.0.1"
+
+
+class Settings(_Section):
+    app_id: str = "polybridge"
+    """Prefix of every transactional.id (`<app_id>.<stream id>`): one owner per stream."""
+    kafka: KafkaSettings = KafkaSettings()
+    pipeline: PipelineSettings = PipelineSettings()
+    dropcopy: DropCopySettings = DropCopySettings()
+    predexon: PredexonSettings = PredexonSettings()
+    metrics: MetricsSettings = MetricsSettings()
+
+
+def parse_time(text: str) -> datetime:
+    """An ISO-8601 time; naive times are UTC."""
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise ValueError(f"not an ISO-8601 time: {text!r}") from exc
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
+    tree: dict[str, Any] = {}
+    for name, raw in sorted(environ.items()):
+        if not name.startswith(ENV_PREFIX):
+            continue
+        path = name[len(ENV_PREFIX) :].lower().split("__")
+        try:
+            value: Any = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        node = tree
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"environment variable {name}: {part} is not a section")
+        node[path[-1]] = value
+    return tree
+
+
+def _merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _describe(error: ValidationError, source: str) -> str:
+    lines = []
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"])
+        if item["type"] == "extra_forbidden":
+            lines.append(f"{source}: unknown key '{key}' (check the spelling against the README)")
+        else:
+            value = item.get("input")
+            shown = "" if isinstance(value, dict | list) else f" (got {value!r})"
+            lines.append(f"{source}: key '{key}': {item['msg']}{shown}")
+    return "; ".join(lines)
+
+
+def load_settings(
+    path: str | Path | None, environ: Mapping[str, str] | None = None
+) -> Settings:
+    """Settings from the TOML file at `path` (optional) with environment overrides."""
+    data: dict[str, Any] = {}
+    source = "configuration"
+    if path is not None:
+        source = str(path)
+        try:
+            data = tomllib.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"configuration file {path} does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    data = _merge(data, _env_overrides(os.environ if environ is None else environ))
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, source)) from None

@@ -1,0 +1,366 @@
+"""One stream into Kafka, exactly once: batches and their position in one transaction.
+
+The loop, for one stream:
+1. `init_transactions()` fences any older owner of the stream's transactional id; then the
+   stream's committed position is read (read_committed) and a state record naming this
+   instance as owner is committed, so a fenced zombie can tell it lost the stream.
+2. The source streams batches from that position into a bounded queue (when Kafka is slow
+   the queue fills, the source stops reading, and upstream flow control pushes back).
+3. Each batch's records (minus upstream repeats), dead letters and gaps are produced into
+   the open transaction; the state record carrying the newest batch's position is produced
+   last, and the transaction commits when it holds `max_batch_records`, when its oldest
+   record has waited `max_latency_ms`, or, with only heartbeats, every
+   `heartbeat_commit_interval_s`.
+4. A retriable Kafka error aborts the transaction and restarts the source from the last
+   *committed* position: nothing after it reached Kafka, so nothing is lost or doubled.
+   Fencing and other fatal errors end the pipeline with a clear message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from bridge.config import PipelineSettings
+from bridge.dedupe import RepeatFilter
+from bridge.errors import BridgeError, FencedError, KafkaError
+from bridge.kafka.producer import TransactionalProducer
+from bridge.kafka.state import StateStore, encode_state
+from bridge.records import Batch, DeadLetter, Gap, Position, Record, Source
+from bridge.serde.avro import Serializer
+from bridge.timeutil import now_us
+
+log = logging.getLogger(__name__)
+
+STREAM_HEADER = "polybridge.stream"
+EVENT_ID_HEADER = "polybridge.event_id"
+
+# After a retriable Kafka error, wait this long before resuming: long enough not to spin
+# against a broker that is restarting, short enough to keep the stream's lag small.
+_RETRY_DELAY_S = 1.0
+# How often an idle loop wakes to notice a stop request.
+_IDLE_WAKE_S = 0.1
+
+
+@dataclass(frozen=True, slots=True)
+class SideTopics:
+    """The bridge's own topics and their serializers."""
+
+    state: str
+    dead_letters: str
+    gaps: str
+    state_serializer: Serializer
+    dead_letter_serializer: Serializer
+    gap_serializer: Serializer
+
+
+@dataclass(slots=True)
+class PipelineStats:
+    """Counters a pipeline keeps for metrics, health and the demo's live view."""
+
+    records: int = 0
+    bytes: int = 0
+    repeats_dropped: int = 0
+    dead_letters: int = 0
+    gaps: int = 0
+    commits: int = 0
+    aborts: int = 0
+    commit_seconds: list[float] = field(default_factory=list)
+    last_commit_at: float | None = None
+    last_event_time_us: int | None = None
+    running: bool = False
+
+
+class _OpenTransaction:
+    """What the open transaction holds so far."""
+
+    __slots__ = ("dead_letters", "first_at", "gaps", "position", "records")
+
+    def __init__(self) -> None:
+        self.records = 0
+        self.dead_letters = 0
+        self.gaps = 0
+        self.first_at: float | None = None
+        self.position: Position | None = None
+
+    @property
+    def has_data(self) -> bool:
+        return self.first_at is not None
+
+
+class Pipeline:
+    """Moves one stream's batches into Kafka with its position, exactly once."""
+
+    def __init__(
+        self,
+        *,
+        stream_id: str,
+        upstream: str,
+        source: Source,
+        producer: TransactionalProducer,
+        state_store: StateStore,
+        side: SideTopics,
+        settings: PipelineSettings,
+        repeats: RepeatFilter,
+        read_back: Callable[[], Sequence[Record]],
+        instance_id: str,
+    ) -> None:
+        self.stream_id = stream_id
+        self.upstream = upstream
+        self.stats = PipelineStats()
+        self._source = source
+        self._producer = producer
+        self._state_store = state_store
+        self._side = side
+        self._settings = settings
+        self._repeats = repeats
+        self._read_back = read_back
+        self._instance_id = instance_id
+        self._headers = [(STREAM_HEADER, stream_id.encode())]
+        self._key = stream_id.encode()
+        self._committed: Position | None = None
+        self._txn: _OpenTransaction | None = None
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Run until `stop` is set (then commit what is complete) or a fatal error."""
+        try:
+            await self._producer.init()
+            entry = await asyncio.to_thread(self._state_store.latest, self.stream_id)
+            self._committed = entry.position if entry else None
+            self._repeats.seed(await asyncio.to_thread(self._read_back))
+            log.info(
+                "stream=%s starting from %s", self.stream_id, _describe(self._committed)
+            )
+            await self._claim()
+            self.stats.running = True
+            while not stop.is_set():
+                try:
+                    await self._run_from(self._committed, stop)
+                except KafkaError as exc:
+                    await self._after_kafka_error(exc)
+                    await _sleep_unless(stop, _RETRY_DELAY_S)
+        finally:
+            self.stats.running = False
+            self._producer.close()
+
+    async def _claim(self) -> None:
+        """Commit our ownership (position unchanged) right after fencing the previous owner."""
+        self._producer.begin()
+        self._txn = _OpenTransaction()
+        await self._commit(self._committed or Position())
+
+    async def _run_from(self, start: Position | None, stop: asyncio.Event) -> None:
+        queue: asyncio.Queue[Batch | BaseException] = asyncio.Queue(
+            self._settings.queue_max_batches
+        )
+        reader = asyncio.create_task(self._read(start, queue), name=f"read {self.stream_id}")
+        try:
+            while not stop.is_set():
+                item = await self._next(queue)
+                if isinstance(item, BaseException):
+                    if not isinstance(item, KafkaError):
+                        # The source gave up: keep the complete batches it delivered.
+                        await self._commit_open()
+                    raise item
+                if item is not None:
+                    self._add(item)
+                if self._commit_due():
+                    assert self._txn is not None and self._txn.position is not None
+                    await self._commit(self._txn.position)
+            await self._commit_open()
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await reader
+
+    async def _commit_open(self) -> None:
+        if self._txn is not None and self._txn.position is not None:
+            await self._commit(self._txn.position)
+
+    async def _read(self, start: Position | None, queue: asyncio.Queue[Batch | BaseException]) -> None:
+        try:
+            async for batch in self._source.stream(start):
+                await queue.put(batch)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # handed to the loop, which owns error handling
+            await queue.put(exc)
+
+    async def _next(self, queue: asyncio.Queue[Batch | BaseException]) -> Batch | BaseException | None:
+        """The next batch, or None when a commit deadline (or a stop check) comes first."""
+        with contextlib.suppress(asyncio.QueueEmpty):
+            return queue.get_nowait()
+        try:
+            return await asyncio.wait_for(queue.get(), self._wait_budget())
+        except TimeoutError:
+            return None
+
+    def _wait_budget(self) -> float:
+        txn = self._txn
+        if txn is None or txn.position is None:
+            return _IDLE_WAKE_S
+        now = time.monotonic()
+        if txn.first_at is not None:
+            deadline = txn.first_at + self._settings.max_latency_ms / 1000
+        else:
+            last = self.stats.last_commit_at or now
+            deadline = last + self._settings.heartbeat_commit_interval_s
+        return max(0.0, min(_IDLE_WAKE_S, deadline - now))
+
+    def _add(self, batch: Batch) -> None:
+        txn = self._txn
+        if txn is None:
+            self._producer.begin()
+            txn = self._txn = _OpenTransaction()
+        produce = self._producer.produce
+        headers = self._headers
+        stats = self.stats
+        written = 0
+        for record in batch.records:
+            if self._repeats.is_repeat(record):
+                stats.repeats_dropped += 1
+                continue
+            produce(
+                record.topic,
+                record.key,
+                record.value,
+                [*headers, (EVENT_ID_HEADER, record.event_id.encode())],
+            )
+            written += 1
+            stats.bytes += len(record.value)
+        for letter in batch.dead_letters:
+            self._produce_dead_letter(letter)
+        for gap in batch.gaps:
+            self._produce_gap(gap)
+        extra = len(batch.dead_letters) + len(batch.gaps)
+        if (written or extra) and txn.first_at is None:
+            txn.first_at = time.monotonic()
+        txn.records += written
+        txn.dead_letters += len(batch.dead_letters)
+        txn.gaps += len(batch.gaps)
+        txn.position = batch.position
+
+    def _commit_due(self) -> bool:
+        txn = self._txn
+        if txn is None or txn.position is None:
+            return False
+        now = time.monotonic()
+        if txn.first_at is not None:
+            return (
+                txn.records >= self._settings.max_batch_records
+                or now - txn.first_at >= self._settings.max_latency_ms / 1000
+            )
+        last = self.stats.last_commit_at or 0.0
+        return now - last >= self._settings.heartbeat_commit_interval_s
+
+    async def _commit(self, position: Position) -> None:
+        txn = self._txn
+        assert txn is not None
+        state = encode_state(
+            self.stream_id,
+            self.upstream,
+            position,
+            self._instance_id,
+            now_us(),
+            self._side.state_serializer,
+        )
+        self._producer.produce(self._side.state, self._key, state, self._headers)
+        started = time.monotonic()
+        await self._producer.commit()
+        finished = time.monotonic()
+        self._repeats.commit()
+        self._committed = position
+        self._txn = None
+        stats = self.stats
+        stats.records += txn.records
+        stats.dead_letters += txn.dead_letters
+        stats.gaps += txn.gaps
+        stats.commits += 1
+        stats.commit_seconds.append(finished - started)
+        del stats.commit_seconds[:-1000]  # keep the recent window for percentiles
+        stats.last_commit_at = finished
+        if position.event_time_us is not None:
+            stats.last_event_time_us = position.event_time_us
+
+    async def _after_kafka_error(self, exc: KafkaError) -> None:
+        """Abort and decide: resume from the committed position, or end as fenced/fatal."""
+        self._repeats.abort()
+        self._txn = None
+        self.stats.aborts += 1
+        if isinstance(exc, FencedError):
+            raise exc
+        if await self._fenced():
+            raise FencedError(
+                f"stream {self.stream_id}: another polybridge instance now owns this stream "
+                f"(transactional.id {self._producer.transactional_id}); this one stops"
+            ) from exc
+        if not exc.retriable:
+            raise exc
+        with contextlib.suppress(BridgeError):
+            await self._producer.abort()
+        log.warning(
+            "stream=%s kafka error, resuming from the last committed position: %s",
+            self.stream_id,
+            exc,
+        )
+
+    async def _fenced(self) -> bool:
+        try:
+            entry = await asyncio.to_thread(self._state_store.latest, self.stream_id)
+        except BridgeError:
+            return False
+        return entry is not None and entry.owner not in ("", self._instance_id)
+
+    def _produce_dead_letter(self, letter: DeadLetter) -> None:
+        value = self._side.dead_letter_serializer(
+            {
+                "stream_id": self.stream_id,
+                "upstream": self.upstream,
+                "target_topic": letter.target_topic,
+                "error_type": letter.error_type,
+                "error": letter.error,
+                "raw": letter.raw,
+                "received_at": letter.received_at_us,
+            }
+        )
+        self._producer.produce(self._side.dead_letters, self._key, value, self._headers)
+
+    def _produce_gap(self, gap: Gap) -> None:
+        value = self._side.gap_serializer(
+            {
+                "stream_id": self.stream_id,
+                "upstream": self.upstream,
+                "channel": gap.channel,
+                "filters": gap.filters,
+                "from_time": gap.from_us,
+                "to_time": gap.to_us,
+                "reason": gap.reason,
+                "detected_at": now_us(),
+            }
+        )
+        self._producer.produce(self._side.gaps, self._key, value, self._headers)
+        log.warning(
+            "stream=%s gap from=%s to=%s reason=%s", self.stream_id, gap.from_us, gap.to_us, gap.reason
+        )
+
+
+def _describe(position: Position | None) -> str:
+    if position is None:
+        return "no stored position (first start)"
+    parts = []
+    if position.resume_token:
+        parts.append(f"resume token ({len(position.resume_token)} bytes)")
+    if position.event_time_us is not None:
+        parts.append(f"event time {position.event_time_us}us")
+    if position.live_time_us is not None:
+        parts.append(f"live time {position.live_time_us}us")
+    return ", ".join(parts) or "an empty position"
+
+
+async def _sleep_unless(stop: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)

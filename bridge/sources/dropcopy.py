@@ -1,0 +1,253 @@
+"""DropCopySource: one exchange DropCopy subscription as a stream of batches.
+
+One gRPC response becomes one batch; its position carries the response's resume_token, so
+a restart from a committed position resumes exactly after the last committed response.
+gRPC statuses are classified here (the one boundary where grpc errors become ours), per
+the exchange's documentation:
+
+- UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, and anything else transient:
+  reconnect with exponential backoff and jitter, resuming after the last yielded response.
+- UNAUTHENTICATED: mint a new access token and reconnect; repeated refusals of fresh
+  tokens end the stream (wrong credentials).
+- PERMISSION_DENIED: missing scope; the stream ends with a clear message.
+- INVALID_ARGUMENT / FAILED_PRECONDITION / OUT_OF_RANGE / NOT_FOUND on a call that carried
+  a resume_token: the token was refused (expired). Fall back to `resume_time` = the last
+  committed event time minus a margin; records replayed twice are dropped by the
+  pipeline's repeat filter. If the exchange cannot replay that far back either, subscribe
+  live and emit a gap record covering the window, so downstream can reconcile it through
+  the exchange's Report API. Instrument states carry no event time, so for them a refused
+  token goes straight to a live subscription (whose snapshot restores the current state of
+  every instrument) and a gap record for the transitions in between.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections import Counter
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import replace
+from pathlib import Path
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from bridge.errors import AuthError, UpstreamError
+from bridge.mapping.dropcopy import DropCopyMapper
+from bridge.records import Batch, Gap, Position
+from bridge.sources.auth import TokenProvider
+from bridge.sources.backoff import Backoff
+from bridge.sources.dropcopy_kinds import StreamKind
+from bridge.timeutil import now_us
+from polymarket.v1 import dropcopy_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+TOKEN_REFUSED_CODES = frozenset(
+    {
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.FAILED_PRECONDITION,
+        grpc.StatusCode.OUT_OF_RANGE,
+        grpc.StatusCode.NOT_FOUND,
+    }
+)
+# A fresh access token refused this many times in a row means the credentials are wrong,
+# not that a token expired: stop instead of hammering the exchange.
+_MAX_FRESH_TOKEN_REFUSALS = 3
+# The exchange's recommended keepalive (fact sheet): ping every 60 s, wait 20 s for the ack,
+# also without active calls. Responses can hold hundreds of nested records, hence 64 MiB.
+CHANNEL_OPTIONS: Sequence[tuple[str, int]] = (
+    ("grpc.keepalive_time_ms", 60_000),
+    ("grpc.keepalive_timeout_ms", 20_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+)
+_SCOPES = {
+    "executions": "read:dropcopy",
+    "trade_captures": "read:dropcopy",
+    "instrument_states": "read:instruments",
+    "position_changes": "read:positions",
+}
+
+
+def open_channel(endpoint: str, *, tls: bool, ca_file: str = "") -> grpc.aio.Channel:
+    """A channel to the exchange: TLS unless explicitly disabled; no per-call deadlines."""
+    if not tls:
+        return grpc.aio.insecure_channel(endpoint, options=CHANNEL_OPTIONS)
+    roots = Path(ca_file).read_bytes() if ca_file else None
+    credentials = grpc.ssl_channel_credentials(root_certificates=roots)
+    return grpc.aio.secure_channel(endpoint, credentials, options=CHANNEL_OPTIONS)
+
+
+class DropCopySource:
+    """Batches of one DropCopy stream from a position (see module docstring)."""
+
+    upstream = "dropcopy"
+
+    def __init__(
+        self,
+        *,
+        kind: StreamKind,
+        stream_id: str,
+        channel: grpc.aio.Channel,
+        tokens: TokenProvider,
+        mapper: DropCopyMapper,
+        participant_id: str = "",
+        symbols: Sequence[str] = (),
+        firms: Sequence[str] = (),
+        first_start_time_us: int | None = None,
+        resume_margin_us: int = 5_000_000,
+        backoff: Backoff | None = None,
+    ) -> None:
+        self.stream_id = stream_id
+        self.kind = kind
+        self.reconnects: Counter[str] = Counter()
+        self.connected = False
+        self._call = getattr(dropcopy_pb2_grpc.DropCopyAPIStub(channel), kind.rpc)
+        self._tokens = tokens
+        self._mapper = mapper
+        self._participant_id = participant_id
+        self._symbols = list(symbols)
+        self._firms = list(firms)
+        self._first_start_time_us = first_start_time_us
+        self._resume_margin_us = resume_margin_us
+        self._backoff = backoff or Backoff()
+        selection: dict[str, list[str]] = {"symbols": self._symbols}
+        if kind.account_scoped:
+            selection["firms"] = self._firms
+        self._filters_json = json.dumps(selection)
+
+    async def stream(self, start: Position | None) -> AsyncIterator[Batch]:
+        position = start or Position()
+        resume_time_us = None if position.resume_token else self._fresh_start_time(position)
+        gap_from: tuple[int | None, str] | None = None
+        fresh_token_refusals = 0
+        while True:
+            request = self._request(position.resume_token, resume_time_us)
+            try:
+                metadata = await self._metadata()
+                call = self._call(request, metadata=metadata)
+                async for response in call:
+                    self.connected = True
+                    fresh_token_refusals = 0
+                    self._backoff.success()
+                    received = now_us()
+                    records, letters = self._mapper.map_response(response, received)
+                    newest = position.event_time_us
+                    for record in records:
+                        if record.event_time_us is not None and (
+                            newest is None or record.event_time_us > newest
+                        ):
+                            newest = record.event_time_us
+                    position = Position(
+                        resume_token=bytes(response.resume_token),
+                        event_time_us=newest,
+                        live_time_us=received,
+                    )
+                    resume_time_us = None
+                    gaps = []
+                    if gap_from is not None:
+                        gaps.append(Gap(gap_from[0], received, gap_from[1], self.kind.name, self._filters_json))
+                        gap_from = None
+                    yield Batch(records, position, letters, gaps)
+                raise UpstreamError("the exchange ended the stream", reason="stream_ended")
+            except grpc.aio.AioRpcError as err:
+                self.connected = False
+                code = err.code()
+                if code in TOKEN_REFUSED_CODES and request.resume_token:
+                    covered = position.event_time_us or position.live_time_us
+                    if self.kind.name == "instrument_states" or covered is None:
+                        gap_from = (position.live_time_us or covered, "token_refused_no_replay")
+                        resume_time_us = None
+                    else:
+                        resume_time_us = covered - self._resume_margin_us
+                    log.warning(
+                        "stream=%s resume token refused (%s); %s",
+                        self.stream_id,
+                        code.name,
+                        "replaying by time" if resume_time_us else "subscribing live",
+                    )
+                    self.reconnects["token_refused"] += 1
+                    position = replace(position, resume_token=None)
+                    continue
+                if code in TOKEN_REFUSED_CODES and request.HasField("resume_time"):
+                    log.warning(
+                        "stream=%s the exchange cannot replay from %sus (%s: %s); subscribing "
+                        "live and recording a gap",
+                        self.stream_id,
+                        resume_time_us,
+                        code.name,
+                        err.details(),
+                    )
+                    if gap_from is None:
+                        gap_from = (
+                            position.event_time_us or position.live_time_us,
+                            "replay_unavailable",
+                        )
+                    resume_time_us = None
+                    self.reconnects["replay_unavailable"] += 1
+                    continue
+                if code == grpc.StatusCode.UNAUTHENTICATED:
+                    fresh_token_refusals += 1
+                    self._tokens.invalidate()
+                    if fresh_token_refusals >= _MAX_FRESH_TOKEN_REFUSALS:
+                        raise AuthError(
+                            f"stream {self.stream_id}: the exchange refused {fresh_token_refusals} "
+                            f"fresh access tokens (UNAUTHENTICATED: {err.details()}); check the "
+                            "dropcopy.auth credentials",
+                            reason="unauthenticated",
+                        ) from None
+                elif code == grpc.StatusCode.PERMISSION_DENIED:
+                    raise AuthError(
+                        f"stream {self.stream_id}: permission denied ({err.details()}); the "
+                        f"credentials need scope {_SCOPES[self.kind.name]}"
+                        + (" and a valid x-participant-id" if self.kind.account_scoped else ""),
+                        reason="permission_denied",
+                    ) from None
+                elif code == grpc.StatusCode.INVALID_ARGUMENT:
+                    raise UpstreamError(
+                        f"stream {self.stream_id}: the exchange rejected the subscription "
+                        f"request (INVALID_ARGUMENT: {err.details()}); check dropcopy.streams "
+                        "symbols, firms and dropcopy.participant_id",
+                        reason="invalid_argument",
+                        retriable=False,
+                    ) from None
+                await self._retry_later(code.name.lower(), err.details() or "")
+            except UpstreamError as exc:
+                self.connected = False
+                if not exc.retriable:
+                    raise
+                await self._retry_later(exc.reason, str(exc))
+
+    async def _retry_later(self, reason: str, detail: str) -> None:
+        self.reconnects[reason] += 1
+        delay = self._backoff.next_delay()
+        log.warning(
+            "stream=%s upstream %s (%s); reconnecting in %.2fs", self.stream_id, reason, detail, delay
+        )
+        await asyncio.sleep(delay)
+
+    def _fresh_start_time(self, position: Position) -> int | None:
+        covered = position.event_time_us or position.live_time_us
+        if covered is not None:
+            return covered - self._resume_margin_us
+        return self._first_start_time_us
+
+    def _request(self, token: bytes | None, resume_time_us: int | None) -> object:
+        request = self.kind.request_type(symbols=self._symbols)
+        if self.kind.account_scoped:
+            request.firms.extend(self._firms)
+        if token:
+            request.resume_token = token
+        elif resume_time_us is not None:
+            stamp = Timestamp()
+            stamp.FromMicroseconds(max(0, resume_time_us))
+            request.resume_time.CopyFrom(stamp)
+        return request
+
+    async def _metadata(self) -> list[tuple[str, str]]:
+        metadata = [("authorization", f"Bearer {await self._tokens.token()}")]
+        if self.kind.account_scoped and self._participant_id:
+            metadata.append(("x-participant-id", self._participant_id))
+        return metadata
