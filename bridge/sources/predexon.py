@@ -1,0 +1,181 @@
+"""`PredexonSource`: one Predexon subscription (channel + filters) as one stream of batches.
+
+Predexon cannot replay, so the source's job besides mapping is to account for time:
+
+- `Position.live_time_us` is the last instant the subscription is known to have been
+  acked and delivering *with everything received up to it already yielded*: the receive
+  time of the last frame yielded while more are buffered, else the newest evidence of a
+  live connection (a frame or a pong, see `predexon_conn`). Idle, an empty batch carrying
+  the new live time is yielded about every second (`LIVENESS_INTERVAL_S`), so the
+  committed live time keeps up with the clock.
+- Each time coverage is lost - a disconnect, a buffer overflow, a filter change that
+  replaces the subscription, or a bridge restart (`stream(start)` with a live time) - the
+  next batch after the new subscription's ack carries exactly one `Gap(from_us=<last live
+  time>, to_us=<ack receive time>)`. Gaps never overlap and together with the live
+  windows cover all time after the first ack.
+- Events arrive at least once within a connection; repeats are yielded as they come (the
+  pipeline drops repeated `event_id`s).
+
+Errors: `AuthError` / `UpstreamError(retriable=False)` from the connection manager are
+raised from `stream()` with a message naming the subscription and never the API key;
+everything retriable is retried by the manager with `Backoff` and shows up only as gaps.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from bridge.mapping.predexon import CHANNELS, PredexonMapper
+from bridge.records import Batch, Gap, Position
+from bridge.sources.predexon_conn import (
+    Acked,
+    Failed,
+    Frame,
+    Handle,
+    Lost,
+    PredexonConnectionManager,
+    SubscriptionSpec,
+    now_us,
+)
+
+log = logging.getLogger(__name__)
+
+LIVENESS_INTERVAL_S = 1.0
+"""Idle batches at this period let the pipeline commit an advancing live time: a crash
+then costs at most about a second of extra gap (the pipeline may commit less often)."""
+
+
+class PredexonSource:
+    """Yields `Batch`es for one subscription; implements `bridge.records.Source`."""
+
+    def __init__(
+        self,
+        manager: PredexonConnectionManager,
+        spec: SubscriptionSpec,
+        mapper: PredexonMapper,
+        *,
+        liveness_interval_s: float = LIVENESS_INTERVAL_S,
+    ) -> None:
+        self.manager = manager
+        self.spec = spec
+        self.mapper = mapper
+        self.stream_id = spec.stream_id
+        self.liveness_interval_s = liveness_interval_s
+        self._handle: Handle | None = None
+        self.gaps_emitted = 0
+
+    @classmethod
+    def create(
+        cls,
+        manager: PredexonConnectionManager,
+        stream_id: str,
+        channel: str,
+        filters: dict[str, Any],
+        *,
+        topic: str | None = None,
+        prefix: bytes,
+    ) -> PredexonSource:
+        """Build the spec and mapper for one configured subscription.
+
+        `topic` defaults to the channel's topic; `prefix` is the wire format's value
+        prefix for the channel's schema (`WireFormat.prefix(CHANNELS[channel].schema, topic)`).
+        """
+        spec = SubscriptionSpec(stream_id, channel, filters)
+        topic = topic or CHANNELS[channel].topic
+        mapper = PredexonMapper(channel, stream_id, topic, prefix, spec.filters_json)
+        return cls(manager, spec, mapper)
+
+    def update_filters(self, filters: dict[str, Any]) -> None:
+        """Change the subscription's filters (update, or replace on the orderbook)."""
+        self.spec = SubscriptionSpec(self.spec.stream_id, self.spec.channel, filters)
+        self.mapper.filters_json = self.spec.filters_json
+        if self._handle is not None:
+            self.manager.update(self._handle, filters)
+
+    def _detail(self) -> dict[str, str]:
+        return {"channel": self.spec.channel, "filters": self.spec.filters_json}
+
+    async def stream(self, start: Position | None) -> AsyncIterator[Batch]:
+        """Batches from now on; see the module docstring for positions and gaps."""
+        live_us: int | None = None
+        event_us: int | None = None
+        pending_gap: tuple[int | None, str] | None = None
+        if start is not None:
+            event_us = start.event_time_us
+            live_us = start.live_time_us
+            if start.live_time_us is not None:
+                pending_gap = (start.live_time_us, "restarted")
+        live = False
+        handle = self.manager.register(self.spec)
+        self._handle = handle
+        try:
+            while True:
+                await handle.wait(self.liveness_interval_s)
+                item = handle.pop()
+                if item is None:
+                    alive = handle.alive_us()
+                    if live and alive is not None:
+                        live_us = max(live_us or 0, alive)
+                        yield Batch([], self._position(live_us, event_us))
+                    continue
+                if isinstance(item, Failed):
+                    raise item.error
+                if isinstance(item, Lost):
+                    if live:
+                        start_us = max(live_us or 0, item.last_alive_us or 0) or None
+                        # Nothing received after the last yielded frame may be claimed live.
+                        pending_gap = (start_us, item.reason)
+                        live_us = start_us
+                    live = False
+                    log.info(
+                        "predexon stream=%s coverage lost reason=%s", self.stream_id, item.reason
+                    )
+                    continue
+                if isinstance(item, Acked):
+                    live = True
+                    gaps: list[Gap] = []
+                    if pending_gap is not None:
+                        from_us, reason = pending_gap
+                        gaps.append(
+                            Gap(
+                                from_us=from_us,
+                                to_us=item.at_us,
+                                reason=reason,
+                                channel=self.spec.channel,
+                                filters=self.spec.filters_json,
+                            )
+                        )
+                        self.gaps_emitted += 1
+                        pending_gap = None
+                    live_us = max(live_us or 0, item.at_us)
+                    yield Batch([], self._position(live_us, event_us), gaps=gaps)
+                    continue
+                assert isinstance(item, Frame)
+                if not live:
+                    continue  # a straggler of a lost subscription: inside the gap window
+                if item.message is None:
+                    records, dead = self.mapper.map_frame(item.raw, item.receive_time_us)
+                else:
+                    records, dead = self.mapper.map_message(
+                        item.message, item.raw, item.receive_time_us
+                    )
+                for record in records:
+                    if record.event_time_us is not None:
+                        event_us = max(event_us or 0, record.event_time_us)
+                live_us = max(live_us or 0, item.receive_time_us)
+                if handle.frames == 0:
+                    alive = handle.alive_us()
+                    if alive is not None:
+                        live_us = max(live_us, alive)
+                yield Batch(records, self._position(live_us, event_us), dead)
+        finally:
+            self._handle = None
+            self.manager.unregister(handle)
+
+    def _position(self, live_us: int | None, event_us: int | None) -> Position:
+        return Position(event_time_us=event_us, live_time_us=live_us, detail=self._detail())
+
+
+__all__ = ["PredexonSource", "SubscriptionSpec", "now_us"]
