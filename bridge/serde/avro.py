@@ -70,9 +70,31 @@ def load_schema(name: str) -> Any:
     return fastavro.parse_schema(json.loads(schema_text(name)), named_schemas=named)
 
 
+def expanded_schema(name: str) -> Any:
+    """Schema `name` as one self-contained JSON value: every named type from other files
+    inlined where it first appears (as Avro requires), later uses left as references."""
+    named = named_schemas()
+    defined: set[str] = set()
+
+    def expand(node: Any) -> Any:
+        if isinstance(node, str):
+            if node in named and node not in defined:
+                return expand(named[node])
+            return node
+        if isinstance(node, list):
+            return [expand(item) for item in node]
+        if isinstance(node, dict):
+            if node.get("type") in ("record", "enum", "fixed") and "name" in node:
+                defined.add(node["name"])
+            return {k: expand(v) for k, v in node.items() if not k.startswith("__")}
+        return node
+
+    return expand(load_schema(name))
+
+
 def canonical_form(name: str) -> str:
-    """Avro Parsing Canonical Form of schema `name` (references expanded)."""
-    return str(to_parsing_canonical_form(load_schema(name)))
+    """Avro Parsing Canonical Form of schema `name`, with other files' types inlined."""
+    return str(to_parsing_canonical_form(expanded_schema(name)))
 
 
 def fingerprint(name: str) -> bytes:
