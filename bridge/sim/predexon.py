@@ -381,7 +381,9 @@ class PredexonSimulator:
             self._error(conn, "AUTH_REQUIRED", "an API key is required")
             return
         if conn.key in self.revoked:
-            self._error(conn, "AUTH_FAILED", "API key is no longer valid")
+            # Sent directly, not via the outbox, so it precedes the close frame.
+            error = {"type": "error", "code": "AUTH_FAILED", "message": "API key is no longer valid"}
+            await conn.ws.send(json.dumps(error))
             conn.closed = True
             await conn.ws.close(4001, "authentication failed")
             return
