@@ -382,7 +382,11 @@ class PredexonSimulator:
             return
         if conn.key in self.revoked:
             # Sent directly, not via the outbox, so it precedes the close frame.
-            error = {"type": "error", "code": "AUTH_FAILED", "message": "API key is no longer valid"}
+            error = {
+                "type": "error",
+                "code": "AUTH_FAILED",
+                "message": "API key is no longer valid",
+            }
             await conn.ws.send(json.dumps(error))
             conn.closed = True
             await conn.ws.close(4001, "authentication failed")

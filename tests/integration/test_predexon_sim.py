@@ -38,12 +38,23 @@ async def with_sim(body: Callable[[PredexonSimulator], Awaitable[None]], **confi
 
 def sub_msg(channel: str, filters: dict[str, Any]) -> str:
     c = CHANNELS[channel]
-    return json.dumps({"action": "subscribe", "platform": c.platform, "version": 1, "type": c.type, "filters": filters})
+    return json.dumps(
+        {
+            "action": "subscribe",
+            "platform": c.platform,
+            "version": 1,
+            "type": c.type,
+            "filters": filters,
+        }
+    )
 
 
 async def opened(url: str) -> ClientConnection:
     ws = await connect(url)
-    assert json.loads(await ws.recv()) == {"type": "connected", "message": "Connected to Predexon WebSocket"}
+    assert json.loads(await ws.recv()) == {
+        "type": "connected",
+        "message": "Connected to Predexon WebSocket",
+    }
     return ws
 
 
@@ -93,15 +104,28 @@ def test_subscribe_update_unsubscribe_and_request_errors() -> None:
         m = sim.factory.universe.markets
         await ws.send(sub_msg("activity", {"condition_ids": [m[0].condition_id]}))
         ack = await next_control(ws)
-        assert ack["type"] == "ack" and ack["subscription_id"].startswith("sub_") and "channel" in ack
+        assert (
+            ack["type"] == "ack" and ack["subscription_id"].startswith("sub_") and "channel" in ack
+        )
         sid = ack["subscription_id"]
-        await ws.send(json.dumps({"action": "update", "subscription_id": sid, "filters": {"users": sim.factory.universe.users[:2]}}))
+        await ws.send(
+            json.dumps(
+                {
+                    "action": "update",
+                    "subscription_id": sid,
+                    "filters": {"users": sim.factory.universe.users[:2]},
+                }
+            )
+        )
         assert (await next_control(ws))["type"] == "ack"
         assert sim.subscriptions()[-1].filters == {"users": sim.factory.universe.users[:2]}
         cases = [
             ('{"action": "subscribe", oops', "PARSE_ERROR"),
             ('{"action": "dance"}', "UNKNOWN_ACTION"),
-            (json.dumps({"action": "unsubscribe", "subscription_id": "sub_nope"}), "SUBSCRIPTION_NOT_FOUND"),
+            (
+                json.dumps({"action": "unsubscribe", "subscription_id": "sub_nope"}),
+                "SUBSCRIPTION_NOT_FOUND",
+            ),
             (sub_msg("orders", {"users": ["0x1"], "condition_ids": ["0x2"]}), "INVALID_FILTERS"),
             (sub_msg("orders", {"users": ["0x1"], "status": "maybe"}), "INVALID_FILTERS"),
             (sub_msg("crypto", {"feeds": "BTC/USD"}), "INVALID_FILTERS"),
@@ -113,10 +137,18 @@ def test_subscribe_update_unsubscribe_and_request_errors() -> None:
             assert reply["message"]
         await ws.send(sub_msg("orderbook", {"token_ids": [m[0].tokens[0][0]]}))
         book = (await next_control(ws))["subscription_id"]
-        await ws.send(json.dumps({"action": "update", "subscription_id": book, "filters": {"token_ids": ["1"]}}))
+        await ws.send(
+            json.dumps(
+                {"action": "update", "subscription_id": book, "filters": {"token_ids": ["1"]}}
+            )
+        )
         assert (await next_control(ws))["code"] == "INVALID_FILTERS"  # no update on orderbook
         await ws.send(json.dumps({"action": "unsubscribe", "subscription_id": sid}))
-        assert (await next_control(ws)) == {"type": "ack", "subscription_id": sid, "channel": "trades"}
+        assert (await next_control(ws)) == {
+            "type": "ack",
+            "subscription_id": sid,
+            "channel": "trades",
+        }
         await ws.close()
 
     arun(lambda: with_sim(body))
@@ -197,7 +229,9 @@ def test_ping_pong_rule_and_idle_close() -> None:
         assert polite.close_code is None  # answering pings and subscribed: still open
         await polite.close()
 
-    arun(lambda: with_sim(body, ping_interval_s=0.2, pong_timeout_s=0.3, idle_timeout_s=1.0, rate=5))
+    arun(
+        lambda: with_sim(body, ping_interval_s=0.2, pong_timeout_s=0.3, idle_timeout_s=1.0, rate=5)
+    )
 
 
 async def collect(ws: ClientConnection, n: int) -> list[dict[str, Any]]:
@@ -240,13 +274,48 @@ def test_every_channel_sends_documented_shapes_in_both_envelope_styles() -> None
         for channel, spec in CHANNELS.items():
             wanted = set(spec.event_types) - {"book_snapshot", "snapshots_done", "resync"}
             assert wanted <= set(events), (channel, wanted - set(events))
-        assert {"status", "user", "taker", "side", "price", "shares", "shares_normalized", "fee", "token_id",
-                "token_label", "outcome", "outcome_index", "is_neg_risk", "condition_id", "market_slug",
-                "market_id", "title", "image", "order_hash", "tx_hash", "log_index", "timestamp", "version",
-                "builder", "metadata", "role", "complement_token_id", "complement_token_label"} <= fields["order_filled"]
+        assert {
+            "status",
+            "user",
+            "taker",
+            "side",
+            "price",
+            "shares",
+            "shares_normalized",
+            "fee",
+            "token_id",
+            "token_label",
+            "outcome",
+            "outcome_index",
+            "is_neg_risk",
+            "condition_id",
+            "market_slug",
+            "market_id",
+            "title",
+            "image",
+            "order_hash",
+            "tx_hash",
+            "log_index",
+            "timestamp",
+            "version",
+            "builder",
+            "metadata",
+            "role",
+            "complement_token_id",
+            "complement_token_label",
+        } <= fields["order_filled"]
         assert {"refund", "fee_charged", "order_hash", "tx_hash"} <= fields["fee_refund"]
-        assert {"payout", "payout_normalized", "block_number", "tokens", "collateral_token"} <= fields["redeem"]
-        assert "outcome_slot_count" in fields["condition_prepared"] and "is_invalid" in fields["condition_resolution"]
+        assert {
+            "payout",
+            "payout_normalized",
+            "block_number",
+            "tokens",
+            "collateral_token",
+        } <= fields["redeem"]
+        assert (
+            "outcome_slot_count" in fields["condition_prepared"]
+            and "is_invalid" in fields["condition_resolution"]
+        )
         assert {"feed", "price", "bid", "ask", "observed_at", "timestamp"} <= fields["price_feed"]
         assert {"best_bid", "best_ask", "side", "price", "size"} <= fields["price_change"]
         await ws.close()
@@ -261,8 +330,14 @@ def test_orderbook_snapshots_after_ack_then_done_and_types_as_documented() -> No
         await ws.send(sub_msg("orderbook", {"condition_ids": [market.condition_id]}))
         ack = await next_control(ws)
         first = await collect(ws, 3)
-        assert [f["data"]["event_type"] for f in first] == ["book_snapshot", "book_snapshot", "snapshots_done"]
-        assert first[2]["data"]["count"] == 2 and all(f["subscription_id"] == ack["subscription_id"] for f in first)
+        assert [f["data"]["event_type"] for f in first] == [
+            "book_snapshot",
+            "book_snapshot",
+            "snapshots_done",
+        ]
+        assert first[2]["data"]["count"] == 2 and all(
+            f["subscription_id"] == ack["subscription_id"] for f in first
+        )
         snap = first[0]["data"]
         assert isinstance(snap["bids"][0]["price"], str) and snap["timestamp"] > 10**12  # ms
         sim.send_resync()
@@ -310,7 +385,9 @@ def test_faults_drop_stall_malformed_duplicates_are_recorded() -> None:
             frames = [await ws.recv() for _ in range(60)]
             assert len(frames) > len(set(frames))  # duplicates sent
             runner.call(sim.stall, 0.3)
-            await until(lambda: any(e.status == "dropped_stalled" for e in runner.call(sim.sent, sid)))
+            await until(
+                lambda: any(e.status == "dropped_stalled" for e in runner.call(sim.sent, sid))
+            )
             for kind in ("invalid_json", "truncated", "oversized", "wrong_types", "unknown_type"):
                 runner.call(sim.send_malformed, kind)
             with pytest.raises(ConnectionClosed):  # oversized exceeds the default 1 MiB max_size
@@ -333,4 +410,6 @@ def test_faults_drop_stall_malformed_duplicates_are_recorded() -> None:
 
         arun(client)
         truth = runner.call(sim.ground_truth, "crypto", {"feeds": ["BTC/USD"]})
-        assert truth and all(e["data"]["feed"] == "BTC/USD" and e["generated_at"] > 0 for e in truth)
+        assert truth and all(
+            e["data"]["feed"] == "BTC/USD" and e["generated_at"] > 0 for e in truth
+        )

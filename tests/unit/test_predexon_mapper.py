@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
 import random
 from collections import defaultdict
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
-from bridge.mapping.predexon import CHANNELS, RawNumber, PredexonMapper, dumps, loads
-from bridge.serde.avro import Serializer, SingleObjectFormat, load_schema
+from bridge.mapping.predexon import CHANNELS, PredexonMapper, RawNumber, dumps, loads
+from bridge.serde.avro import Serializer, SingleObjectFormat, load_schema, schema_text
 from bridge.sim.predexon_events import EventFactory
 
 RECEIVED = 1_700_000_000_123_456
@@ -83,7 +83,10 @@ def test_every_event_type_maps_losslessly(channel: str) -> None:
 
 def test_decimal_text_is_kept_exactly_never_through_float() -> None:
     mapper = mapper_for("crypto")
-    text = '{"event_type":"price_feed","feed":"BTC/USD","price":97000.100000000000000001,"bid":1E-7,"ask":0.30,"observed_at":1,"timestamp":2}'
+    text = (
+        '{"event_type":"price_feed","feed":"BTC/USD","price":97000.100000000000000001,'
+        '"bid":1E-7,"ask":0.30,"observed_at":1,"timestamp":2}'
+    )
     (record,), _ = mapper.map_frame(text, RECEIVED)
     decoded = mapper.serializer.decode(record.value)
     assert (decoded["price"], decoded["bid"], decoded["ask"]) == (
@@ -96,32 +99,61 @@ def test_decimal_text_is_kept_exactly_never_through_float() -> None:
 
 def test_unknown_fields_are_kept_in_extra() -> None:
     mapper = mapper_for("collateral")
-    data = {"event_type": "polyusd_wrapped", "user": "0xa", "tx_hash": "0x1", "log_index": "0x2",
-            "timestamp": 5, "new_field": {"n": 1.10}}
+    data = {
+        "event_type": "polyusd_wrapped",
+        "user": "0xa",
+        "tx_hash": "0x1",
+        "log_index": "0x2",
+        "timestamp": 5,
+        "new_field": {"n": 1.10},
+    }
     (record,), _ = mapper.map_frame(json.dumps(data).replace("1.1", "1.10"), RECEIVED)
     assert mapper.serializer.decode(record.value)["extra"] == '{"new_field":{"n":1.10}}'
 
 
 def test_event_ids_follow_natural_identity() -> None:
     m = mapper_for("orders")
-    base = {"event_type": "order_filled", "tx_hash": "0xt", "order_hash": "0xo", "role": "maker",
-            "condition_id": "0xc", "timestamp": 1}
+    base = {
+        "event_type": "order_filled",
+        "tx_hash": "0xt",
+        "order_hash": "0xo",
+        "role": "maker",
+        "condition_id": "0xc",
+        "timestamp": 1,
+    }
     pending = m.map_event(base | {"status": "pending", "log_index": None}, RECEIVED, None)
     confirmed = m.map_event(base | {"status": "confirmed", "log_index": "0x21e"}, RECEIVED, None)
-    taker = m.map_event(base | {"status": "confirmed", "log_index": "0x21f", "role": "taker"}, RECEIVED, None)
-    refund = m.map_event({"event_type": "fee_refund", "tx_hash": "0xt", "order_hash": "0xo", "token_id": "9"}, RECEIVED, None)
+    taker = m.map_event(
+        base | {"status": "confirmed", "log_index": "0x21f", "role": "taker"}, RECEIVED, None
+    )
+    refund = m.map_event(
+        {"event_type": "fee_refund", "tx_hash": "0xt", "order_hash": "0xo", "token_id": "9"},
+        RECEIVED,
+        None,
+    )
     assert pending.event_id == "order_filled:pending:0xt:0xo:maker"
     assert confirmed.event_id == "order_filled:confirmed:0xt:0x21e:maker"
     assert taker.event_id != confirmed.event_id
     assert refund.event_id == "fee_refund:0xt:0xo" and refund.event_time_us is None
     assert refund.key == b"9"  # no condition_id: token_id
-    a = mapper_for("activity").map_event({"event_type": "split", "tx_hash": "0xt", "log_index": "0x1", "condition_id": "0xc"}, RECEIVED, None)
+    a = mapper_for("activity").map_event(
+        {"event_type": "split", "tx_hash": "0xt", "log_index": "0x1", "condition_id": "0xc"},
+        RECEIVED,
+        None,
+    )
     assert a.event_id == "split:0xt:0x1" and a.key == b"0xc"
 
 
 def test_orderbook_ids_are_content_derived_and_markers_are_keyed_by_stream() -> None:
     m = mapper_for("orderbook")
-    change = {"event_type": "price_change", "token_id": "7", "timestamp": 1_700_000_000_001, "side": "BUY", "price": "0.5", "size": "10"}
+    change = {
+        "event_type": "price_change",
+        "token_id": "7",
+        "timestamp": 1_700_000_000_001,
+        "side": "BUY",
+        "price": "0.5",
+        "size": "10",
+    }
     one = m.map_event(change, RECEIVED, "sub_a")
     again = m.map_event(dict(change), RECEIVED + 5, "sub_b")
     other = m.map_event(change | {"size": "11"}, RECEIVED, "sub_a")
@@ -135,9 +167,22 @@ def test_orderbook_ids_are_content_derived_and_markers_are_keyed_by_stream() -> 
 
 def test_event_batch_maps_each_event_and_dead_letters_bad_ones() -> None:
     m = mapper_for("orderbook")
-    good = {"event_type": "last_trade", "token_id": "1", "timestamp": 5, "price": "0.5", "size": "1"}
-    frame = dumps({"type": "event_batch", "subscription_id": "sub_w", "count": 3,
-                   "events": [good, {"event_type": "nope"}, good | {"token_id": "2"}], "gap": False})
+    good = {
+        "event_type": "last_trade",
+        "token_id": "1",
+        "timestamp": 5,
+        "price": "0.5",
+        "size": "1",
+    }
+    frame = dumps(
+        {
+            "type": "event_batch",
+            "subscription_id": "sub_w",
+            "count": 3,
+            "events": [good, {"event_type": "nope"}, good | {"token_id": "2"}],
+            "gap": False,
+        }
+    )
     records, dead = m.map_frame(frame, RECEIVED)
     assert [r.key for r in records] == [b"1", b"2"]
     assert len(dead) == 1 and b"nope" in dead[0].raw
@@ -183,10 +228,12 @@ def test_ten_thousand_bad_frames_each_dead_letter_and_valid_ones_are_unaffected(
     for i in range(20_000):
         if i % 2:
             kind = rng.randrange(len(BAD_FRAMES) + 1)
-            frame = b'{"pad":"' + b"x" * 70_000 + b'"}' if kind == len(BAD_FRAMES) else BAD_FRAMES[kind]
+            frame = (
+                b'{"pad":"' + b"x" * 70_000 + b'"}' if kind == len(BAD_FRAMES) else BAD_FRAMES[kind]
+            )
             bad += 1
         else:
-            (_, data), = factory.make("crypto", 1_700_000_000 + i)
+            ((_, data),) = factory.make("crypto", 1_700_000_000 + i)
             frame = dumps({"type": "event", "subscription_id": "s", "data": data}).encode()
             valid_frames.append(frame.decode())
             sent_valid += 1
@@ -207,6 +254,6 @@ def test_schemas_on_disk_match_the_mapper_fields() -> None:
     from bridge.mapping.predexon import avro_schema
 
     for channel in CHANNELS.values():
-        on_disk = json.loads(open(f"bridge/avro/{channel.schema}.avsc").read())
+        on_disk = json.loads(schema_text(channel.schema))
         assert on_disk == avro_schema(channel), channel.schema
         load_schema(channel.schema)

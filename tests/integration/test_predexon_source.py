@@ -1,0 +1,290 @@
+"""PredexonSource against the simulator: acks before live, one gap per lost window,
+restart gaps, non-retriable auth/plan errors without reconnect storms, overflow -> gap."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+import pytest
+
+from bridge.errors import AuthError, UpstreamError
+from bridge.mapping.predexon import CHANNELS
+from bridge.records import Batch, Position
+from bridge.serde.avro import SingleObjectFormat
+from bridge.sim.predexon import PredexonSimulator, SimConfig
+from bridge.sources.backoff import Backoff
+from bridge.sources.predexon import PredexonSource
+from bridge.sources.predexon_conn import PredexonConnectionManager
+
+T = TypeVar("T")
+PRO, DEV = "sim-pro-key", "sim-dev-key"
+
+
+def arun(factory: Callable[[], Awaitable[T]], timeout: float = 30) -> T:
+    async def main() -> T:
+        return await asyncio.wait_for(factory(), timeout)
+
+    return asyncio.run(main())
+
+
+def fast_backoff() -> Backoff:
+    return Backoff(0.05, 0.2, 60.0)
+
+
+def make_source(
+    mgr: PredexonConnectionManager, name: str, channel: str, filters: dict[str, Any]
+) -> PredexonSource:
+    prefix = SingleObjectFormat().prefix(CHANNELS[channel].schema, CHANNELS[channel].topic)
+    return PredexonSource.create(mgr, name, channel, filters, prefix=prefix)
+
+
+async def take_until(
+    it: AsyncIterator[Batch], cond: Callable[[list[Batch]], bool], deadline_s: float = 10
+) -> list[Batch]:
+    out: list[Batch] = []
+    end = time.monotonic() + deadline_s
+    while not cond(out):
+        assert time.monotonic() < end, "condition not met before the deadline"
+        out.append(await asyncio.wait_for(it.__anext__(), deadline_s))
+    return out
+
+
+async def started(config: SimConfig) -> PredexonSimulator:
+    sim = PredexonSimulator(config)
+    await sim.start()
+    return sim
+
+
+def test_live_only_after_ack_and_one_gap_per_disconnect_covering_the_unseen_window() -> None:
+    async def body() -> None:
+        sim = await started(SimConfig(rate=100, bare_ratio=0.2))
+        mgr = PredexonConnectionManager(sim.url_for(PRO), "pro", backoff=fast_backoff)
+        feeds = {"feeds": ["BTC/USD", "ETH/USD", "SOL/USD"]}
+        source = make_source(mgr, "crypto-1", "crypto", feeds)
+        it = source.stream(None).__aiter__()
+        batches = await take_until(it, lambda b: len(b) >= 1)
+        first = batches[0]
+        assert first.records == [] and first.gaps == [] and first.position.live_time_us is not None
+        assert first.position.detail == {
+            "channel": "crypto",
+            "filters": '{"feeds":["BTC/USD","ETH/USD","SOL/USD"]}',
+        }
+        drops = 0
+        gaps = []
+        for code in (1006, 1001, 4002):
+            await take_until(it, lambda b: sum(len(x.records) for x in b) >= 20)
+            sim.drop_connections(code)
+            drops += 1
+            got = await take_until(it, lambda b: bool(b and b[-1].gaps))
+            gaps += [g for b in got for g in b.gaps]
+        got = await take_until(it, lambda b: sum(len(x.records) for x in b) >= 20)
+        assert len(gaps) == drops == 3
+        assert all(
+            g.reason == "disconnected" and g.from_us is not None and g.from_us < g.to_us
+            for g in gaps
+        )
+        assert mgr.connection_attempts == 4
+        await mgr.close()
+        await sim.stop()
+        assert got[-1].position.live_time_us is not None
+
+    arun(body)
+
+
+def test_every_missed_event_falls_in_a_gap_and_positions_advance() -> None:
+    async def body() -> None:
+        sim = await started(SimConfig(rate=200))
+        mgr = PredexonConnectionManager(sim.url_for(PRO), "pro", backoff=fast_backoff)
+        source = make_source(mgr, "crypto-all", "crypto", {"feeds": ["*"]})
+        it = source.stream(None).__aiter__()
+        batches = await take_until(it, lambda b: sum(len(x.records) for x in b) >= 50)
+        for _ in range(2):
+            sim.drop_connections(1006)
+            batches += await take_until(it, lambda b: bool(b and b[-1].gaps))
+            batches += await take_until(it, lambda b: sum(len(x.records) for x in b) >= 50)
+        await mgr.close()
+        await sim.stop()
+        mapper = source.mapper
+        seen = {mapper.serializer.decode(r.value)["event_id"] for b in batches for r in b.records}
+        first_live = batches[0].position.live_time_us
+        last_live = batches[-1].position.live_time_us
+        assert first_live is not None and last_live is not None
+        gaps = [g for b in batches for g in b.gaps]
+        assert len(gaps) == 2
+        lives = [b.position.live_time_us or 0 for b in batches]
+        assert lives == sorted(lives)  # live time never goes back
+        missed = 0
+        for e in sim.ground_truth("crypto"):
+            at = int(e["generated_at"] * 1e6)
+            if not first_live < at < last_live - 200_000:
+                continue
+            record = mapper.map_event(_raw(e["data"]), 0, None)
+            if record.event_id not in seen:
+                missed += 1
+                assert any(g.from_us - 200_000 <= at <= g.to_us for g in gaps if g.from_us), e
+        assert missed > 0  # the drops did lose something, all of it inside gaps
+
+    arun(body)
+
+
+def _raw(data: dict[str, Any]) -> Any:
+    from bridge.mapping.predexon import dumps, loads
+
+    return loads(dumps(data))
+
+
+def test_restart_from_a_position_emits_one_restarted_gap() -> None:
+    async def body() -> None:
+        sim = await started(SimConfig(rate=10))
+        mgr = PredexonConnectionManager(sim.url_for(PRO), "pro", backoff=fast_backoff)
+        source = make_source(mgr, "coll", "collateral", {"users": sim.factory.universe.users[:3]})
+        before = time.time_ns() // 1000 - 5_000_000
+        it = source.stream(Position(live_time_us=before, event_time_us=before - 10)).__aiter__()
+        (first,) = await take_until(it, lambda b: len(b) >= 1)
+        (gap,) = first.gaps
+        assert (gap.from_us, gap.reason, gap.channel) == (before, "restarted", "collateral")
+        assert gap.to_us == first.position.live_time_us
+        more = await take_until(it, lambda b: len(b) >= 3)
+        assert not any(b.gaps for b in more)  # exactly one
+        await mgr.close()
+        await sim.stop()
+
+    arun(body)
+
+
+def test_unknown_key_fails_once_naming_the_subscription_not_the_key() -> None:
+    async def body() -> None:
+        sim = await started(SimConfig(rate=5))
+        secret = "super-secret-key-123"
+        mgr = PredexonConnectionManager(sim.url_for(secret), "pro", backoff=fast_backoff)
+        source = make_source(mgr, "trades-x", "orders", {"users": ["0xabc"]})
+        with pytest.raises(AuthError) as err:
+            async for _ in source.stream(None):
+                pass
+        assert (
+            "trades-x" in str(err.value)
+            and "orders" in str(err.value)
+            and "0xabc" in str(err.value)
+        )
+        assert secret not in str(err.value) and "401" in str(err.value)
+        assert err.value.retriable is False
+        assert mgr.connection_attempts == 1 and sim.handshakes[401] == 1
+        await mgr.close()
+        await sim.stop()
+
+    arun(body)
+
+
+def test_close_4001_is_non_retriable_and_does_not_reconnect() -> None:
+    async def body() -> None:
+        sim = await started(SimConfig(rate=5))
+        mgr = PredexonConnectionManager(sim.url_for(PRO), "pro", backoff=fast_backoff)
+        source = make_source(mgr, "feeds", "crypto", {"feeds": ["BTC/USD"]})
+        it = source.stream(None).__aiter__()
+        await take_until(it, lambda b: len(b) >= 1)
+        sim.drop_connections(4001)
+        with pytest.raises(AuthError) as err:
+            await take_until(it, lambda b: False)
+        assert "4001" in str(err.value) and "feeds" in str(err.value) and PRO not in str(err.value)
+        assert mgr.connection_attempts == 1
+        await mgr.close()
+        await sim.stop()
+
+    arun(body)
+
+
+def test_plan_errors_are_non_retriable_and_name_the_subscription() -> None:
+    async def body() -> None:
+        sim = await started(SimConfig(rate=5))
+        # Manager told "pro" so its own pre-check passes and the server's answer is seen.
+        mgr = PredexonConnectionManager(sim.url_for(DEV), "pro", backoff=fast_backoff)
+        wild = make_source(mgr, "all-collateral", "collateral", {"users": ["*"]})
+        with pytest.raises(AuthError) as err:
+            async for _ in wild.stream(None):
+                pass
+        assert "WILDCARD_NOT_ALLOWED" in str(err.value) and "all-collateral" in str(err.value)
+        bad = make_source(mgr, "bad-filters", "lifecycle", {"users": ["0x1"]})
+        with pytest.raises(UpstreamError) as err2:
+            async for _ in bad.stream(None):
+                pass
+        assert "INVALID_FILTERS" in str(err2.value) and not err2.value.retriable
+        assert DEV not in str(err.value) + str(err2.value)
+        # One handshake each: the first connection closed when its only subscription failed.
+        assert mgr.connection_attempts == 2
+        dev_mgr = PredexonConnectionManager(sim.url_for(DEV), "dev")
+        with pytest.raises(AuthError):
+            dev_mgr.register(make_source(dev_mgr, "w", "crypto", {"feeds": ["*"]}).spec)
+        await mgr.close()
+        await sim.stop()
+
+    arun(body)
+
+
+def test_buffer_overflow_resubscribes_and_reports_the_window_as_a_gap() -> None:
+    async def body() -> None:
+        sim = await started(SimConfig(rate=300))
+        mgr = PredexonConnectionManager(
+            sim.url_for(PRO), "pro", backoff=fast_backoff, buffer_frames=20
+        )
+        source = make_source(mgr, "slow", "crypto", {"feeds": ["*"]})
+        other = make_source(mgr, "fast", "oracle", {"condition_ids": ["*"]})
+        it = source.stream(None).__aiter__()
+        other_it = other.stream(None).__aiter__()
+        await take_until(it, lambda b: len(b) >= 1)
+        await take_until(other_it, lambda b: len(b) >= 1)
+        handle = source._handle
+        assert handle is not None
+        end = time.monotonic() + 10
+        while not handle.overflowed:  # the pipeline "stalls": we do not iterate
+            assert time.monotonic() < end
+            await asyncio.sleep(0.01)
+        batches = await take_until(it, lambda b: bool(b and b[-1].gaps))
+        (gap,) = batches[-1].gaps
+        assert gap.reason == "overflow" and gap.from_us is not None and gap.from_us < gap.to_us
+        assert sum(len(b.records) for b in batches) >= 20  # the buffered frames were yielded
+        assert len(mgr.connections) == 1 and mgr.connection_attempts == 1  # others untouched
+        await take_until(it, lambda b: sum(len(x.records) for x in b) >= 5)
+        await mgr.close()
+        await sim.stop()
+
+    arun(body)
+
+
+def test_subscriptions_spread_over_connections_within_plan_limits() -> None:
+    async def body() -> None:
+        sim = await started(SimConfig(rate=5))
+        mgr = PredexonConnectionManager(sim.url_for(DEV), "dev", backoff=fast_backoff)
+        users = sim.factory.universe.users
+        its = [
+            make_source(mgr, f"s{i}", "collateral", {"users": [users[i % 8]]})
+            .stream(None)
+            .__aiter__()
+            for i in range(12)
+        ]
+        for it in its:
+            (first,) = await take_until(it, lambda b: len(b) >= 1)
+            assert first.position.live_time_us is not None
+        assert len(mgr.connections) == 2 and len(sim.connections()) == 2
+        await mgr.close()
+        await sim.stop()
+
+    arun(body)
+
+
+def test_liveness_batches_advance_live_time_when_idle() -> None:
+    async def body() -> None:
+        sim = await started(SimConfig(rate=0.0))
+        mgr = PredexonConnectionManager(sim.url_for(PRO), "pro", ping_interval_s=0.1)
+        source = make_source(mgr, "quiet", "lifecycle", {"condition_ids": ["0x1"]})
+        source.liveness_interval_s = 0.1
+        it = source.stream(None).__aiter__()
+        batches = await take_until(it, lambda b: len(b) >= 4)
+        lives = [b.position.live_time_us or 0 for b in batches]
+        assert all(not b.records for b in batches) and lives[-1] > lives[0]
+        await mgr.close()
+        await sim.stop()
+
+    arun(body)
