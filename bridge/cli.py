@@ -42,6 +42,25 @@ def _load(module_name: str, path: tuple[str, ...]) -> Command:
     return factory(path)
 
 
+_GLOBAL_OPTIONS_WITH_VALUE = ("--log-level", "--log-format")
+
+
+def _command_words(argv: Sequence[str]) -> tuple[str, ...]:
+    """The leading words naming the command (global options and their values skipped)."""
+    words: list[str] = []
+    skip_value = False
+    for arg in argv:
+        if skip_value:
+            skip_value = False
+        elif arg in _GLOBAL_OPTIONS_WITH_VALUE:
+            skip_value = True
+        elif arg.startswith("-"):
+            continue
+        else:
+            words.append(arg)
+    return tuple(words)
+
+
 def build_parser(argv: Sequence[str]) -> tuple[argparse.ArgumentParser, dict[tuple[str, ...], str]]:
     parser = argparse.ArgumentParser(prog="polybridge", description=__doc__.splitlines()[0])
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
@@ -52,7 +71,7 @@ def build_parser(argv: Sequence[str]) -> tuple[argparse.ArgumentParser, dict[tup
     top = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     subparsers[()] = top
     groups: dict[tuple[str, ...], argparse.ArgumentParser] = {}
-    wanted = tuple(a for a in argv if not a.startswith("-"))
+    wanted = _command_words(argv)
     for path, module_name, help_text in COMMANDS:
         parent: tuple[str, ...] = ()
         for depth, word in enumerate(path[:-1]):
