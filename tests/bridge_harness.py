@@ -1,0 +1,119 @@
+"""Running the bridge as a real process beside a simulator, for end-to-end tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bridge.errors import KafkaError
+from bridge.sim.dropcopy import SimulatorThread
+from bridge.sim.market import DEFAULT_FIRMS
+from bridge.sources.dropcopy_kinds import KINDS
+from bridge.verify import Comparison, compare, expected_dropcopy_rows, kafka_rows
+
+ALL_KINDS = ("executions", "trade_captures", "instrument_states", "position_changes")
+PARTICIPANT = f"{DEFAULT_FIRMS[0]}/users/alice"
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, what: str, poll: float = 0.05) -> None:
+    """Poll `condition` until true; fail with `what` after `timeout` seconds. A KafkaError
+    (e.g. the topic is not created yet) counts as "not yet"."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if condition():
+                return
+        except KafkaError:
+            pass
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(poll)
+
+
+@dataclass
+class BridgeSetup:
+    """A bridge configuration against one simulator and one Kafka, with unique names."""
+
+    config_path: Path
+    kafka: dict[str, Any]
+    prefix: str
+    kinds: Sequence[str]
+
+    def topic(self, kind: str) -> str:
+        return self.prefix + KINDS[kind].topic
+
+    def compare(self, sim: SimulatorThread, kind: str) -> Comparison:
+        stream_id = f"dropcopy.{kind}"
+        truth = sim.ground_truth(kind, firms=DEFAULT_FIRMS if KINDS[kind].account_scoped else ())
+        expected = expected_dropcopy_rows(kind, stream_id, truth)
+        return compare(stream_id, expected, kafka_rows(self.kafka, self.topic(kind), stream_id))
+
+    def count(self, kind: str) -> int:
+        return len(kafka_rows(self.kafka, self.topic(kind), f"dropcopy.{kind}"))
+
+
+def write_setup(
+    tmp_path: Path,
+    bootstrap: str,
+    sim: SimulatorThread,
+    prefix: str,
+    kinds: Sequence[str] = ALL_KINDS,
+    pipeline: str = "",
+    extra: str = "",
+) -> BridgeSetup:
+    token_file = tmp_path / "token"
+    token_file.write_text(sim.issue_token(participant=PARTICIPANT, lifetime_s=3600))
+    firms = ", ".join(f'"{f}"' for f in DEFAULT_FIRMS)
+    streams = "".join(
+        f'[[dropcopy.streams]]\nkind = "{kind}"\nstart = "1970-01-01T00:00:00Z"\n'
+        + (f"firms = [{firms}]\n" if KINDS[kind].account_scoped else "")
+        for kind in kinds
+    )
+    config = tmp_path / "bridge.toml"
+    config.write_text(
+        f'app_id = "{prefix}app"\n{extra}\n'
+        f'[kafka]\nbootstrap_servers = "{bootstrap}"\ntopic_prefix = "{prefix}"\npartitions = 3\n'
+        f"[pipeline]\n{pipeline}\n"
+        f'[dropcopy]\nendpoint = "{sim.address}"\ntls = false\nparticipant_id = "{PARTICIPANT}"\n'
+        f'[dropcopy.auth]\nmode = "static"\ntoken_file = "{token_file}"\n\n{streams}'
+    )
+    return BridgeSetup(config, {"bootstrap.servers": bootstrap}, prefix, kinds)
+
+
+class BridgeProcess:
+    """`polybridge run` in a subprocess, its stderr kept in a file for assertions."""
+
+    def __init__(self, setup: BridgeSetup, log_path: Path, env: dict[str, str] | None = None):
+        self.log_path = log_path
+        self._log = open(log_path, "ab")  # noqa: SIM115 - closed in wait()/kill()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "bridge", "run", "--config", str(setup.config_path)],
+            stdout=self._log,
+            stderr=self._log,
+            env={**os.environ, **(env or {})},
+        )
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def terminate(self, timeout: float = 30) -> int:
+        self.process.send_signal(signal.SIGTERM)
+        return self.wait(timeout)
+
+    def kill(self) -> None:
+        self.process.kill()
+        self.wait(10)
+
+    def wait(self, timeout: float) -> int:
+        try:
+            return self.process.wait(timeout)
+        finally:
+            if self.process.returncode is not None:
+                self._log.close()
