@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from bridge.config import DropCopyStreamSettings, Settings, parse_time
+from bridge.config import (
+    DropCopyStreamSettings,
+    PredexonSettings,
+    PredexonSubscriptionSettings,
+    Settings,
+    parse_time,
+)
 from bridge.dedupe import LatestPerKey, RecentIds, RepeatFilter
 from bridge.errors import BridgeError, ConfigError
 from bridge.kafka.admin import TopicSpec, check_state_topic, ensure_topics
@@ -19,23 +26,16 @@ from bridge.kafka.readback import recent_records
 from bridge.kafka.state import StateStore
 from bridge.mapping.dropcopy import DropCopyMapper
 from bridge.pipeline import EVENT_ID_HEADER, Pipeline, SideTopics
-from bridge.records import Record
+from bridge.mapping.predexon import CHANNELS
+from bridge.records import Record, Source
 from bridge.serde.avro import Serializer, SingleObjectFormat, WireFormat
 from bridge.sources.auth import PrivateKeyJwtProvider, StaticToken, TokenProvider
 from bridge.sources.dropcopy import DropCopySource, open_channel
 from bridge.sources.dropcopy_kinds import KINDS
+from bridge.sources.predexon import PredexonSource
+from bridge.sources.predexon_conn import PredexonConnectionManager
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class StreamPlan:
-    """One stream to run: its id, topic and how to build its source."""
-
-    stream_id: str
-    upstream: str
-    topic: str
-    repeats: Callable[[], RepeatFilter]
 
 
 class Bridge:
@@ -53,20 +53,34 @@ class Bridge:
         self._format = wire_format or SingleObjectFormat()
         self._kafka = settings.kafka.librdkafka()
         self._channels: list[Any] = []
+        self._predexon: PredexonConnectionManager | None = None
 
     def topics(self) -> list[TopicSpec]:
         kafka = self.settings.kafka
         specs = [
-            TopicSpec(kafka.topic(kafka.state_topic), 1, kafka.replication_factor, {"cleanup.policy": "compact"}),
+            TopicSpec(
+                kafka.topic(kafka.state_topic),
+                1,
+                kafka.replication_factor,
+                {"cleanup.policy": "compact"},
+            ),
             TopicSpec(kafka.topic(kafka.dlq_topic), 1, kafka.replication_factor, {}),
             TopicSpec(kafka.topic(kafka.gaps_topic), 1, kafka.replication_factor, {}),
         ]
-        data_topics = {self._dropcopy_topic(s) for s in self.settings.dropcopy.streams}
-        specs += [TopicSpec(t, kafka.partitions, kafka.replication_factor, {}) for t in sorted(data_topics)]
+        data_topics = {self._dropcopy_topic(s) for s in self.settings.dropcopy.streams} | {
+            self._predexon_topic(s) for s in self.settings.predexon.subscriptions
+        }
+        specs += [
+            TopicSpec(t, kafka.partitions, kafka.replication_factor, {})
+            for t in sorted(data_topics)
+        ]
         return specs
 
     def _dropcopy_topic(self, stream: DropCopyStreamSettings) -> str:
         return self.settings.kafka.topic(stream.topic or KINDS[stream.kind].topic)
+
+    def _predexon_topic(self, sub: PredexonSubscriptionSettings) -> str:
+        return self.settings.kafka.topic(sub.topic or CHANNELS[sub.channel].topic)
 
     def _side_topics(self) -> SideTopics:
         kafka = self.settings.kafka
@@ -99,13 +113,18 @@ class Bridge:
         self.pipelines = [
             self._dropcopy_pipeline(stream, side, state_store)
             for stream in self.settings.dropcopy.streams
+        ] + [
+            self._predexon_pipeline(sub, side, state_store)
+            for sub in self.settings.predexon.subscriptions
         ]
         return self.pipelines
 
     def _tokens(self) -> TokenProvider:
         auth = self.settings.dropcopy.auth
         if auth.mode == "static":
-            return StaticToken(env=None if auth.token_file else auth.token_env, path=auth.token_file or None)
+            return StaticToken(
+                env=None if auth.token_file else auth.token_env, path=auth.token_file or None
+            )
         return PrivateKeyJwtProvider(
             client_id=auth.client_id,
             private_key_path=auth.private_key_file,
@@ -121,13 +140,19 @@ class Bridge:
         settings = self.settings
         dropcopy = settings.dropcopy
         if not self._channels:
-            self._channels.append(open_channel(dropcopy.endpoint, tls=dropcopy.tls, ca_file=dropcopy.ca_file))
+            self._channels.append(
+                open_channel(dropcopy.endpoint, tls=dropcopy.tls, ca_file=dropcopy.ca_file)
+            )
             self._token_provider = self._tokens()
         kind = KINDS[stream.kind]
         stream_id = f"dropcopy.{stream.stream_name}"
         topic = self._dropcopy_topic(stream)
         mapper = DropCopyMapper(kind, stream_id, topic, self._format.prefix(kind.schema, topic))
-        first_start = None if stream.start == "live" else int(parse_time(stream.start).timestamp() * 1_000_000)
+        first_start = (
+            None
+            if stream.start == "live"
+            else int(parse_time(stream.start).timestamp() * 1_000_000)
+        )
         source = DropCopySource(
             kind=kind,
             stream_id=stream_id,
@@ -141,11 +166,47 @@ class Bridge:
             resume_margin_us=int(dropcopy.resume_time_margin_s * 1_000_000),
         )
         repeats: RepeatFilter = (
-            LatestPerKey() if kind.name == "instrument_states" else RecentIds(settings.pipeline.dedupe_window)
+            LatestPerKey()
+            if kind.name == "instrument_states"
+            else RecentIds(settings.pipeline.dedupe_window)
         )
+        return self._pipeline(stream_id, "dropcopy", source, topic, repeats, side, state_store)
+
+    def _predexon_pipeline(
+        self, sub: PredexonSubscriptionSettings, side: SideTopics, state_store: StateStore
+    ) -> Pipeline:
+        if self._predexon is None:
+            predexon = self.settings.predexon
+            url = predexon.url.replace("{api_key}", _predexon_key(predexon))
+            self._predexon = PredexonConnectionManager(url, predexon.plan)
+        stream_id = f"predexon.{sub.name}"
+        topic = self._predexon_topic(sub)
+        schema = CHANNELS[sub.channel].schema
+        source = PredexonSource.create(
+            self._predexon,
+            stream_id,
+            sub.channel,
+            dict(sub.filters),
+            topic=topic,
+            prefix=self._format.prefix(schema, topic),
+        )
+        repeats = RecentIds(self.settings.pipeline.dedupe_window)
+        return self._pipeline(stream_id, "predexon", source, topic, repeats, side, state_store)
+
+    def _pipeline(
+        self,
+        stream_id: str,
+        upstream: str,
+        source: Source,
+        topic: str,
+        repeats: RepeatFilter,
+        side: SideTopics,
+        state_store: StateStore,
+    ) -> Pipeline:
+        settings = self.settings
         return Pipeline(
             stream_id=stream_id,
-            upstream="dropcopy",
+            upstream=upstream,
             source=source,
             producer=TransactionalProducer(
                 {**self._kafka, "transaction.timeout.ms": settings.kafka.transaction_timeout_ms},
@@ -167,7 +228,7 @@ class Bridge:
             records = []
             for key, value, headers in recent_records(self._kafka, topic, stream_id, window):
                 event_id = dict(headers or []).get(EVENT_ID_HEADER)
-                if event_id is not None:
+                if event_id is not None and value is not None:
                     records.append(Record(topic, key, value, event_id.decode(), None))
             return records
 
@@ -188,7 +249,28 @@ class Bridge:
                     log.error("stream=%s crashed", pipeline.stream_id, exc_info=result)
         for channel in self._channels:
             await channel.close()
+        if self._predexon is not None:
+            await self._predexon.close()
         return 1 if failed else 0
+
+
+def _predexon_key(settings: PredexonSettings) -> str:
+    """The API key from the configured file or environment variable (never logged)."""
+    if settings.api_key_file:
+        try:
+            key = Path(settings.api_key_file).read_text().strip()
+        except OSError as exc:
+            raise ConfigError(
+                f"predexon.api_key_file {settings.api_key_file}: cannot read it ({exc.strerror})"
+            ) from None
+    else:
+        key = os.environ.get(settings.api_key_env, "").strip()
+    if not key:
+        where = settings.api_key_file or f"environment variable {settings.api_key_env}"
+        raise ConfigError(
+            f"predexon: no API key in {where} (set predexon.api_key_env or api_key_file)"
+        )
+    return key
 
 
 async def run_until_signalled(bridge: Bridge) -> int:

@@ -202,9 +202,7 @@ def _describe(error: ValidationError, source: str) -> str:
     return "; ".join(lines)
 
 
-def load_settings(
-    path: str | Path | None, environ: Mapping[str, str] | None = None
-) -> Settings:
+def load_settings(path: str | Path | None, environ: Mapping[str, str] | None = None) -> Settings:
     """Settings from the TOML file at `path` (optional) with environment overrides."""
     data: dict[str, Any] = {}
     source = "configuration"

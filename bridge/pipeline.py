@@ -132,9 +132,7 @@ class Pipeline:
             entry = await asyncio.to_thread(self._state_store.latest, self.stream_id)
             self._committed = entry.position if entry else None
             self._repeats.seed(await asyncio.to_thread(self._read_back))
-            log.info(
-                "stream=%s starting from %s", self.stream_id, _describe(self._committed)
-            )
+            log.info("stream=%s starting from %s", self.stream_id, _describe(self._committed))
             await self._claim()
             self.stats.running = True
             while not stop.is_set():
@@ -181,7 +179,9 @@ class Pipeline:
         if self._txn is not None and self._txn.position is not None:
             await self._commit(self._txn.position)
 
-    async def _read(self, start: Position | None, queue: asyncio.Queue[Batch | BaseException]) -> None:
+    async def _read(
+        self, start: Position | None, queue: asyncio.Queue[Batch | BaseException]
+    ) -> None:
         try:
             async for batch in self._source.stream(start):
                 await queue.put(batch)
@@ -190,7 +190,9 @@ class Pipeline:
         except BaseException as exc:  # handed to the loop, which owns error handling
             await queue.put(exc)
 
-    async def _next(self, queue: asyncio.Queue[Batch | BaseException]) -> Batch | BaseException | None:
+    async def _next(
+        self, queue: asyncio.Queue[Batch | BaseException]
+    ) -> Batch | BaseException | None:
         """The next batch, or None when a commit deadline (or a stop check) comes first."""
         with contextlib.suppress(asyncio.QueueEmpty):
             return queue.get_nowait()
@@ -344,7 +346,11 @@ class Pipeline:
         )
         self._producer.produce(self._side.gaps, self._key, value, self._headers)
         log.warning(
-            "stream=%s gap from=%s to=%s reason=%s", self.stream_id, gap.from_us, gap.to_us, gap.reason
+            "stream=%s gap from=%s to=%s reason=%s",
+            self.stream_id,
+            gap.from_us,
+            gap.to_us,
+            gap.reason,
         )
 
 

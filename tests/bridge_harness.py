@@ -22,7 +22,9 @@ ALL_KINDS = ("executions", "trade_captures", "instrument_states", "position_chan
 PARTICIPANT = f"{DEFAULT_FIRMS[0]}/users/alice"
 
 
-def wait_until(condition: Callable[[], bool], timeout: float, what: str, poll: float = 0.05) -> None:
+def wait_until(
+    condition: Callable[[], bool], timeout: float, what: str, poll: float = 0.05
+) -> None:
     """Poll `condition` until true; fail with `what` after `timeout` seconds. A KafkaError
     (e.g. the topic is not created yet) counts as "not yet"."""
     deadline = time.monotonic() + timeout

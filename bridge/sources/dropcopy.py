@@ -29,6 +29,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -148,7 +149,15 @@ class DropCopySource:
                     resume_time_us = None
                     gaps = []
                     if gap_from is not None:
-                        gaps.append(Gap(gap_from[0], received, gap_from[1], self.kind.name, self._filters_json))
+                        gaps.append(
+                            Gap(
+                                gap_from[0],
+                                received,
+                                gap_from[1],
+                                self.kind.name,
+                                self._filters_json,
+                            )
+                        )
                         gap_from = None
                     yield Batch(records, position, letters, gaps)
                 raise UpstreamError("the exchange ended the stream", reason="stream_ended")
@@ -224,7 +233,11 @@ class DropCopySource:
         self.reconnects[reason] += 1
         delay = self._backoff.next_delay()
         log.warning(
-            "stream=%s upstream %s (%s); reconnecting in %.2fs", self.stream_id, reason, detail, delay
+            "stream=%s upstream %s (%s); reconnecting in %.2fs",
+            self.stream_id,
+            reason,
+            detail,
+            delay,
         )
         await asyncio.sleep(delay)
 
@@ -234,7 +247,7 @@ class DropCopySource:
             return covered - self._resume_margin_us
         return self._first_start_time_us
 
-    def _request(self, token: bytes | None, resume_time_us: int | None) -> object:
+    def _request(self, token: bytes | None, resume_time_us: int | None) -> Any:
         request = self.kind.request_type(symbols=self._symbols)
         if self.kind.account_scoped:
             request.firms.extend(self._firms)
