@@ -1,0 +1,254 @@
+"""The bridge as a real process beside a Predexon simulator, for end-to-end and fault tests.
+
+`write_setup()` writes a bridge configuration for a running `SimulatorThread` (API key in
+a file, URL with `{api_key}`, one `[[predexon.subscriptions]]` table per `Sub`); the
+returned `PredexonSetup` reads the Predexon topics and the gaps topic back (read_committed,
+through the independent reader in `tests/kafka_fixture.py`) and decodes them with the
+`.avsc` files via `bridge.serde.avro`. `expected_rows()` turns what the simulator wrote to
+a stream's subscriptions (`sim.sent(...)`) into the (key, event_id) rows the bridge must
+write; `uncovered_misses()` checks ground truth against Kafka and the gap records.
+The process itself is `tests.bridge_harness.BridgeProcess` (it only needs `config_path`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from bridge.mapping.predexon import CHANNELS, PredexonMapper, dumps, loads
+from bridge.pipeline import EVENT_ID_HEADER, STREAM_HEADER
+from bridge.serde.avro import Serializer, SingleObjectFormat
+from bridge.sim.predexon import SimSubscription, SimulatorThread
+from bridge.verify import Comparison, Row, compare
+from tests import kafka_fixture
+from tests.bridge_harness import BridgeProcess, wait_until
+
+__all__ = ["BridgeProcess", "PredexonSetup", "Sub", "wait_until", "write_setup"]
+
+PRO_KEY = "sim-pro-key"
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+GAP_SLACK_US = 200_000
+"""How far before a gap's `from_time` a missed event may have been generated and still
+count as covered. A gap starts at the bridge's last evidence of a live connection (the
+receive time of the last frame, or of a pong); an event generated just before that instant
+can still be in the simulator's outbound queue or the socket when the connection dies
+(pongs bypass the event queue), so it is lost although generated "before" the gap. On
+loopback that lag is a few milliseconds; 200 ms leaves room for a loaded 2-core machine
+while staying far below the ~1 s windows the faults produce."""
+
+
+@dataclass(frozen=True)
+class Sub:
+    """One configured subscription: stream id `predexon.<name>`."""
+
+    name: str
+    channel: str
+    filters: dict[str, Any]
+
+    @property
+    def stream_id(self) -> str:
+        return f"predexon.{self.name}"
+
+
+@dataclass(frozen=True)
+class Gap:
+    """One decoded `polybridge.Gap` record (times in microseconds)."""
+
+    stream_id: str
+    channel: str
+    filters: str
+    from_us: int | None
+    to_us: int
+    reason: str
+
+    def covers(self, at_us: int, slack_us: int = GAP_SLACK_US) -> bool:
+        return self.from_us is not None and self.from_us - slack_us <= at_us <= self.to_us
+
+
+@dataclass
+class PredexonSetup:
+    """A bridge configuration against one simulator and one Kafka, with unique names."""
+
+    config_path: Path
+    bootstrap: str
+    prefix: str
+    subs: Sequence[Sub]
+    _format: SingleObjectFormat = field(default_factory=SingleObjectFormat)
+
+    # -- names ----------------------------------------------------------------------
+    def topic(self, sub: Sub) -> str:
+        return self.prefix + CHANNELS[sub.channel].topic
+
+    @property
+    def gaps_topic(self) -> str:
+        return self.prefix + "polybridge.gaps"
+
+    def mapper(self, sub: Sub) -> PredexonMapper:
+        """The mapper the bridge uses for `sub` (same topic, prefix and filters)."""
+        topic = self.topic(sub)
+        prefix = self._format.prefix(CHANNELS[sub.channel].schema, topic)
+        return PredexonMapper(sub.channel, sub.stream_id, topic, prefix, dumps(sub.filters))
+
+    # -- reading Kafka --------------------------------------------------------------
+    def _records(self, topic: str, stream_id: str) -> list[kafka_fixture.Row]:
+        """The stream's committed records in `topic` (header `polybridge.stream`)."""
+        wanted = stream_id.encode()
+        return [
+            row
+            for row in kafka_fixture.read_all(self.bootstrap, topic)
+            if dict(row[2]).get(STREAM_HEADER) == wanted
+        ]
+
+    def rows(self, sub: Sub) -> list[Row]:
+        """(key, event_id header) of the stream's records, in partition then offset order."""
+        return [
+            (key, (dict(headers).get(EVENT_ID_HEADER) or b"").decode())
+            for key, _, headers, _, _ in self._records(self.topic(sub), sub.stream_id)
+        ]
+
+    def decoded(self, sub: Sub) -> list[dict[str, Any]]:
+        """The stream's record values, decoded with the channel's `.avsc`."""
+        serializer = self.mapper(sub).serializer
+        return [
+            serializer.decode(value)
+            for _, value, _, _, _ in self._records(self.topic(sub), sub.stream_id)
+            if value is not None
+        ]
+
+    def gaps(self, sub: Sub) -> list[Gap]:
+        """The stream's gap records, decoded as `polybridge.Gap`, in commit order."""
+        serializer = Serializer(
+            "polybridge.Gap", self._format.prefix("polybridge.Gap", self.gaps_topic)
+        )
+        out = []
+        for _, value, _, _, _ in self._records(self.gaps_topic, sub.stream_id):
+            gap = serializer.decode(value)
+            out.append(
+                Gap(
+                    gap["stream_id"],
+                    gap["channel"],
+                    gap["filters"],
+                    _us(gap["from_time"]),
+                    _us(gap["to_time"]) or 0,
+                    gap["reason"],
+                )
+            )
+        return out
+
+    # -- comparing with the simulator -----------------------------------------------
+    def sim_subscriptions(self, sim: SimulatorThread, sub: Sub) -> list[SimSubscription]:
+        """Every simulator subscription the bridge opened for `sub` (one per (re)subscribe)."""
+        return [
+            s
+            for s in sim.call(sim.sim.subscriptions)
+            if s.channel == sub.channel and s.filters == sub.filters
+        ]
+
+    def expected_rows(self, sim: SimulatorThread, sub: Sub) -> list[Row]:
+        """(key, event_id) of every event the simulator wrote to `sub`'s subscriptions, in
+        send order, each event once (the simulator's duplicate knob sends some twice)."""
+        mapper = self.mapper(sub)
+        seen: set[str] = set()
+        rows: list[Row] = []
+        for sim_sub in self.sim_subscriptions(sim, sub):
+            for sent in sim.call(sim.sim.sent, sim_sub.id):
+                if sent.status != "sent":
+                    continue
+                record = mapper.map_event(_as_received(sent.data), 0, sim_sub.id)
+                if record.event_id not in seen:
+                    seen.add(record.event_id)
+                    rows.append((record.key, record.event_id))
+        return rows
+
+    def compare(self, sim: SimulatorThread, sub: Sub) -> Comparison:
+        return compare(sub.stream_id, self.expected_rows(sim, sub), self.rows(sub))
+
+    def wait_equal(self, sim: SimulatorThread, sub: Sub, timeout: float) -> None:
+        """Wait until Kafka holds exactly what the simulator sent to `sub`; on timeout the
+        error says what differs."""
+        try:
+            wait_until(lambda: self.compare(sim, sub).equal, timeout, sub.stream_id, poll=0.3)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}: {self.compare(sim, sub).summary()}") from None
+
+    def uncovered_misses(
+        self, sim: SimulatorThread, sub: Sub, end_us: int, gaps: Sequence[Gap] | None = None
+    ) -> tuple[list[dict[str, Any]], int, int]:
+        """Ground-truth events of `sub`, generated between the first event in Kafka and
+        `end_us`, that are neither in Kafka nor inside a gap window (within
+        `GAP_SLACK_US`). Also returns how many were checked and how many were missed
+        (inside gaps)."""
+        gaps = self.gaps(sub) if gaps is None else gaps
+        mapper = self.mapper(sub)
+        in_kafka = {event_id for _, event_id in self.rows(sub)}
+        truth = [
+            (int(e["generated_at"] * 1e6), mapper.map_event(_as_received(e["data"]), 0, None), e)
+            for e in sim.call(sim.sim.ground_truth, sub.channel, sub.filters)
+        ]
+        first = min((at for at, r, _ in truth if r.event_id in in_kafka), default=end_us)
+        uncovered, checked, missed = [], 0, 0
+        for at, record, event in truth:
+            if not first <= at <= end_us:
+                continue
+            checked += 1
+            if record.event_id in in_kafka:
+                continue
+            missed += 1
+            if not any(g.covers(at) for g in gaps):
+                uncovered.append(event)
+        return uncovered, checked, missed
+
+
+def write_setup(
+    tmp_path: Path,
+    bootstrap: str,
+    sim: SimulatorThread,
+    prefix: str,
+    subs: Iterable[Sub],
+    *,
+    key: str = PRO_KEY,
+    plan: str = "pro",
+    pipeline: str = "",
+) -> PredexonSetup:
+    """Write `bridge.toml` (and the key file) for `subs` against the running simulator."""
+    key_file = tmp_path / "predexon.key"
+    key_file.write_text(key + "\n")
+    url = f"ws://{sim.sim.config.host}:{sim.sim.port}/v1/{{api_key}}"
+    subs = list(subs)
+    tables = "".join(
+        f'[[predexon.subscriptions]]\nname = "{s.name}"\nchannel = "{s.channel}"\n'
+        f"filters = {_toml_inline(s.filters)}\n"
+        for s in subs
+    )
+    config = tmp_path / "bridge.toml"
+    config.write_text(
+        f'app_id = "{prefix}app"\n'
+        f'[kafka]\nbootstrap_servers = "{bootstrap}"\ntopic_prefix = "{prefix}"\npartitions = 3\n'
+        f"[pipeline]\n{pipeline}\n"
+        f'[predexon]\nurl = "{url}"\napi_key_file = "{key_file}"\nplan = "{plan}"\n\n{tables}'
+    )
+    return PredexonSetup(config, bootstrap, prefix, subs)
+
+
+def _toml_inline(filters: dict[str, Any]) -> str:
+    """Filters as a TOML inline table (JSON strings and arrays are valid TOML values)."""
+    return "{ " + ", ".join(f"{k} = {json.dumps(v)}" for k, v in filters.items()) + " }"
+
+
+def _as_received(data: dict[str, Any]) -> Any:
+    """An event as the bridge parses it: the simulator holds `Decimal`s, the wire has text."""
+    return loads(dumps(data, sort_keys=False))
+
+
+def _us(value: Any) -> int | None:
+    """fastavro decodes timestamp-micros as an aware datetime; back to microseconds."""
+    if value is None:
+        return None
+    if isinstance(value, int):
+        return value
+    return (value - _EPOCH) // timedelta(microseconds=1)
