@@ -231,7 +231,10 @@ async def baseline(url: str, bootstrap: str, topic: str, subscribe: str) -> None
     """The naive loop: every frame produced as is, fire and forget, no transactions."""
     from websockets.asyncio.client import connect
 
-    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
+    # A firehose `event_batch` frame can pass librdkafka's 1 MB default message size.
+    producer = Producer(
+        {"bootstrap.servers": bootstrap, "linger.ms": 5, "message.max.bytes": 16 * 2**20}
+    )
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     async with connect(url, max_size=2**24, compression=None) as ws:
