@@ -1,0 +1,134 @@
+"""Topics: create what is missing with the right config, refuse a non-compacted state topic."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from confluent_kafka import KafkaError as LibKafkaError
+from confluent_kafka import KafkaException as LibKafkaException
+
+# Public API, re-exported without __all__ in confluent-kafka's stubs.
+from confluent_kafka.admin import (  # type: ignore[attr-defined]
+    AdminClient,
+    ConfigResource,
+    NewTopic,
+    ResourceType,
+)
+
+from bridge.errors import ConfigError, KafkaError
+
+log = logging.getLogger(__name__)
+
+ADMIN_TIMEOUT_S = 10.0
+"""Bound for each admin request; also how long an unreachable cluster takes to report."""
+
+
+@dataclass(frozen=True, slots=True)
+class TopicSpec:
+    """A topic the bridge needs, with the config it creates it with."""
+
+    name: str
+    partitions: int = 1
+    replication_factor: int = 1
+    config: Mapping[str, str] = field(default_factory=dict)
+
+
+def _admin(config: Mapping[str, Any]) -> AdminClient:
+    conf = {
+        k: v
+        for k, v in config.items()
+        if not k.startswith(("transactional.", "linger.", "isolation.", "group."))
+    }
+    conf.setdefault("log_level", 3)
+    return AdminClient(conf)
+
+
+def _existing(admin: AdminClient, config: Mapping[str, Any]) -> set[str]:
+    try:
+        md = admin.list_topics(timeout=ADMIN_TIMEOUT_S)
+    except LibKafkaException as exc:
+        raise KafkaError(
+            f"cannot reach Kafka at {config.get('bootstrap.servers', '?')} within "
+            f"{ADMIN_TIMEOUT_S:.0f} s: {exc.args[0]}",
+            retriable=True,
+        ) from exc
+    return set(md.topics)
+
+
+def ensure_topics(config: Mapping[str, Any], specs: Iterable[TopicSpec]) -> list[str]:
+    """Create the topics of `specs` that do not exist yet; the names created.
+
+    A topic created concurrently by someone else (TOPIC_ALREADY_EXISTS) counts as existing.
+    Existing topics are left as they are (see `check_state_topic` for the state topic).
+    """
+    admin = _admin(config)
+    existing = _existing(admin, config)
+    wanted = [s for s in specs if s.name not in existing]
+    if not wanted:
+        return []
+    futures = admin.create_topics(
+        [
+            NewTopic(s.name, s.partitions, s.replication_factor, config=dict(s.config))
+            for s in wanted
+        ],
+        request_timeout=ADMIN_TIMEOUT_S,
+    )
+    created: list[str] = []
+    for name, future in futures.items():
+        try:
+            future.result(timeout=ADMIN_TIMEOUT_S)
+        except LibKafkaException as exc:
+            err: LibKafkaError = exc.args[0]
+            if err.code() == LibKafkaError.TOPIC_ALREADY_EXISTS:
+                continue
+            raise KafkaError(f"cannot create topic {name}: {err.str()}") from exc
+        created.append(name)
+        log.info("topic created topic=%s", name)
+    return created
+
+
+def topic_config(config: Mapping[str, Any], name: str) -> dict[str, str]:
+    """The effective config of topic `name` (describe_configs)."""
+    admin = _admin(config)
+    resource = ConfigResource(ResourceType.TOPIC, name)
+    try:
+        result = admin.describe_configs([resource], request_timeout=ADMIN_TIMEOUT_S)
+        entries = result[resource].result(timeout=ADMIN_TIMEOUT_S)
+    except LibKafkaException as exc:
+        raise KafkaError(f"cannot describe topic {name}: {exc.args[0]}", retriable=True) from exc
+    return {k: str(v.value) for k, v in entries.items() if v.value is not None}
+
+
+def check_state_topic(config: Mapping[str, Any], name: str) -> None:
+    """Refuse a state topic that exists but is not compacted, or has several partitions."""
+    admin = _admin(config)
+    try:
+        # All topics, not list_topics(name): a metadata request naming a topic makes some
+        # brokers (Tansu; Kafka with auto.create.topics.enable) create it with defaults.
+        md = admin.list_topics(timeout=ADMIN_TIMEOUT_S)
+    except LibKafkaException as exc:
+        raise KafkaError(
+            f"cannot reach Kafka at {config.get('bootstrap.servers', '?')} within "
+            f"{ADMIN_TIMEOUT_S:.0f} s: {exc.args[0]}",
+            retriable=True,
+        ) from exc
+    meta = md.topics.get(name)
+    if meta is None or meta.error is not None:
+        return  # missing: ensure_topics creates it compacted
+    policy = topic_config(config, name).get("cleanup.policy", "delete")
+    if "compact" not in {p.strip() for p in policy.split(",")}:
+        raise ConfigError(
+            f"state topic {name} has cleanup.policy={policy}; polybridge needs compact, or the "
+            f"broker eventually deletes the positions of quiet streams. Fix it with "
+            f"`kafka-configs --alter --entity-type topics --entity-name {name} "
+            f"--add-config cleanup.policy=compact`, or configure another state topic name "
+            f"and let polybridge create it"
+        )
+    if len(meta.partitions) != 1:
+        raise ConfigError(
+            f"state topic {name} has {len(meta.partitions)} partitions; polybridge needs "
+            "exactly 1 (positions are read back in commit order). Use another state topic name"
+        )

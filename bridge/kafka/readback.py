@@ -1,0 +1,260 @@
+"""Reading our own topics back: whole partitions (state) and partition tails (dedupe seed).
+
+Every reader here is `isolation.level=read_committed`, uses `assign()` (no consumer group,
+so no rebalance delay and no committed offsets), and decides where a partition ends by the
+high watermark that *fetch responses* report (`get_watermark_offsets(cached=True)` after
+polling, or librdkafka's partition-EOF event, which is derived from the same value). A
+ListOffsets answer alone is never trusted for the end: Tansu answers "latest" with the base
+offset of the last batch + 1 (design.md section 7). For read_committed consumers librdkafka
+stores the last stable offset as that high watermark, so "the end" excludes open
+transactions, and transaction control markers (which occupy offsets but are never delivered)
+are accounted for because the end is compared with the fetch position, not with the offset
+of the last record seen.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from confluent_kafka import OFFSET_INVALID, Consumer, TopicPartition
+from confluent_kafka import KafkaError as LibKafkaError
+from confluent_kafka import KafkaException as LibKafkaException
+
+from bridge.errors import KafkaError
+
+log = logging.getLogger(__name__)
+
+STREAM_HEADER = "polybridge.stream"
+"""Header naming the stream a record belongs to; every record the bridge writes has it."""
+
+READ_TIMEOUT_S = 30.0
+"""Upper bound for reading a partition range. A state topic holds one record per commit
+(Tansu never compacts), so on a busy bridge it can hold ~10^6 small records: read at
+>100k records/s that is seconds; the rest is margin for a slow broker."""
+
+CONNECT_TIMEOUT_S = 10.0
+"""How long to wait for the cluster to answer metadata before calling it unreachable."""
+
+_POLL_S = 0.2
+"""One consume() wait: short so deadlines are honoured promptly."""
+
+_BATCH = 10_000
+"""Messages per consume() call: amortises the Python<->C crossing."""
+
+Headers = list[tuple[str, bytes | None]]
+
+
+@dataclass(frozen=True, slots=True)
+class ReadRecord:
+    """One record read back."""
+
+    key: bytes | None
+    value: bytes | None
+    headers: Headers
+    partition: int
+    offset: int
+
+
+def reader_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """A read_committed, group-less consumer config from the bridge's common client config."""
+    conf = {k: v for k, v in config.items() if not k.startswith(("transactional.", "linger."))}
+    conf.update(
+        {
+            # group.id is mandatory for librdkafka consumers, but with assign() and no
+            # offset commits it never joins or writes anything to the group coordinator.
+            "group.id": "polybridge-reader",
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "isolation.level": "read_committed",
+            # Partition EOF is raised when the fetch position reaches the high watermark
+            # (the LSO for read_committed) reported by a fetch response: our "end".
+            "enable.partition.eof": True,
+            "auto.offset.reset": "earliest",
+        }
+    )
+    conf.setdefault("log_level", 3)
+    return conf
+
+
+def bootstrap_of(config: Mapping[str, Any]) -> str:
+    return str(config.get("bootstrap.servers", "?"))
+
+
+def partitions_of(consumer: Consumer, topic: str, config: Mapping[str, Any]) -> list[int]:
+    """The partition ids of `topic`, or a clear `KafkaError` within `CONNECT_TIMEOUT_S`."""
+    try:
+        # All topics, not list_topics(topic): a metadata request naming a topic makes some
+        # brokers (Tansu; Kafka with auto.create.topics.enable) create it with defaults.
+        md = consumer.list_topics(timeout=CONNECT_TIMEOUT_S)
+    except LibKafkaException as exc:
+        raise KafkaError(
+            f"cannot reach Kafka at {bootstrap_of(config)} within {CONNECT_TIMEOUT_S:.0f} s: "
+            f"{exc.args[0]}",
+            retriable=True,
+        ) from exc
+    meta = md.topics.get(topic)
+    if meta is None or meta.error is not None:
+        if meta is not None and meta.error.code() == LibKafkaError.UNKNOWN_TOPIC_OR_PART:
+            raise KafkaError(f"topic {topic} does not exist", retriable=False)
+        raise KafkaError(f"cannot describe topic {topic}: {meta.error if meta else 'absent'}")
+    return sorted(meta.partitions)
+
+
+def read_ranges(
+    consumer: Consumer,
+    topic: str,
+    starts: Mapping[int, int],
+    config: Mapping[str, Any],
+    timeout: float = READ_TIMEOUT_S,
+) -> tuple[list[ReadRecord], dict[int, int]]:
+    """Read each partition from `starts[p]` to its end; the records and each end offset.
+
+    Records come in partition order, then offset order.
+    """
+    deadline = time.monotonic() + timeout
+    consumer.assign([TopicPartition(topic, p, o) for p, o in starts.items()])
+    per_partition: dict[int, list[ReadRecord]] = {p: [] for p in starts}
+    ends: dict[int, int] = {}
+    try:
+        while len(ends) < len(starts):
+            if time.monotonic() > deadline:
+                missing = sorted(set(starts) - set(ends))
+                raise KafkaError(
+                    f"reading {topic} partitions {missing} from {bootstrap_of(config)} did not "
+                    f"reach the end within {timeout:.0f} s",
+                    retriable=True,
+                )
+            for msg in consumer.consume(_BATCH, _POLL_S):
+                err = msg.error()
+                part = msg.partition()
+                offset = msg.offset()
+                if part is None or offset is None:
+                    if err is not None and (err.fatal() or not err.retriable()):
+                        raise KafkaError(f"reading {topic}: {err.str()}")
+                    continue
+                if err is not None:
+                    if err.code() == LibKafkaError._PARTITION_EOF:
+                        ends[part] = offset
+                        continue
+                    if err.fatal() or not err.retriable():
+                        raise KafkaError(f"reading {topic} [{part}]: {err.str()}")
+                    log.debug("transient read error topic=%s error=%s", topic, err.str())
+                    continue
+                per_partition[part].append(
+                    ReadRecord(msg.key(), msg.value(), _headers(msg.headers()), part, offset)
+                )
+                ends.pop(part, None)  # more data arrived after an earlier EOF
+            _ends_from_watermarks(consumer, topic, starts, ends)
+    finally:
+        consumer.unassign()
+    return [r for p in sorted(per_partition) for r in per_partition[p]], ends
+
+
+def _headers(raw: Any) -> Headers:
+    """Message headers as (name, bytes) pairs (librdkafka hands us bytes values)."""
+    if not raw:
+        return []
+    pairs = raw.items() if isinstance(raw, dict) else raw
+    return [(k, v.encode() if isinstance(v, str) else v) for k, v in pairs]
+
+
+def _ends_from_watermarks(
+    consumer: Consumer, topic: str, starts: Mapping[int, int], ends: dict[int, int]
+) -> None:
+    """Mark partitions whose fetch position has reached the fetch-reported high watermark.
+
+    A backstop for the EOF event (which librdkafka raises once per reach of the end).
+    """
+    pending = [TopicPartition(topic, p) for p in starts if p not in ends]
+    if not pending:
+        return
+    for tp in consumer.position(pending):
+        _, high = consumer.get_watermark_offsets(tp, cached=True)
+        if high >= 0 and tp.offset != OFFSET_INVALID and tp.offset >= high:
+            ends[tp.partition] = tp.offset
+
+
+def low_high_estimate(consumer: Consumer, topic: str, partition: int) -> tuple[int, int]:
+    """(low, high) by ListOffsets: exact low; a high that is only an *estimate* (see module)."""
+    try:
+        low, high = consumer.get_watermark_offsets(
+            TopicPartition(topic, partition), timeout=CONNECT_TIMEOUT_S, cached=False
+        )
+    except LibKafkaException as exc:
+        raise KafkaError(
+            f"cannot list offsets of {topic} [{partition}]: {exc.args[0]}", retriable=True
+        ) from exc
+    return int(low), int(high)
+
+
+def open_reader(config: Mapping[str, Any]) -> Consumer:
+    return Consumer(reader_config(config))
+
+
+def header(headers: Headers, name: str) -> bytes | None:
+    """The last value of header `name`, or None."""
+    found: bytes | None = None
+    for key, value in headers:
+        if key == name:
+            found = value
+    return found
+
+
+def recent_records(
+    config: Mapping[str, Any], topic: str, stream_id: str, per_partition: int
+) -> list[tuple[bytes | None, bytes | None, Headers]]:
+    """The committed tail of every partition of `topic` that belongs to `stream_id`.
+
+    For each partition, reads the offsets [max(low, end - per_partition), end) where `end` is
+    the fetch-reported end (control markers count as offsets, so a tail of N offsets holds
+    at most N records), keeps those whose `polybridge.stream` header equals `stream_id`, and
+    returns (key, value, headers) in partition order, then offset order. Used to seed the
+    dedupe window at startup.
+    """
+    if per_partition <= 0:
+        return []
+    wanted = stream_id.encode()
+    consumer = open_reader(config)
+    try:
+        parts = partitions_of(consumer, topic, config)
+        lows: dict[int, int] = {}
+        starts: dict[int, int] = {}
+        for p in parts:
+            low, high = low_high_estimate(consumer, topic, p)
+            lows[p] = low
+            # On Tansu `high` may be below the real end (so we read a little more than
+            # needed, trimmed below); on Kafka it is the LSO. Either way start <= target.
+            starts[p] = max(low, high - per_partition)
+        records, ends = read_ranges(consumer, topic, starts, config)
+        # If an estimate overshot (start > target), re-read those partitions from the target.
+        targets = {p: max(lows[p], ends[p] - per_partition) for p in parts}
+        redo = {p: targets[p] for p in parts if starts[p] > targets[p]}
+        if redo:
+            again, _ = read_ranges(consumer, topic, redo, config)
+            records = [r for r in records if r.partition not in redo] + again
+            records.sort(key=lambda r: (r.partition, r.offset))
+        return [
+            (r.key, r.value, r.headers)
+            for r in records
+            if r.offset >= targets[r.partition] and header(r.headers, STREAM_HEADER) == wanted
+        ]
+    finally:
+        consumer.close()
+
+
+def read_topic(
+    config: Mapping[str, Any], topic: str, timeout: float = READ_TIMEOUT_S
+) -> list[ReadRecord]:
+    """Every committed record of `topic`, all partitions, from the beginning to the end."""
+    consumer = open_reader(config)
+    try:
+        parts = partitions_of(consumer, topic, config)
+        starts = {p: low_high_estimate(consumer, topic, p)[0] for p in parts}
+        records, _ = read_ranges(consumer, topic, starts, config, timeout)
+        return records
+    finally:
+        consumer.close()

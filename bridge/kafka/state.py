@@ -1,0 +1,188 @@
+"""The state topic: each stream's resume position, one compacted 1-partition topic.
+
+Key: the stream id (UTF-8). Value: a `polybridge.State` Avro record, single-object encoded
+(`C3 01` + schema fingerprint + body) or, with a Schema Registry, Confluent-framed (`00` +
+4-byte schema id + body); a tombstone (value None) means "no position" (`state reset`).
+The newest record per key is the stream's position (see `bridge.records.Position`). State
+records are written only inside the transaction that writes the data they cover.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from io import BytesIO
+from typing import Any
+
+import fastavro
+
+from bridge.errors import KafkaError
+from bridge.kafka import readback
+from bridge.kafka.producer import ConfigValue, TransactionalProducer
+from bridge.records import Position
+from bridge.serde.avro import SINGLE_OBJECT_MAGIC, Serializer, fingerprint, load_schema
+
+log = logging.getLogger(__name__)
+
+STATE_SCHEMA = "polybridge.State"
+CONFLUENT_MAGIC = b"\x00"
+"""Confluent wire format: magic byte 0, 4-byte big-endian schema id, Avro body."""
+
+
+@dataclass(frozen=True, slots=True)
+class StateEntry:
+    """One stream's committed position as stored in the state topic."""
+
+    stream_id: str
+    upstream: str
+    owner: str
+    """Instance id of the bridge that committed it; not ours means we were fenced."""
+    committed_at_us: int
+    position: Position
+
+
+def state_datum(
+    stream_id: str, upstream: str, position: Position, owner: str, committed_at_us: int
+) -> dict[str, Any]:
+    """The `polybridge.State` datum for a position."""
+    return {
+        "stream_id": stream_id,
+        "upstream": upstream,
+        "resume_token": position.resume_token,
+        "event_time": position.event_time_us,
+        "live_time": position.live_time_us,
+        "owner": owner,
+        "committed_at": committed_at_us,
+        "detail": dict(position.detail),
+    }
+
+
+def encode_state(
+    stream_id: str,
+    upstream: str,
+    position: Position,
+    owner: str,
+    committed_at_us: int,
+    serializer: Serializer,
+) -> bytes:
+    """The state topic value for `position` (framed by `serializer`'s wire format)."""
+    return serializer(state_datum(stream_id, upstream, position, owner, committed_at_us))
+
+
+def _entry(datum: Mapping[str, Any]) -> StateEntry:
+    return StateEntry(
+        stream_id=datum["stream_id"],
+        upstream=datum["upstream"],
+        owner=datum.get("owner", ""),
+        committed_at_us=_micros(datum["committed_at"]),
+        position=Position(
+            resume_token=datum.get("resume_token"),
+            event_time_us=_micros(datum.get("event_time")),
+            live_time_us=_micros(datum.get("live_time")),
+            detail=dict(datum.get("detail") or {}),
+        ),
+    )
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _micros(value: Any) -> Any:
+    """fastavro decodes timestamp-micros to an aware datetime: back to epoch microseconds."""
+    if value is None or isinstance(value, int):
+        return value
+    delta = value - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def decode_state(value: bytes) -> StateEntry:
+    """A state topic value back to a `StateEntry`.
+
+    Accepts single-object encoding (the fingerprint must be the current State schema's) and
+    Confluent framing (the body is read with the current schema: State changes are kept
+    BACKWARD compatible and the bridge registers that schema). Anything else raises
+    `KafkaError` naming the framing it found.
+    """
+    schema = load_schema(STATE_SCHEMA)
+    if value.startswith(SINGLE_OBJECT_MAGIC):
+        fp = value[2:10]
+        if fp != fingerprint(STATE_SCHEMA):
+            raise KafkaError(
+                f"state record written with an unknown State schema (fingerprint {fp.hex()}); "
+                "upgrade polybridge or reset the stream's state"
+            )
+        body = value[10:]
+    elif value.startswith(CONFLUENT_MAGIC) and len(value) >= 5:
+        body = value[5:]
+    else:
+        raise KafkaError(
+            f"state record has unknown framing (first bytes {value[:4].hex()}); expected Avro "
+            "single-object (c301...) or Confluent (00...) framing"
+        )
+    try:
+        datum = fastavro.schemaless_reader(BytesIO(body), schema, schema)
+    except Exception as exc:
+        raise KafkaError(f"state record does not decode as {STATE_SCHEMA}: {exc}") from exc
+    if not isinstance(datum, dict):
+        raise KafkaError(f"state record decoded to {type(datum).__name__}, not a record")
+    return _entry(datum)
+
+
+class StateStore:
+    """Reads the state topic (read_committed, `assign()`, to the fetch-reported end)."""
+
+    def __init__(self, config: Mapping[str, ConfigValue], topic: str) -> None:
+        self.config = dict(config)
+        self.topic = topic
+
+    def load(self) -> dict[str, StateEntry]:
+        """Newest committed position per stream id; a stream whose newest is a tombstone
+        is absent."""
+        started = time.monotonic()
+        records = readback.read_topic(self.config, self.topic)
+        newest: dict[str, bytes | None] = {}
+        for rec in records:
+            if rec.key is None:
+                log.warning("state record without key topic=%s offset=%d", self.topic, rec.offset)
+                continue
+            newest[rec.key.decode()] = rec.value
+        entries = {k: decode_state(v) for k, v in newest.items() if v is not None}
+        log.info(
+            "state loaded topic=%s records=%d streams=%d ms=%.0f",
+            self.topic,
+            len(records),
+            len(entries),
+            (time.monotonic() - started) * 1e3,
+        )
+        return entries
+
+    def latest(self, stream_id: str) -> StateEntry | None:
+        """The newest committed position of one stream (None: none, or a tombstone)."""
+        return self.load().get(stream_id)
+
+
+async def write_state(
+    config: Mapping[str, ConfigValue],
+    topic: str,
+    transactional_id: str,
+    stream_id: str,
+    value: bytes | None,
+    timeout: float = 30.0,
+) -> None:
+    """Write one state record (None: a tombstone) in its own transaction.
+
+    Uses the stream's own `transactional_id`, so a bridge running that stream is fenced
+    first (the safety idea of KIP-875's offset reset: nobody overwrites a live owner).
+    """
+    producer = TransactionalProducer(config, transactional_id, stream_id)
+    try:
+        await producer.init(timeout)
+        producer.begin()
+        headers = [(readback.STREAM_HEADER, stream_id.encode())]
+        producer.produce(topic, stream_id.encode(), value, headers)
+        await producer.commit(timeout)
+    finally:
+        producer.close()

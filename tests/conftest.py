@@ -1,0 +1,49 @@
+"""Shared fixtures. Kafka helpers live in `tests/kafka_fixture.py`; keep this file thin."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+
+import pytest
+
+from tests import kafka_fixture
+from tests.kafka_fixture import KafkaTarget, Row
+
+
+@pytest.fixture(scope="session")
+def kafka_target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaTarget]:
+    """The broker for this test session (see `kafka_fixture.kafka_target` for the order)."""
+    with kafka_fixture.kafka_target(str(tmp_path_factory.mktemp("kafka"))) as target:
+        yield target
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(kafka_target: KafkaTarget) -> str:
+    """`bootstrap.servers` of the session's broker."""
+    return kafka_target.bootstrap_servers
+
+
+@pytest.fixture
+def unique_name() -> Callable[[str], str]:
+    """Factory: `unique_name("state")` -> "state-3f9a..." (never collides across tests)."""
+    return kafka_fixture.unique
+
+
+@pytest.fixture
+def make_topic(kafka_bootstrap: str) -> Callable[..., str]:
+    """Factory: `make_topic(partitions=3, config={...})` creates a uniquely named topic."""
+
+    def make(
+        name: str | None = None, partitions: int = 1, config: Mapping[str, str] | None = None
+    ) -> str:
+        return kafka_fixture.create_topic(
+            kafka_bootstrap, name or kafka_fixture.unique("topic"), partitions, config
+        )
+
+    return make
+
+
+@pytest.fixture
+def read_topic(kafka_bootstrap: str) -> Callable[[str], list[Row]]:
+    """Reads a whole topic read_committed: [(key, value, headers, partition, offset)]."""
+    return lambda topic: kafka_fixture.read_all(kafka_bootstrap, topic)

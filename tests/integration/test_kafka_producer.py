@@ -1,0 +1,183 @@
+"""The transactional producer against a real broker: visibility, errors, fencing."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+import pytest
+
+from bridge.errors import FencedError, KafkaError
+from bridge.kafka.producer import TransactionalProducer
+from tests.kafka_fixture import KafkaTarget, Row
+
+HEADERS = [("polybridge.stream", b"s1")]
+
+
+def _producer(bootstrap: str, txn_id: str, **extra: str | int) -> TransactionalProducer:
+    return TransactionalProducer({"bootstrap.servers": bootstrap, **extra}, txn_id, "s1")
+
+
+def test_committed_records_are_visible_to_read_committed_readers(
+    kafka_bootstrap: str,
+    make_topic: Callable[..., str],
+    read_topic: Callable[[str], list[Row]],
+    unique_name: Callable[[str], str],
+) -> None:
+    data, state = make_topic(partitions=2), make_topic(config={"cleanup.policy": "compact"})
+
+    async def run() -> TransactionalProducer:
+        producer = _producer(kafka_bootstrap, unique_name("txn"))
+        await producer.init()
+        producer.begin()
+        for i in range(100):
+            producer.produce(data, f"k{i}".encode(), f"v{i}".encode(), HEADERS)
+        producer.produce(state, b"s1", b"position", HEADERS)
+        await producer.commit()
+        producer.close()
+        return producer
+
+    producer = asyncio.run(run())
+    rows = read_topic(data)
+    assert sorted(r[1] for r in rows if r[1]) == sorted(f"v{i}".encode() for i in range(100))
+    assert rows[0][2] == HEADERS
+    assert [r[1] for r in read_topic(state)] == [b"position"]
+    assert producer.delivered_records == 101
+    assert producer.delivered_bytes > 101 * 3
+
+
+def test_aborted_records_are_invisible_to_read_committed_readers(
+    kafka_target: KafkaTarget,
+    make_topic: Callable[..., str],
+    read_topic: Callable[[str], list[Row]],
+    unique_name: Callable[[str], str],
+) -> None:
+    if not kafka_target.filters_aborted:
+        pytest.xfail("Tansu 0.6 sends no aborted-transaction list: aborted records stay visible")
+    topic = make_topic()
+
+    async def run() -> None:
+        producer = _producer(kafka_target.bootstrap_servers, unique_name("txn"))
+        await producer.init()
+        producer.begin()
+        producer.produce(topic, b"k", b"aborted", HEADERS)
+        await producer.abort()
+        producer.begin()
+        producer.produce(topic, b"k", b"committed", HEADERS)
+        await producer.commit()
+        producer.close()
+
+    asyncio.run(run())
+    assert [r[1] for r in read_topic(topic)] == [b"committed"]
+
+
+def test_an_open_transaction_is_invisible_until_committed(
+    kafka_bootstrap: str,
+    make_topic: Callable[..., str],
+    read_topic: Callable[[str], list[Row]],
+    unique_name: Callable[[str], str],
+) -> None:
+    topic = make_topic()
+
+    async def run() -> None:
+        producer = _producer(kafka_bootstrap, unique_name("txn"))
+        await producer.init()
+        producer.begin()
+        producer.produce(topic, b"k", b"first", HEADERS)
+        await producer.commit()
+        producer.begin()
+        producer.produce(topic, b"k", b"pending", HEADERS)
+        await asyncio.to_thread(producer._producer.flush, 5)
+        assert [r[1] for r in read_topic(topic)] == [b"first"]
+        await producer.commit()
+        assert [r[1] for r in read_topic(topic)] == [b"first", b"pending"]
+        producer.close()
+
+    asyncio.run(run())
+
+
+def test_unreachable_broker_gives_a_clear_bounded_error() -> None:
+    producer = _producer("127.0.0.1:1", "nobody")
+    started = time.monotonic()
+    with pytest.raises(
+        KafkaError, match=r"cannot reach Kafka at 127\.0\.0\.1:1 within 2 s"
+    ) as info:
+        asyncio.run(producer.init(timeout=2))
+    assert time.monotonic() - started < 6
+    assert info.value.retriable
+    producer.close()
+
+
+def test_a_second_producer_with_the_same_id_fences_the_first(
+    kafka_bootstrap: str, make_topic: Callable[..., str], unique_name: Callable[[str], str]
+) -> None:
+    """The zombie cannot commit, and learns it within a bounded time.
+
+    Apache Kafka: PRODUCER_FENCED / INVALID_PRODUCER_EPOCH -> FencedError. Tansu: the
+    zombie's next produce fails with PRODUCER_FENCED (-> FencedError); had it nothing left
+    to send, its commit would only time out (see the producer module docstring).
+    """
+    topic, txn_id = make_topic(), unique_name("txn")
+
+    async def run() -> tuple[BaseException, float]:
+        zombie = _producer(kafka_bootstrap, txn_id)
+        await zombie.init()
+        zombie.begin()
+        zombie.produce(topic, b"k", b"zombie-1", HEADERS)
+        await asyncio.to_thread(zombie._producer.flush, 5)
+
+        successor = _producer(kafka_bootstrap, txn_id)
+        await successor.init(timeout=30)
+
+        started = time.monotonic()
+        try:
+            zombie.produce(topic, b"k", b"zombie-2", HEADERS)
+            await zombie.commit(timeout=5)
+        except KafkaError as exc:
+            error: BaseException = exc
+        else:
+            raise AssertionError("a fenced producer committed")
+        took = time.monotonic() - started
+        assert zombie.broken
+
+        successor.begin()
+        successor.produce(topic, b"k", b"successor", HEADERS)
+        await successor.commit()
+        successor.close()
+        zombie.close()
+        return error, took
+
+    error, took = asyncio.run(run())
+    assert took < 7
+    if isinstance(error, FencedError):
+        assert "s1" in str(error) and "fenced" in str(error)
+    else:  # a broker that only drops connections: a retriable timeout
+        assert error.retriable and "did not finish" in str(error)
+
+
+def test_a_fenced_idle_producer_commit_ends_within_its_timeout(
+    kafka_bootstrap: str, make_topic: Callable[..., str], unique_name: Callable[[str], str]
+) -> None:
+    """Nothing left to send when fenced: the commit is bounded whatever the broker does."""
+    topic, txn_id = make_topic(), unique_name("txn")
+
+    async def run() -> tuple[KafkaError, float]:
+        zombie = _producer(kafka_bootstrap, txn_id)
+        await zombie.init()
+        zombie.begin()
+        zombie.produce(topic, b"k", b"zombie", HEADERS)
+        await asyncio.to_thread(zombie._producer.flush, 5)
+        successor = _producer(kafka_bootstrap, txn_id)
+        await successor.init(timeout=30)
+        started = time.monotonic()
+        with pytest.raises(KafkaError) as info:
+            await zombie.commit(timeout=3)
+        took = time.monotonic() - started
+        zombie.close()
+        successor.close()
+        return info.value, took
+
+    error, took = asyncio.run(run())
+    assert took < 5
+    assert isinstance(error, FencedError) or error.retriable

@@ -1,0 +1,122 @@
+"""State topic: newest position per stream, tombstones, transactional writes, topic checks."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+import pytest
+
+from bridge.errors import ConfigError, KafkaError
+from bridge.kafka import admin, readback
+from bridge.kafka.admin import TopicSpec, check_state_topic, ensure_topics, topic_config
+from bridge.kafka.producer import TransactionalProducer
+from bridge.kafka.state import STATE_SCHEMA, StateStore, encode_state, write_state
+from bridge.records import Position
+from bridge.serde.avro import Serializer, SingleObjectFormat
+
+SER = Serializer(STATE_SCHEMA, SingleObjectFormat().prefix(STATE_SCHEMA, "state"))
+
+
+def _value(stream: str, token: bytes, owner: str = "me") -> bytes:
+    return encode_state(stream, "dropcopy", Position(resume_token=token), owner, 1, SER)
+
+
+def test_load_returns_the_newest_committed_position_per_stream(
+    kafka_bootstrap: str, make_topic: Callable[..., str], unique_name: Callable[[str], str]
+) -> None:
+    topic = make_topic(config={"cleanup.policy": "compact"})
+    config = {"bootstrap.servers": kafka_bootstrap}
+
+    async def run() -> None:
+        producer = TransactionalProducer(config, unique_name("txn"), "many")
+        await producer.init()
+        for i in range(3):
+            producer.begin()
+            producer.produce(topic, b"a", _value("a", b"a%d" % i))
+            producer.produce(topic, b"b", _value("b", b"b%d" % i))
+            await producer.commit()
+        producer.begin()
+        producer.produce(topic, b"c", _value("c", b"c0"))
+        producer.produce(topic, b"b", None)  # b reset: tombstone
+        await producer.commit()
+        producer.close()
+
+    asyncio.run(run())
+    store = StateStore(config, topic)
+    loaded = store.load()
+    assert set(loaded) == {"a", "c"}
+    assert loaded["a"].position.resume_token == b"a2"
+    assert loaded["c"].position.resume_token == b"c0"
+    assert store.latest("b") is None
+    latest = store.latest("a")
+    assert latest is not None and latest.owner == "me"
+
+
+def test_load_of_an_empty_state_topic_is_empty(
+    kafka_bootstrap: str, make_topic: Callable[..., str]
+) -> None:
+    topic = make_topic(config={"cleanup.policy": "compact"})
+    started = time.monotonic()
+    assert StateStore({"bootstrap.servers": kafka_bootstrap}, topic).load() == {}
+    assert time.monotonic() - started < 5
+
+
+def test_write_state_replaces_and_resets_a_position(
+    kafka_bootstrap: str, make_topic: Callable[..., str], unique_name: Callable[[str], str]
+) -> None:
+    topic = make_topic(config={"cleanup.policy": "compact"})
+    config = {"bootstrap.servers": kafka_bootstrap}
+    txn = unique_name("app") + ".s"
+    asyncio.run(write_state(config, topic, txn, "s", _value("s", b"t1", owner="reset")))
+    entry = StateStore(config, topic).latest("s")
+    assert entry is not None and entry.owner == "reset" and entry.position.resume_token == b"t1"
+    asyncio.run(write_state(config, topic, txn, "s", None))
+    assert StateStore(config, topic).latest("s") is None
+
+
+def test_ensure_topics_creates_missing_topics_once(
+    kafka_bootstrap: str, unique_name: Callable[[str], str]
+) -> None:
+    config = {"bootstrap.servers": kafka_bootstrap}
+    state = unique_name("state")
+    specs = [
+        TopicSpec(state, 1, 1, {"cleanup.policy": "compact"}),
+        TopicSpec(unique_name("data"), 3, 1, {}),
+    ]
+    assert sorted(ensure_topics(config, specs)) == sorted(s.name for s in specs)
+    assert ensure_topics(config, specs) == []
+    assert topic_config(config, state)["cleanup.policy"] == "compact"
+    check_state_topic(config, state)
+
+
+def test_a_state_topic_that_is_not_compacted_is_refused(
+    kafka_bootstrap: str, make_topic: Callable[..., str]
+) -> None:
+    topic = make_topic(config={"cleanup.policy": "delete"})
+    with pytest.raises(ConfigError, match=rf"state topic {topic} has cleanup.policy=delete"):
+        check_state_topic({"bootstrap.servers": kafka_bootstrap}, topic)
+
+
+def test_a_missing_state_topic_passes_the_check(
+    kafka_bootstrap: str, unique_name: Callable[[str], str]
+) -> None:
+    check_state_topic({"bootstrap.servers": kafka_bootstrap}, unique_name("absent"))
+
+
+def test_unreachable_broker_gives_clear_bounded_errors(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The production bounds are 10 s; shortened so the test stays quick.
+    monkeypatch.setattr(readback, "CONNECT_TIMEOUT_S", 2.0)
+    monkeypatch.setattr(admin, "ADMIN_TIMEOUT_S", 2.0)
+    config = {"bootstrap.servers": "127.0.0.1:1"}
+    expected = r"cannot reach Kafka at 127\.0\.0\.1:1 within 2 s"
+    started = time.monotonic()
+    with pytest.raises(KafkaError, match=expected) as info:
+        StateStore(config, "polybridge.state").load()
+    assert info.value.retriable
+    with pytest.raises(KafkaError, match=expected):
+        ensure_topics(config, [TopicSpec("x")])
+    with pytest.raises(KafkaError, match=expected):
+        check_state_topic(config, "polybridge.state")
+    assert time.monotonic() - started < 10
