@@ -18,11 +18,11 @@ from bridge.config import (
     Settings,
     parse_time,
 )
-from bridge.dedupe import LatestPerKey, RecentIds, RepeatFilter
+from bridge.dedupe import LatestPerKey, RecentIds, RepeatFilter, Visible
 from bridge.errors import BridgeError, ConfigError
 from bridge.kafka.admin import TopicSpec, check_state_topic, ensure_topics
 from bridge.kafka.producer import TransactionalProducer
-from bridge.kafka.readback import recent_records
+from bridge.kafka.readback import header, recent_records
 from bridge.kafka.state import StateStore
 from bridge.mapping.dropcopy import DropCopyMapper
 from bridge.pipeline import EVENT_ID_HEADER, Pipeline, SideTopics
@@ -30,6 +30,7 @@ from bridge.mapping.predexon import CHANNELS
 from bridge.records import Record, Source
 from bridge.serde.avro import Serializer, SingleObjectFormat, WireFormat
 from bridge.sources.auth import PrivateKeyJwtProvider, StaticToken, TokenProvider
+from bridge.sources.backoff import Backoff
 from bridge.sources.dropcopy import DropCopySource, open_channel
 from bridge.sources.dropcopy_kinds import KINDS
 from bridge.sources.predexon import PredexonSource
@@ -164,11 +165,11 @@ class Bridge:
             firms=stream.firms,
             first_start_time_us=first_start,
             resume_margin_us=int(dropcopy.resume_time_margin_s * 1_000_000),
+            backoff=Backoff(dropcopy.reconnect_initial_s, dropcopy.reconnect_max_s),
         )
-        repeats: RepeatFilter = (
-            LatestPerKey()
-            if kind.name == "instrument_states"
-            else RecentIds(settings.pipeline.dedupe_window)
+        window = settings.pipeline.dedupe_window
+        repeats: Callable[[], RepeatFilter] = (
+            LatestPerKey if kind.name == "instrument_states" else lambda: RecentIds(window)
         )
         return self._pipeline(stream_id, "dropcopy", source, topic, repeats, side, state_store)
 
@@ -190,8 +191,10 @@ class Bridge:
             topic=topic,
             prefix=self._format.prefix(schema, topic),
         )
-        repeats = RecentIds(self.settings.pipeline.dedupe_window)
-        return self._pipeline(stream_id, "predexon", source, topic, repeats, side, state_store)
+        window = self.settings.pipeline.dedupe_window
+        return self._pipeline(
+            stream_id, "predexon", source, topic, lambda: RecentIds(window), side, state_store
+        )
 
     def _pipeline(
         self,
@@ -199,7 +202,7 @@ class Bridge:
         upstream: str,
         source: Source,
         topic: str,
-        repeats: RepeatFilter,
+        repeats: Callable[[], RepeatFilter],
         side: SideTopics,
         state_store: StateStore,
     ) -> Pipeline:
@@ -221,16 +224,17 @@ class Bridge:
             instance_id=self.instance_id,
         )
 
-    def _read_back(self, topic: str, stream_id: str) -> Callable[[], Sequence[Record]]:
+    def _read_back(self, topic: str, stream_id: str) -> Callable[[], Sequence[Visible]]:
         window = max(1, self.settings.pipeline.dedupe_window // self.settings.kafka.partitions)
 
-        def read() -> Sequence[Record]:
-            records = []
-            for key, value, headers in recent_records(self._kafka, topic, stream_id, window):
-                event_id = dict(headers or []).get(EVENT_ID_HEADER)
-                if event_id is not None and value is not None:
-                    records.append(Record(topic, key, value, event_id.decode(), None))
-            return records
+        def read() -> Sequence[Visible]:
+            visible = []
+            for found in recent_records(self._kafka, topic, stream_id, window):
+                event_id = header(found.headers, EVENT_ID_HEADER)
+                if event_id is not None and found.value is not None:
+                    record = Record(topic, found.key, found.value, event_id.decode(), None)
+                    visible.append(Visible(record, found.timestamp_ms * 1000))
+            return visible
 
         return read
 

@@ -113,6 +113,10 @@ class DropCopySettings(_Section):
     """`firms/<Firm>/users/<user>`, sent as x-participant-id on account-scoped streams."""
     resume_time_margin_s: float = Field(5.0, ge=0)
     """When a resume token is refused, replay from the last committed event time minus this."""
+    reconnect_initial_s: float = Field(1.0, gt=0)
+    """First reconnect delay; doubles per failure (with full jitter) up to reconnect_max_s."""
+    reconnect_max_s: float = Field(30.0, gt=0)
+    """Reconnect delay cap: the exchange documents 1 s doubling to 30 s."""
     auth: DropCopyAuthSettings = DropCopyAuthSettings()
     streams: tuple[DropCopyStreamSettings, ...] = ()
 

@@ -1,22 +1,38 @@
 """Dropping upstream repeats, transaction-aware.
 
 What a filter learns from the open transaction is provisional: it becomes part of the
-filter's memory only when the transaction commits, and is forgotten when it aborts (those
-records were not written, so their replay must not be dropped).
+filter's memory only when the transaction commits, and is forgotten when it aborts.
+
+Filters are seeded from what is *visible* in Kafka, not from what the state says was
+committed: a broker may expose records of a transaction that never committed (Tansu shows
+aborted transactions and a killed producer's open transaction to read_committed readers).
+Records written after the stream's last committed position are "unclaimed": the upstream
+will deliver them again after a restart, and those replays are repeats. On Apache Kafka
+nothing is unclaimed and the seeding changes nothing.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Protocol
 
 from bridge.records import Record
 
 
+@dataclass(frozen=True, slots=True)
+class Visible:
+    """A record read back from Kafka, with when it was produced."""
+
+    record: Record
+    written_at_us: int
+
+
 class RepeatFilter(Protocol):
-    def seed(self, records: Iterable[Record]) -> None:
-        """Learn records already in Kafka (read back at startup), oldest first."""
+    def seed(self, visible: Iterable[Visible], committed_at_us: int | None) -> None:
+        """Learn what Kafka shows (oldest first); records written after `committed_at_us`,
+        when the stream's position was last committed, are unclaimed."""
 
     def is_repeat(self, record: Record) -> bool:
         """True if the record was written before; otherwise remember it as pending."""
@@ -34,10 +50,12 @@ class RecentIds:
         self._committed: OrderedDict[str, None] = OrderedDict()
         self._pending: dict[str, None] = {}
 
-    def seed(self, records: Iterable[Record]) -> None:
-        for record in records:
-            self._committed[record.event_id] = None
-            self._committed.move_to_end(record.event_id)
+    def seed(self, visible: Iterable[Visible], committed_at_us: int | None) -> None:
+        # Unclaimed records are remembered like committed ones: their replay is a repeat.
+        for item in visible:
+            event_id = item.record.event_id
+            self._committed[event_id] = None
+            self._committed.move_to_end(event_id)
         self._trim()
 
     def is_repeat(self, record: Record) -> bool:
@@ -72,12 +90,26 @@ class LatestPerKey:
     def __init__(self) -> None:
         self._latest: dict[bytes | None, str] = {}
         self._pending: dict[bytes | None, str] = {}
+        self._unclaimed: dict[bytes | None, deque[str]] = {}
 
-    def seed(self, records: Iterable[Record]) -> None:
-        for record in records:
-            self._latest[record.key] = record.event_id
+    def seed(self, visible: Iterable[Visible], committed_at_us: int | None) -> None:
+        # "Latest" is as of the committed position (what the upstream's replay and its
+        # snapshot start from); records written after it are expected again, in order.
+        for item in visible:
+            key, event_id = item.record.key, item.record.event_id
+            if committed_at_us is None or item.written_at_us <= committed_at_us:
+                self._latest[key] = event_id
+            else:
+                self._unclaimed.setdefault(key, deque()).append(event_id)
 
     def is_repeat(self, record: Record) -> bool:
+        unclaimed = self._unclaimed.get(record.key)
+        if unclaimed:
+            if unclaimed[0] == record.event_id:
+                unclaimed.popleft()
+                self._pending[record.key] = record.event_id
+                return True
+            unclaimed.clear()  # the replay diverged: back to comparing with the latest
         latest = self._pending.get(record.key, self._latest.get(record.key))
         if latest == record.event_id:
             return True

@@ -26,7 +26,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from bridge.config import PipelineSettings
-from bridge.dedupe import RepeatFilter
+from bridge.dedupe import RepeatFilter, Visible
 from bridge.errors import BridgeError, FencedError, KafkaError
 from bridge.kafka.producer import TransactionalProducer
 from bridge.kafka.state import StateStore, encode_state
@@ -105,8 +105,8 @@ class Pipeline:
         state_store: StateStore,
         side: SideTopics,
         settings: PipelineSettings,
-        repeats: RepeatFilter,
-        read_back: Callable[[], Sequence[Record]],
+        repeats: Callable[[], RepeatFilter],
+        read_back: Callable[[], Sequence[Visible]],
         instance_id: str,
     ) -> None:
         self.stream_id = stream_id
@@ -117,12 +117,14 @@ class Pipeline:
         self._state_store = state_store
         self._side = side
         self._settings = settings
-        self._repeats = repeats
+        self._new_repeats = repeats
+        self._repeats = repeats()
         self._read_back = read_back
         self._instance_id = instance_id
         self._headers = [(STREAM_HEADER, stream_id.encode())]
         self._key = stream_id.encode()
         self._committed: Position | None = None
+        self._committed_at_us: int | None = None
         self._txn: _OpenTransaction | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -131,7 +133,8 @@ class Pipeline:
             await self._producer.init()
             entry = await asyncio.to_thread(self._state_store.latest, self.stream_id)
             self._committed = entry.position if entry else None
-            self._repeats.seed(await asyncio.to_thread(self._read_back))
+            self._committed_at_us = entry.committed_at_us if entry else None
+            await self._reseed()
             log.info("stream=%s starting from %s", self.stream_id, _describe(self._committed))
             await self._claim()
             self.stats.running = True
@@ -145,11 +148,19 @@ class Pipeline:
             self.stats.running = False
             self._producer.close()
 
+    async def _reseed(self) -> None:
+        """A fresh repeat filter that knows what Kafka shows for this stream."""
+        repeats = self._new_repeats()
+        repeats.seed(await asyncio.to_thread(self._read_back), self._committed_at_us)
+        self._repeats = repeats
+
     async def _claim(self) -> None:
-        """Commit our ownership (position unchanged) right after fencing the previous owner."""
+        """Commit our ownership right after fencing the previous owner. The position and
+        its commit time stay as they were: records written after that time are still
+        unclaimed (see bridge.dedupe) until this instance moves the position past them."""
         self._producer.begin()
         self._txn = _OpenTransaction()
-        await self._commit(self._committed or Position())
+        await self._commit(self._committed or Position(), self._committed_at_us)
 
     async def _run_from(self, start: Position | None, stop: asyncio.Event) -> None:
         queue: asyncio.Queue[Batch | BaseException] = asyncio.Queue(
@@ -259,15 +270,16 @@ class Pipeline:
         last = self.stats.last_commit_at or 0.0
         return now - last >= self._settings.heartbeat_commit_interval_s
 
-    async def _commit(self, position: Position) -> None:
+    async def _commit(self, position: Position, committed_at_us: int | None = None) -> None:
         txn = self._txn
         assert txn is not None
+        committed_at = committed_at_us if committed_at_us is not None else now_us()
         state = encode_state(
             self.stream_id,
             self.upstream,
             position,
             self._instance_id,
-            now_us(),
+            committed_at,
             self._side.state_serializer,
         )
         self._producer.produce(self._side.state, self._key, state, self._headers)
@@ -276,6 +288,7 @@ class Pipeline:
         finished = time.monotonic()
         self._repeats.commit()
         self._committed = position
+        self._committed_at_us = committed_at
         self._txn = None
         stats = self.stats
         stats.records += txn.records
@@ -304,6 +317,8 @@ class Pipeline:
             raise exc
         with contextlib.suppress(BridgeError):
             await self._producer.abort()
+        # Some brokers show aborted records anyway: learn what is visible again.
+        await self._reseed()
         log.warning(
             "stream=%s kafka error, resuming from the last committed position: %s",
             self.stream_id,

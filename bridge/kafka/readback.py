@@ -57,6 +57,8 @@ class ReadRecord:
     headers: Headers
     partition: int
     offset: int
+    timestamp_ms: int = 0
+    """The record's Kafka timestamp (CreateTime: when the producer produced it)."""
 
 
 def reader_config(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -145,7 +147,14 @@ def read_ranges(
                     log.debug("transient read error topic=%s error=%s", topic, err.str())
                     continue
                 per_partition[part].append(
-                    ReadRecord(msg.key(), msg.value(), _headers(msg.headers()), part, offset)
+                    ReadRecord(
+                        msg.key(),
+                        msg.value(),
+                        _headers(msg.headers()),
+                        part,
+                        offset,
+                        msg.timestamp()[1],
+                    )
                 )
                 ends.pop(part, None)  # more data arrived after an earlier EOF
             _ends_from_watermarks(consumer, topic, starts, ends)
@@ -206,14 +215,14 @@ def header(headers: Headers, name: str) -> bytes | None:
 
 def recent_records(
     config: Mapping[str, Any], topic: str, stream_id: str, per_partition: int
-) -> list[tuple[bytes | None, bytes | None, Headers]]:
+) -> list[ReadRecord]:
     """The committed tail of every partition of `topic` that belongs to `stream_id`.
 
     For each partition, reads the offsets [max(low, end - per_partition), end) where `end` is
     the fetch-reported end (control markers count as offsets, so a tail of N offsets holds
     at most N records), keeps those whose `polybridge.stream` header equals `stream_id`, and
-    returns (key, value, headers) in partition order, then offset order. Used to seed the
-    dedupe window at startup.
+    returns them in partition order, then offset order. Used to seed the dedupe window at
+    startup.
     """
     if per_partition <= 0:
         return []
@@ -238,7 +247,7 @@ def recent_records(
             records = [r for r in records if r.partition not in redo] + again
             records.sort(key=lambda r: (r.partition, r.offset))
         return [
-            (r.key, r.value, r.headers)
+            r
             for r in records
             if r.offset >= targets[r.partition] and header(r.headers, STREAM_HEADER) == wanted
         ]

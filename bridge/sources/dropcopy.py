@@ -190,8 +190,12 @@ class DropCopySource:
                         err.details(),
                     )
                     if gap_from is None:
+                        # The window starts where coverage ended: the last committed event
+                        # time, or on a first start the configured start time.
                         gap_from = (
-                            position.event_time_us or position.live_time_us,
+                            position.event_time_us
+                            or position.live_time_us
+                            or self._first_start_time_us,
                             "replay_unavailable",
                         )
                     resume_time_us = None

@@ -47,11 +47,11 @@ def test_reads_the_committed_tail_of_each_partition_for_one_stream(
     # Partition 0 holds offsets 0..19 (record, marker, ...), end 20: its last 6 offsets are
     # records 7, 8, 9. Partition 1 holds 0..9 and a marker at 10, end 11: last 6 = 5..9.
     rows = recent_records(config, topic, "a", 6)
-    values = [v for _, v, _ in rows]
+    values = [r.value for r in rows]
     assert values == [b"p0-7", b"p0-9"] + [f"p1-{i}".encode() for i in range(5, 10)]
-    assert all((STREAM_HEADER, b"a") in h for _, _, h in rows)
+    assert all((STREAM_HEADER, b"a") in r.headers for r in rows)
 
-    assert [v for _, v, _ in recent_records(config, topic, "b", 6)] == [b"p0-8"]
+    assert [r.value for r in recent_records(config, topic, "b", 6)] == [b"p0-8"]
     everything = recent_records(config, topic, "a", 1000)
     assert len(everything) == 15
     assert recent_records(config, topic, "nobody", 1000) == []
