@@ -331,6 +331,8 @@ class _Connection:
         self.by_sub_id: dict[str, Handle] = {}
         self.requests: asyncio.Queue[Request] = asyncio.Queue()
         self.reply: asyncio.Future[tuple[dict[str, Any], int]] | None = None
+        self.subscribing: Handle | None = None
+        """The handle whose subscribe request awaits its reply."""
         self.last_alive_us: int | None = None
         self.task: asyncio.Task[None] | None = None
         self.ws: ClientConnection | None = None
@@ -519,6 +521,11 @@ class _Connection:
 
     def _on_reply(self, message: dict[str, Any], received: int) -> None:
         if self.reply is not None and not self.reply.done():
+            handle = self.subscribing
+            if handle is not None and message.get("type") == "ack":
+                # Registered here, in the reader, not when `_control` next runs: the frames
+                # right behind an ack (orderbook snapshots) must already route to it.
+                self._register(handle, str(message.get("subscription_id")), received)
             self.reply.set_result((message, received))
             return
         code = message.get("code")
@@ -610,15 +617,11 @@ class _Connection:
                     "subscription_id": handle.subscription_id,
                     "filters": new_filters,
                 }
-            reply, received = await self._ask(ws, body)
+            reply, _ = await self._ask(ws, body, handle if action == "subscribe" else None)
             if reply.get("type") == "ack":
                 retry_backoff.reset()
                 if action == "subscribe":
-                    sub_id = str(reply.get("subscription_id"))
-                    handle.subscription_id = sub_id
-                    self.by_sub_id[sub_id] = handle
-                    handle.push(Acked(sub_id, received))
-                    backoff.success()
+                    backoff.success()  # registered by `_on_reply` already
                 elif action == "update":
                     handle.spec = SubscriptionSpec(spec.stream_id, spec.channel, body["filters"])
                 continue
@@ -652,8 +655,16 @@ class _Connection:
             if handle in self.handles:
                 self.handles.remove(handle)
 
-    async def _ask(self, ws: ClientConnection, body: dict[str, Any]) -> tuple[dict[str, Any], int]:
+    def _register(self, handle: Handle, sub_id: str, received: int) -> None:
+        handle.subscription_id = sub_id
+        self.by_sub_id[sub_id] = handle
+        handle.push(Acked(sub_id, received))
+
+    async def _ask(
+        self, ws: ClientConnection, body: dict[str, Any], subscribing: Handle | None = None
+    ) -> tuple[dict[str, Any], int]:
         self.reply = asyncio.get_running_loop().create_future()
+        self.subscribing = subscribing
         await ws.send(dumps(body, sort_keys=False))
         try:
             return await asyncio.wait_for(self.reply, self.manager.request_timeout_s)
@@ -661,6 +672,7 @@ class _Connection:
             raise _Retry("request_timeout") from None
         finally:
             self.reply = None
+            self.subscribing = None
 
 
 def _parse(raw: bytes | str) -> Any:
