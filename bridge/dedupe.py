@@ -103,17 +103,18 @@ class LatestPerKey:
                 self._unclaimed.setdefault(key, deque()).append(event_id)
 
     def is_repeat(self, record: Record) -> bool:
-        unclaimed = self._unclaimed.get(record.key)
+        key, event_id = record.key, record.event_id
+        # Equal to the latest: the snapshot sent on connect, or an immediate re-send.
+        if self._pending.get(key, self._latest.get(key)) == event_id:
+            return True
+        unclaimed = self._unclaimed.get(key)
         if unclaimed:
-            if unclaimed[0] == record.event_id:
+            if unclaimed[0] == event_id:
                 unclaimed.popleft()
-                self._pending[record.key] = record.event_id
+                self._pending[key] = event_id
                 return True
             unclaimed.clear()  # the replay diverged: back to comparing with the latest
-        latest = self._pending.get(record.key, self._latest.get(record.key))
-        if latest == record.event_id:
-            return True
-        self._pending[record.key] = record.event_id
+        self._pending[key] = event_id
         return False
 
     def commit(self) -> None:

@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from bridge.errors import KafkaError
+from bridge.kafka.readback import read_topic
+from bridge.serde.avro import Serializer, SingleObjectFormat
 from bridge.sim.dropcopy import SimulatorThread
 from bridge.sim.market import DEFAULT_FIRMS
 from bridge.sources.dropcopy_kinds import KINDS
@@ -69,6 +71,8 @@ def write_setup(
     kinds: Sequence[str] = ALL_KINDS,
     pipeline: str = "",
     extra: str = "",
+    dropcopy: str = "",
+    auth: str = "",
 ) -> BridgeSetup:
     token_file = tmp_path / "token"
     token_file.write_text(sim.issue_token(participant=PARTICIPANT, lifetime_s=3600))
@@ -84,9 +88,24 @@ def write_setup(
         f'[kafka]\nbootstrap_servers = "{bootstrap}"\ntopic_prefix = "{prefix}"\npartitions = 3\n'
         f"[pipeline]\n{pipeline}\n"
         f'[dropcopy]\nendpoint = "{sim.address}"\ntls = false\nparticipant_id = "{PARTICIPANT}"\n'
-        f'[dropcopy.auth]\nmode = "static"\ntoken_file = "{token_file}"\n\n{streams}'
+        f"{dropcopy}\n"
+        f"[dropcopy.auth]\n{auth or _static_auth(token_file)}\n\n{streams}"
     )
     return BridgeSetup(config, {"bootstrap.servers": bootstrap}, prefix, kinds)
+
+
+def _static_auth(token_file: Path) -> str:
+    return f'mode = "static"\ntoken_file = "{token_file}"'
+
+
+def gap_records(setup: BridgeSetup) -> list[dict[str, Any]]:
+    """Decoded gap records in the setup's gaps topic."""
+    serializer = Serializer("polybridge.Gap", SingleObjectFormat().prefix("polybridge.Gap", ""))
+    return [
+        serializer.decode(r.value)
+        for r in read_topic(setup.kafka, setup.prefix + "polybridge.gaps")
+        if r.value is not None
+    ]
 
 
 class BridgeProcess:
