@@ -237,7 +237,10 @@ class TransactionalProducer:
                     ) from None
                 self._producer.poll(_BUFFER_POLL_S)
             except LibKafkaException as exc:
-                raise self._error(exc.args[0], "produce") from exc
+                # A failed delivery (e.g. fenced) is the cause of the state error that
+                # follows it: serve the pending delivery reports and report the cause.
+                self._producer.poll(0)
+                raise self._error(self._txn_error or exc.args[0], "produce") from exc
         # Serve delivery reports as we go, so counters and errors stay current.
         self._producer.poll(0)
 
