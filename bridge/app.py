@@ -25,8 +25,8 @@ from bridge.kafka.producer import TransactionalProducer
 from bridge.kafka.readback import header, recent_records
 from bridge.kafka.state import StateStore
 from bridge.mapping.dropcopy import DropCopyMapper
-from bridge.pipeline import EVENT_ID_HEADER, Pipeline, SideTopics
 from bridge.mapping.predexon import CHANNELS
+from bridge.pipeline import EVENT_ID_HEADER, Pipeline, SideTopics
 from bridge.records import Record, Source
 from bridge.serde.avro import Serializer, SingleObjectFormat, WireFormat
 from bridge.sources.auth import PrivateKeyJwtProvider, StaticToken, TokenProvider

@@ -30,7 +30,7 @@ from bridge.dedupe import RepeatFilter, Visible
 from bridge.errors import BridgeError, FencedError, KafkaError
 from bridge.kafka.producer import TransactionalProducer
 from bridge.kafka.state import StateStore, encode_state
-from bridge.records import Batch, DeadLetter, Gap, Position, Record, Source
+from bridge.records import Batch, DeadLetter, Gap, Position, Source
 from bridge.serde.avro import Serializer
 from bridge.timeutil import now_us
 

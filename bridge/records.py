@@ -71,7 +71,8 @@ class Position:
 
 @dataclass(slots=True)
 class Batch:
-    """Records from one upstream unit (a gRPC response, a WebSocket frame) and the position after it."""
+    """Records of one upstream unit (a gRPC response, a WebSocket frame), and the position
+    after it."""
 
     records: list[Record]
     position: Position

@@ -11,7 +11,9 @@ from bridge.config import load_settings
 
 class RunCommand:
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--config", help="TOML configuration file (environment overrides apply)")
+        parser.add_argument(
+            "--config", help="TOML configuration file (environment overrides apply)"
+        )
 
     def run(self, args: argparse.Namespace) -> int:
         settings = load_settings(args.config)

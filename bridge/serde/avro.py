@@ -98,7 +98,8 @@ def canonical_form(name: str) -> str:
 
 
 def fingerprint(name: str) -> bytes:
-    """CRC-64-AVRO fingerprint of the schema's canonical form, little-endian, as in single-object encoding."""
+    """CRC-64-AVRO fingerprint of the schema's canonical form, little-endian (as the
+    single-object encoding writes it)."""
     return crc64_avro(canonical_form(name).encode()).to_bytes(8, "little")
 
 
