@@ -35,7 +35,9 @@ def generate(out_dir: Path) -> list[Path]:
     # protoc writes a gRPC module for every file; only files that declare a service need one.
     for source in sources:
         if "\nservice " not in source.read_text():
-            grpc_module = out_dir / source.relative_to(PROTO_ROOT).with_name(source.stem + "_pb2_grpc.py")
+            grpc_module = out_dir / source.relative_to(PROTO_ROOT).with_name(
+                source.stem + "_pb2_grpc.py"
+            )
             grpc_module.unlink()
     return sorted(p for p in out_dir.rglob("*_pb2*.py*"))
 
