@@ -27,7 +27,10 @@ proto: $(STAMP)
 	$(BIN)/python tools/gen_proto.py
 
 bench: $(STAMP)
-	$(BIN)/python -m bench
+	$(BIN)/python -m bench.sim_throughput
+	$(BIN)/python -m bench.mapping_throughput
+	$(BIN)/python -m bench.dropcopy_e2e
+	$(BIN)/python -m bench.predexon_e2e
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -48,6 +48,8 @@ def test_sigkill_at_random_instants_loses_and_doubles_nothing(
             bridge.kill()
         final = BridgeProcess(setup, log)
         try:
+            stats = sim.simulator.stats
+            wait_until(lambda: stats.generated >= TOTAL_RECORDS, 120, "generation to end")
             for kind in ALL_KINDS:
                 wait_until(
                     lambda kind=kind: setup.compare(sim, kind).equal,
