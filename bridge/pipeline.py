@@ -22,7 +22,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 from bridge.config import PipelineSettings
@@ -101,7 +101,7 @@ class Pipeline:
         stream_id: str,
         upstream: str,
         source: Source,
-        producer: TransactionalProducer,
+        producer: Callable[[], TransactionalProducer],
         state_store: StateStore,
         side: SideTopics,
         settings: PipelineSettings,
@@ -113,7 +113,10 @@ class Pipeline:
         self.upstream = upstream
         self.stats = PipelineStats()
         self._source = source
-        self._producer = producer
+        self._new_producer = producer
+        self._producer = producer()
+        # What to redo before streaming again after a Kafka error (see _after_kafka_error).
+        self._recover: Callable[[], Awaitable[None]] | None = None
         self._state_store = state_store
         self._side = side
         self._settings = settings
@@ -131,15 +134,15 @@ class Pipeline:
         """Run until `stop` is set (then commit what is complete) or a fatal error."""
         try:
             await self._producer.init()
-            entry = await asyncio.to_thread(self._state_store.latest, self.stream_id)
-            self._committed = entry.position if entry else None
-            self._committed_at_us = entry.committed_at_us if entry else None
-            await self._reseed()
+            await self._load_committed()
             log.info("stream=%s starting from %s", self.stream_id, _describe(self._committed))
             await self._claim()
             self.stats.running = True
             while not stop.is_set():
                 try:
+                    if self._recover is not None:
+                        await self._recover()
+                        self._recover = None
                     await self._run_from(self._committed, stop)
                 except KafkaError as exc:
                     await self._after_kafka_error(exc)
@@ -147,6 +150,25 @@ class Pipeline:
         finally:
             self.stats.running = False
             self._producer.close()
+
+    async def _load_committed(self) -> None:
+        """The stream's committed position from the state topic, and a repeat filter that
+        knows what Kafka shows for the stream."""
+        entry = await asyncio.to_thread(self._state_store.latest, self.stream_id)
+        if self.stats.commits and entry is not None and entry.owner != self._instance_id:
+            raise self._fenced_error(None)
+        self._committed = entry.position if entry else None
+        self._committed_at_us = entry.committed_at_us if entry else None
+        await self._reseed()
+
+    async def _reopen(self) -> None:
+        """Replace a producer left in an unknown state (a commit that timed out, e.g. while
+        the broker was unreachable). Whether that commit happened is read back from the
+        state topic: the new producer's init_transactions has settled it either way."""
+        self._producer.close()
+        self._producer = self._new_producer()
+        await self._producer.init()
+        await self._load_committed()
 
     async def _reseed(self) -> None:
         """A fresh repeat filter that knows what Kafka shows for this stream."""
@@ -302,28 +324,38 @@ class Pipeline:
             stats.last_event_time_us = position.event_time_us
 
     async def _after_kafka_error(self, exc: KafkaError) -> None:
-        """Abort and decide: resume from the committed position, or end as fenced/fatal."""
+        """Abort and decide: resume from the committed position, or end as fenced/fatal.
+
+        Recovery work that needs Kafka (a new producer, reading back what is visible) is
+        left to the loop (`self._recover`), so that a broker outage retries it instead of
+        ending the pipeline."""
         self._repeats.abort()
         self._txn = None
         self.stats.aborts += 1
         if isinstance(exc, FencedError):
             raise exc
         if await self._fenced():
-            raise FencedError(
-                f"stream {self.stream_id}: another polybridge instance now owns this stream "
-                f"(transactional.id {self._producer.transactional_id}); this one stops"
-            ) from exc
+            raise self._fenced_error(exc)
         if not exc.retriable:
             raise exc
-        with contextlib.suppress(BridgeError):
-            await self._producer.abort()
+        if not self._producer.broken:
+            with contextlib.suppress(BridgeError):
+                await self._producer.abort()
         # Some brokers show aborted records anyway: learn what is visible again.
-        await self._reseed()
+        self._recover = self._reopen if self._producer.broken else self._reseed
         log.warning(
             "stream=%s kafka error, resuming from the last committed position: %s",
             self.stream_id,
             exc,
         )
+
+    def _fenced_error(self, cause: BaseException | None) -> FencedError:
+        error = FencedError(
+            f"stream {self.stream_id}: another polybridge instance now owns this stream "
+            f"(transactional.id {self._producer.transactional_id}); this one stops"
+        )
+        error.__cause__ = cause
+        return error
 
     async def _fenced(self) -> bool:
         try:
