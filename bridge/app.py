@@ -20,12 +20,14 @@ from bridge.config import (
 )
 from bridge.dedupe import LatestPerKey, RecentIds, RepeatFilter, Visible
 from bridge.errors import BridgeError, ConfigError
+from bridge.health import serve
 from bridge.kafka.admin import TopicSpec, check_state_topic, ensure_topics
 from bridge.kafka.producer import TransactionalProducer
 from bridge.kafka.readback import header, recent_records
 from bridge.kafka.state import StateStore
 from bridge.mapping.dropcopy import DropCopyMapper
 from bridge.mapping.predexon import CHANNELS
+from bridge.metrics import streams_of
 from bridge.pipeline import EVENT_ID_HEADER, Pipeline, SideTopics
 from bridge.records import Record, Source
 from bridge.serde.avro import Serializer, SingleObjectFormat, WireFormat
@@ -51,6 +53,7 @@ class Bridge:
         self.settings = settings
         self.instance_id = uuid.uuid4().hex
         self.pipelines: list[Pipeline] = []
+        self.sources: dict[str, Source] = {}  # by stream id, read by bridge.metrics
         self._format = wire_format or SingleObjectFormat()
         self._kafka = settings.kafka.librdkafka()
         self._channels: list[Any] = []
@@ -207,6 +210,7 @@ class Bridge:
         state_store: StateStore,
     ) -> Pipeline:
         settings = self.settings
+        self.sources[stream_id] = source
         return Pipeline(
             stream_id=stream_id,
             upstream=upstream,
@@ -242,7 +246,14 @@ class Bridge:
         """Run every pipeline until `stop`; 0 when all stopped cleanly, 1 when any failed."""
         await self.prepare()
         pipelines = self.build()
-        results = await asyncio.gather(*(p.run(stop) for p in pipelines), return_exceptions=True)
+        health = await serve(self.settings, lambda: streams_of(pipelines, self.sources))
+        try:
+            results = await asyncio.gather(
+                *(p.run(stop) for p in pipelines), return_exceptions=True
+            )
+        finally:
+            if health is not None:
+                await health.close()
         failed = 0
         for pipeline, result in zip(pipelines, results, strict=True):
             if isinstance(result, BaseException):
