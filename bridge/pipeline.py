@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from bridge.config import PipelineSettings
 from bridge.dedupe import RepeatFilter, Visible
 from bridge.errors import BridgeError, FencedError, KafkaError
-from bridge.kafka.producer import TransactionalProducer
+from bridge.kafka.producer import Headers, TransactionalProducer
 from bridge.kafka.state import StateStore, encode_state
 from bridge.records import Batch, DeadLetter, Gap, Position, Source
 from bridge.serde.avro import Serializer
@@ -124,7 +124,7 @@ class Pipeline:
         self._repeats = repeats()
         self._read_back = read_back
         self._instance_id = instance_id
-        self._headers = [(STREAM_HEADER, stream_id.encode())]
+        self._headers: Headers = [(STREAM_HEADER, stream_id.encode())]
         self._key = stream_id.encode()
         self._committed: Position | None = None
         self._committed_at_us: int | None = None

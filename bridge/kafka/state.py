@@ -181,8 +181,9 @@ async def write_state(
     try:
         await producer.init(timeout)
         producer.begin()
-        headers = [(readback.STREAM_HEADER, stream_id.encode())]
-        producer.produce(topic, stream_id.encode(), value, headers)
+        producer.produce(
+            topic, stream_id.encode(), value, [(readback.STREAM_HEADER, stream_id.encode())]
+        )
         await producer.commit(timeout)
     finally:
         producer.close()
