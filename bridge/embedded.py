@@ -67,8 +67,14 @@ def free_port() -> int:
 
 
 def port_free(port: int) -> bool:
-    """Whether nothing listens on 127.0.0.1:`port` now."""
+    """Whether nothing listens on 127.0.0.1:`port` now.
+
+    The probe sets SO_REUSEADDR, as Tansu does: connections the previous broker on this port
+    closed linger in TIME_WAIT for a minute and would otherwise make a restart on the same
+    port look "in use", while a socket still listening there is detected either way.
+    """
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(("127.0.0.1", port))
         except OSError:
