@@ -94,9 +94,13 @@ class EmbeddedBroker:
         port: int | None = None,
         storage: str = MEMORY_STORAGE,
         log_path: str | os.PathLike[str] | None = None,
+        advertised: str | None = None,
     ) -> None:
         self.port = port if port is not None else free_port()
         self.storage = storage
+        self.advertised = advertised
+        """`host:port` advertised to clients in metadata instead of the listen address, e.g.
+        a TCP proxy in front of the broker that fault tests cut and restore."""
         self.log_path = Path(log_path) if log_path is not None else None
         self._proc: subprocess.Popen[bytes] | None = None
         self._log_file: IO[bytes] | None = None
@@ -105,6 +109,11 @@ class EmbeddedBroker:
     def bootstrap_servers(self) -> str:
         """`host:port` for librdkafka's `bootstrap.servers`."""
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int | None:
+        """The broker's process id while it runs (fault tests SIGSTOP/SIGCONT it)."""
+        return self._proc.pid if self._proc is not None else None
 
     @property
     def running(self) -> bool:
@@ -126,7 +135,7 @@ class EmbeddedBroker:
             "--listener-url",
             url,
             "--advertised-listener-url",
-            url,
+            f"tcp://{self.advertised}" if self.advertised else url,
             "--storage-engine",
             self.storage,
         ]
