@@ -25,6 +25,7 @@ class Command(Protocol):
 # `polybridge --help` and light commands stay fast.
 COMMANDS: list[tuple[tuple[str, ...], str, str]] = [
     (("run",), "bridge.commands.run", "run the bridge from a TOML configuration"),
+    (("check",), "bridge.commands.check", "validate configuration and connectivity, then stop"),
     (("sim", "dropcopy"), "bridge.sim.dropcopy", "serve a simulated exchange DropCopy API"),
     (("sim", "predexon"), "bridge.sim.predexon", "serve a simulated Predexon WebSocket API"),
     (("broker",), "bridge.embedded", "run the embedded Kafka-compatible broker"),

@@ -1,0 +1,270 @@
+"""`polybridge check --config FILE`: validate configuration and connectivity, then stop.
+
+One line per check, `OK` or `FAIL` with the reason; exit 0 only when every check passes.
+Nothing is subscribed and nothing is written:
+
+- settings: the file parses and every key is known and valid;
+- kafka: the brokers answer within a bounded wait; an existing state topic is compacted
+  with one partition (a missing one is created by `run`);
+- dropcopy: the gRPC channel (TLS handshake included) becomes ready, and an access token
+  is obtainable: a static token is present, a JWT not expired and carrying the scopes
+  the configured streams need; or the Private Key JWT flow mints one. (Only the exchange
+  can verify a token's signature, which `run` does on subscribing.)
+- predexon: the API key is present, the plan allows the subscriptions, and a WebSocket
+  handshake succeeds (401 / 403 reported by name), then the connection is closed;
+- metrics: the configured host/port can be bound (when a port is set).
+
+Secret values (tokens, keys, passwords) are never printed: only where they come from.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import jwt
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient
+from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidStatus, WebSocketException
+
+from bridge.app import _predexon_key
+from bridge.config import Settings, load_settings
+from bridge.errors import BridgeError
+from bridge.kafka.admin import check_state_topic
+from bridge.sources.auth import PrivateKeyJwtProvider, StaticToken, TokenProvider
+from bridge.sources.dropcopy import _SCOPES, open_channel
+from bridge.sources.predexon_conn import PLAN_LIMITS, SubscriptionSpec
+
+CONNECT_TIMEOUT_S = 10.0
+"""Bound for each connectivity check (Kafka metadata, gRPC channel, WebSocket handshake):
+the same 10 s the bridge gives an unreachable broker before saying so."""
+
+_HTTP_MEANING = {
+    401: "API key refused",
+    403: "the plan has no WebSocket access",
+    429: "connection limit reached",
+    503: "Predexon is at capacity",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """One check: its name, whether it passed, and what was found."""
+
+    name: str
+    ok: bool
+    detail: str
+
+    def line(self) -> str:
+        return f"{'OK' if self.ok else 'FAIL':<4} {self.name}: {self.detail}"
+
+
+class _Failed(Exception):
+    """A check failed; the message says why (never with a secret in it)."""
+
+
+def _check_kafka(settings: Settings) -> str:
+    kafka = settings.kafka
+    conf: dict[str, Any] = {**kafka.librdkafka(), "log_level": 0}
+    try:
+        metadata = AdminClient(conf).list_topics(timeout=CONNECT_TIMEOUT_S)
+    except KafkaException as exc:
+        raise _Failed(
+            f"cannot reach Kafka at {kafka.bootstrap_servers} within {CONNECT_TIMEOUT_S:.0f} s "
+            f"({exc})"
+        ) from None
+    state = kafka.topic(kafka.state_topic)
+    detail = f"reached {kafka.bootstrap_servers} ({len(metadata.brokers)} broker(s))"
+    if state not in metadata.topics:
+        return detail + f"; state topic {state} missing (run creates it compacted)"
+    try:
+        check_state_topic(conf, state)
+    except BridgeError as exc:
+        raise _Failed(str(exc)) from None
+    return detail + f"; state topic {state} is compacted with one partition"
+
+
+async def _check_channel(settings: Settings) -> str:
+    dropcopy = settings.dropcopy
+    try:
+        channel = open_channel(dropcopy.endpoint, tls=dropcopy.tls, ca_file=dropcopy.ca_file)
+    except OSError as exc:
+        raise _Failed(
+            f"dropcopy.ca_file {dropcopy.ca_file}: cannot read it ({exc.strerror})"
+        ) from None
+    try:
+        await asyncio.wait_for(channel.channel_ready(), CONNECT_TIMEOUT_S)
+    except TimeoutError:
+        hint = (
+            " (TLS handshake did not complete: is the endpoint serving TLS, and does "
+            "dropcopy.ca_file hold its CA?)"
+            if dropcopy.tls
+            else " (plaintext: tls = false)"
+        )
+        raise _Failed(
+            f"no gRPC channel to {dropcopy.endpoint} within {CONNECT_TIMEOUT_S:.0f} s{hint}"
+        ) from None
+    finally:
+        await channel.close(None)
+    return f"channel to {dropcopy.endpoint} ready ({'TLS' if dropcopy.tls else 'plaintext'})"
+
+
+def _token_provider(settings: Settings) -> tuple[TokenProvider, str]:
+    auth = settings.dropcopy.auth
+    if auth.mode == "static":
+        if auth.token_file:
+            return StaticToken(path=auth.token_file), f"static token from file {auth.token_file}"
+        return StaticToken(env=auth.token_env), f"static token from ${auth.token_env}"
+    provider = PrivateKeyJwtProvider(
+        client_id=auth.client_id,
+        private_key_path=auth.private_key_file,
+        token_url=auth.token_url,
+        audience=auth.audience,
+        refresh_margin_s=auth.refresh_margin_s,
+        ca_file=auth.ca_file or None,
+    )
+    return provider, f"access token minted at {auth.token_url} for client {auth.client_id}"
+
+
+async def _check_token(settings: Settings) -> str:
+    try:
+        provider, where = _token_provider(settings)
+        token = await provider.token()
+    except BridgeError as exc:
+        raise _Failed(str(exc)) from None
+    try:
+        claims = jwt.decode(token, options={"verify_signature": False})
+    except jwt.PyJWTError:
+        raise _Failed(
+            f"{where}: not a JWT (the exchange's access tokens are JWTs; is it the right "
+            "value, not a key or a client secret?)"
+        ) from None
+    expires = claims.get("exp")
+    if isinstance(expires, int | float) and expires <= time.time():
+        raise _Failed(f"{where}: the token expired {int(time.time() - expires)} s ago")
+    granted = set(str(claims.get("scope", "")).split())
+    needed = {_SCOPES[stream.kind] for stream in settings.dropcopy.streams}
+    if "scope" in claims and needed - granted:
+        raise _Failed(
+            f"{where}: the token lacks scope(s) {', '.join(sorted(needed - granted))} "
+            "needed by the configured streams"
+        )
+    left = f", valid for {int(expires - time.time())} s" if isinstance(expires, int | float) else ""
+    return f"{where}{left}"
+
+
+def _check_plan(settings: Settings) -> str:
+    predexon = settings.predexon
+    limits = PLAN_LIMITS[predexon.plan]
+    for sub in predexon.subscriptions:
+        spec = SubscriptionSpec(f"predexon.{sub.name}", sub.channel, dict(sub.filters))
+        if spec.wildcard and not limits.wildcard:
+            raise _Failed(
+                f'subscription {sub.name}: wildcard subscriptions need plan = "pro" '
+                f"(configured {predexon.plan!r})"
+            )
+        if not spec.wildcard and len(spec.selector()) > limits.items_per_sub:
+            raise _Failed(
+                f"subscription {sub.name}: {len(spec.selector())} items exceed the "
+                f"{predexon.plan} plan's {limits.items_per_sub} per subscription"
+            )
+    return f"{len(predexon.subscriptions)} subscription(s) fit the {predexon.plan} plan"
+
+
+async def _check_predexon(settings: Settings) -> str:
+    predexon = settings.predexon
+    try:
+        key = _predexon_key(predexon)
+    except BridgeError as exc:
+        raise _Failed(str(exc)) from None
+    url = predexon.url.replace("{api_key}", key)
+    shown = predexon.url  # the template: never the key itself
+    try:
+        async with connect(url, open_timeout=CONNECT_TIMEOUT_S, close_timeout=2):
+            pass
+    except InvalidStatus as exc:
+        status = exc.response.status_code
+        meaning = _HTTP_MEANING.get(status, "handshake refused")
+        raise _Failed(f"{shown}: HTTP {status} ({meaning})") from None
+    except (OSError, TimeoutError, WebSocketException) as exc:
+        raise _Failed(
+            f"{shown}: no WebSocket handshake within {CONNECT_TIMEOUT_S:.0f} s "
+            f"({type(exc).__name__}: {str(exc).replace(key, '***')})"
+        ) from None
+    return f"WebSocket handshake with {shown} accepted, closed again"
+
+
+def _check_metrics(settings: Settings) -> str:
+    host, port = settings.metrics.host, settings.metrics.port
+    try:
+        with socket.create_server((host, port)):
+            pass
+    except OSError as exc:
+        raise _Failed(f"cannot listen on {host}:{port} ({exc.strerror or exc})") from None
+    return f"http://{host}:{port}/metrics, /healthz, /readyz can be served"
+
+
+def run_checks(config: str, emit: Callable[[Result], None] = lambda r: None) -> list[Result]:
+    """Every check for the configuration at `config`, each handed to `emit` when done."""
+    results: list[Result] = []
+
+    def record(name: str, ok: bool, detail: str) -> None:
+        result = Result(name, ok, detail)
+        results.append(result)
+        emit(result)
+
+    def run(name: str, check: Callable[[], str | Awaitable[str]]) -> None:
+        try:
+            outcome = check()
+            detail = asyncio.run(_await(outcome)) if not isinstance(outcome, str) else outcome
+        except _Failed as exc:
+            record(name, False, str(exc))
+        else:
+            record(name, True, detail)
+
+    try:
+        settings = load_settings(config)
+    except BridgeError as exc:
+        record("settings", False, str(exc))
+        return results
+    streams, subs = settings.dropcopy.streams, settings.predexon.subscriptions
+    record(
+        "settings",
+        True,
+        f"{config}: {len(streams)} DropCopy stream(s), {len(subs)} Predexon subscription(s)",
+    )
+    run("kafka", lambda: _check_kafka(settings))
+    if streams:
+        run("dropcopy channel", lambda: _check_channel(settings))
+        run("dropcopy token", lambda: _check_token(settings))
+    if subs:
+        run("predexon plan", lambda: _check_plan(settings))
+        run("predexon handshake", lambda: _check_predexon(settings))
+    if settings.metrics.port:
+        run("metrics", lambda: _check_metrics(settings))
+    return results
+
+
+async def _await(awaitable: Awaitable[str]) -> str:
+    return await awaitable
+
+
+class CheckCommand:
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--config", required=True, help="the bridge's TOML configuration")
+
+    def run(self, args: argparse.Namespace) -> int:
+        results = run_checks(args.config, lambda r: print(r.line(), flush=True))
+        failed = sum(not r.ok for r in results)
+        print(f"{len(results) - failed} OK, {failed} FAIL")
+        return 0 if not failed else 1
+
+
+def command(path: tuple[str, ...]) -> CheckCommand:
+    return CheckCommand()
