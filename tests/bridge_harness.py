@@ -73,6 +73,7 @@ def write_setup(
     extra: str = "",
     dropcopy: str = "",
     auth: str = "",
+    tls_ca: Path | None = None,
 ) -> BridgeSetup:
     token_file = tmp_path / "token"
     token_file.write_text(sim.issue_token(participant=PARTICIPANT, lifetime_s=3600))
@@ -82,16 +83,22 @@ def write_setup(
         + (f"firms = [{firms}]\n" if KINDS[kind].account_scoped else "")
         for kind in kinds
     )
+    tls = f'tls = true\nca_file = "{tls_ca}"\n' if tls_ca else "tls = false\n"
     config = tmp_path / "bridge.toml"
     config.write_text(
         f'app_id = "{prefix}app"\n{extra}\n'
         f'[kafka]\nbootstrap_servers = "{bootstrap}"\ntopic_prefix = "{prefix}"\npartitions = 3\n'
         f"[pipeline]\n{pipeline}\n"
-        f'[dropcopy]\nendpoint = "{sim.address}"\ntls = false\nparticipant_id = "{PARTICIPANT}"\n'
-        f"{dropcopy}\n"
+        f'[dropcopy]\nendpoint = "{_endpoint(sim, tls_ca)}"\nparticipant_id = "{PARTICIPANT}"\n'
+        f"{tls}{dropcopy}\n"
         f"[dropcopy.auth]\n{auth or _static_auth(token_file)}\n\n{streams}"
     )
     return BridgeSetup(config, {"bootstrap.servers": bootstrap}, prefix, kinds)
+
+
+def _endpoint(sim: SimulatorThread, tls_ca: Path | None) -> str:
+    # Over TLS the name must match the simulator certificate's names (localhost, 127.0.0.1).
+    return sim.address.replace("127.0.0.1", "localhost") if tls_ca else sim.address
 
 
 def _static_auth(token_file: Path) -> str:

@@ -29,3 +29,25 @@ def test_every_stream_lands_exactly_once_in_order_per_key(
         results = [setup.compare(sim, kind) for kind in ALL_KINDS]
     assert all(r.equal for r in results), [r.summary() for r in results]
     assert all(r.expected > 0 for r in results)
+
+
+def test_bridge_speaks_tls_to_the_exchange_trusting_a_custom_ca(
+    kafka_bootstrap: str, tmp_path: Path, unique_name
+) -> None:
+    config = SimConfig(seed=12, prefill=1_000, heartbeat_s=0.1, tls=True)
+    with SimulatorThread(config) as sim:
+        assert sim.simulator.ca_path is not None
+        setup = write_setup(
+            tmp_path,
+            kafka_bootstrap,
+            sim,
+            unique_name("tls") + ".",
+            kinds=("executions",),
+            tls_ca=sim.simulator.ca_path,
+        )
+        bridge = BridgeProcess(setup, tmp_path / "bridge.log")
+        try:
+            wait_until(lambda: setup.compare(sim, "executions").equal, 60, "equality", poll=0.5)
+        finally:
+            assert bridge.terminate() == 0, bridge.log()
+        assert setup.compare(sim, "executions").expected > 0
