@@ -13,7 +13,7 @@ nothing is unclaimed and the seeding changes nothing.
 
 from __future__ import annotations
 
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol
@@ -47,36 +47,36 @@ class RecentIds:
 
     def __init__(self, size: int) -> None:
         self._size = size
-        self._committed: OrderedDict[str, None] = OrderedDict()
+        self._ids: set[str] = set()
+        self._order: deque[str] = deque()  # oldest first, to forget in insertion order
         self._pending: dict[str, None] = {}
 
     def seed(self, visible: Iterable[Visible], committed_at_us: int | None) -> None:
         # Unclaimed records are remembered like committed ones: their replay is a repeat.
-        for item in visible:
-            event_id = item.record.event_id
-            self._committed[event_id] = None
-            self._committed.move_to_end(event_id)
-        self._trim()
+        self._remember(item.record.event_id for item in visible)
 
     def is_repeat(self, record: Record) -> bool:
         event_id = record.event_id
-        if event_id in self._pending or event_id in self._committed:
+        if event_id in self._ids or event_id in self._pending:
             return True
         self._pending[event_id] = None
         return False
 
     def commit(self) -> None:
-        self._committed.update(self._pending)
+        self._remember(self._pending)
         self._pending.clear()
-        self._trim()
 
     def abort(self) -> None:
         self._pending.clear()
 
-    def _trim(self) -> None:
-        excess = len(self._committed) - self._size
-        for _ in range(max(0, excess)):
-            self._committed.popitem(last=False)
+    def _remember(self, event_ids: Iterable[str]) -> None:
+        ids, order = self._ids, self._order
+        for event_id in event_ids:
+            if event_id not in ids:
+                ids.add(event_id)
+                order.append(event_id)
+        for _ in range(len(order) - self._size):
+            ids.discard(order.popleft())
 
 
 class LatestPerKey:
