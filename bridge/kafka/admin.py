@@ -19,6 +19,7 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]
 )
 
 from bridge.errors import ConfigError, KafkaError
+from bridge.kafka.metadata import cluster_metadata
 
 log = logging.getLogger(__name__)
 
@@ -47,15 +48,7 @@ def _admin(config: Mapping[str, Any]) -> AdminClient:
 
 
 def _existing(admin: AdminClient, config: Mapping[str, Any]) -> set[str]:
-    try:
-        md = admin.list_topics(timeout=ADMIN_TIMEOUT_S)
-    except LibKafkaException as exc:
-        raise KafkaError(
-            f"cannot reach Kafka at {config.get('bootstrap.servers', '?')} within "
-            f"{ADMIN_TIMEOUT_S:.0f} s: {exc.args[0]}",
-            retriable=True,
-        ) from exc
-    return set(md.topics)
+    return set(cluster_metadata(admin, config, ADMIN_TIMEOUT_S).topics)
 
 
 def ensure_topics(config: Mapping[str, Any], specs: Iterable[TopicSpec]) -> list[str]:
@@ -105,17 +98,7 @@ def topic_config(config: Mapping[str, Any], name: str) -> dict[str, str]:
 def check_state_topic(config: Mapping[str, Any], name: str) -> None:
     """Refuse a state topic that exists but is not compacted, or has several partitions."""
     admin = _admin(config)
-    try:
-        # All topics, not list_topics(name): a metadata request naming a topic makes some
-        # brokers (Tansu; Kafka with auto.create.topics.enable) create it with defaults.
-        md = admin.list_topics(timeout=ADMIN_TIMEOUT_S)
-    except LibKafkaException as exc:
-        raise KafkaError(
-            f"cannot reach Kafka at {config.get('bootstrap.servers', '?')} within "
-            f"{ADMIN_TIMEOUT_S:.0f} s: {exc.args[0]}",
-            retriable=True,
-        ) from exc
-    meta = md.topics.get(name)
+    meta = cluster_metadata(admin, config, ADMIN_TIMEOUT_S).topics.get(name)
     if meta is None or meta.error is not None:
         return  # missing: ensure_topics creates it compacted
     policy = topic_config(config, name).get("cleanup.policy", "delete")

@@ -25,6 +25,7 @@ from confluent_kafka import KafkaError as LibKafkaError
 from confluent_kafka import KafkaException as LibKafkaException
 
 from bridge.errors import KafkaError
+from bridge.kafka.metadata import cluster_metadata
 
 log = logging.getLogger(__name__)
 
@@ -88,17 +89,7 @@ def bootstrap_of(config: Mapping[str, Any]) -> str:
 
 def partitions_of(consumer: Consumer, topic: str, config: Mapping[str, Any]) -> list[int]:
     """The partition ids of `topic`, or a clear `KafkaError` within `CONNECT_TIMEOUT_S`."""
-    try:
-        # All topics, not list_topics(topic): a metadata request naming a topic makes some
-        # brokers (Tansu; Kafka with auto.create.topics.enable) create it with defaults.
-        md = consumer.list_topics(timeout=CONNECT_TIMEOUT_S)
-    except LibKafkaException as exc:
-        raise KafkaError(
-            f"cannot reach Kafka at {bootstrap_of(config)} within {CONNECT_TIMEOUT_S:.0f} s: "
-            f"{exc.args[0]}",
-            retriable=True,
-        ) from exc
-    meta = md.topics.get(topic)
+    meta = cluster_metadata(consumer, config, CONNECT_TIMEOUT_S).topics.get(topic)
     if meta is None or meta.error is not None:
         if meta is not None and meta.error.code() == LibKafkaError.UNKNOWN_TOPIC_OR_PART:
             raise KafkaError(f"topic {topic} does not exist", retriable=False)
