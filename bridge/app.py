@@ -31,6 +31,7 @@ from bridge.metrics import streams_of
 from bridge.pipeline import EVENT_ID_HEADER, Pipeline, SideTopics
 from bridge.records import Record, Source
 from bridge.serde.avro import Serializer, SingleObjectFormat, WireFormat
+from bridge.serde.registry import RegistryFormat, configured_topic_schemas
 from bridge.sources.auth import PrivateKeyJwtProvider, StaticToken, TokenProvider
 from bridge.sources.backoff import Backoff
 from bridge.sources.dropcopy import DropCopySource, open_channel
@@ -54,10 +55,17 @@ class Bridge:
         self.instance_id = uuid.uuid4().hex
         self.pipelines: list[Pipeline] = []
         self.sources: dict[str, Source] = {}  # by stream id, read by bridge.metrics
-        self._format = wire_format or SingleObjectFormat()
+        self._format = wire_format or self._wire_format()
         self._kafka = settings.kafka.librdkafka()
         self._channels: list[Any] = []
         self._predexon: PredexonConnectionManager | None = None
+
+    def _wire_format(self) -> WireFormat:
+        """Confluent framing with a Schema Registry when `schema_registry.url` is set, else
+        Avro single-object encoding."""
+        if self.settings.schema_registry.url:
+            return RegistryFormat(self.settings.schema_registry)
+        return SingleObjectFormat()
 
     def topics(self) -> list[TopicSpec]:
         kafka = self.settings.kafka
@@ -106,8 +114,12 @@ class Bridge:
         return Serializer(schema, self._format.prefix(schema, topic))
 
     async def prepare(self) -> None:
-        """Create missing topics and refuse a state topic that is not compacted."""
+        """Create missing topics and refuse a state topic that is not compacted; with a
+        Schema Registry, check and register every topic's schema before the first record."""
         kafka = self.settings.kafka
+        if isinstance(self._format, RegistryFormat):
+            pairs = configured_topic_schemas(self.settings)
+            await asyncio.to_thread(self._format.prepare, pairs)
         await asyncio.to_thread(ensure_topics, self._kafka, self.topics())
         await asyncio.to_thread(check_state_topic, self._kafka, kafka.topic(kafka.state_topic))
 

@@ -31,6 +31,10 @@ COMMANDS: list[tuple[tuple[str, ...], str, str]] = [
     (("broker",), "bridge.embedded", "run the embedded Kafka-compatible broker"),
     (("state", "show"), "bridge.commands.state", "print every stream's committed position"),
     (("state", "reset"), "bridge.commands.state", "rewind or clear one stream's position"),
+    (("tail",), "bridge.commands.tail", "print a topic's records as JSON lines (either format)"),
+    (("schemas", "export"), "bridge.commands.schemas", "write every value schema to a folder"),
+    (("schemas", "check"), "bridge.commands.schemas", "check schemas against history + registry"),
+    (("schemas", "register"), "bridge.commands.schemas", "register the configured topics' schemas"),
     (("demo",), "bridge.commands.demo", "simulators -> bridge -> embedded Kafka, end to end"),
 ]
 

@@ -139,6 +139,33 @@ class PredexonSettings(_Section):
     subscriptions: tuple[PredexonSubscriptionSettings, ...] = ()
 
 
+SubjectStrategy = Literal["topic_name", "record_name", "topic_record_name"]
+
+
+class SchemaRegistrySettings(_Section):
+    url: str = ""
+    """Confluent Schema Registry URL; empty: Avro single-object encoding, no registry.
+    `mock://<name>` is confluent-kafka's in-process mock registry (tests)."""
+    auto_register: bool = True
+    """Register missing schemas at startup; false: only look them up (missing is an error)."""
+    subject_strategy: SubjectStrategy = "topic_name"
+    """topic_name: `<topic>-value`; record_name: `<record full name>`;
+    topic_record_name: `<topic>-<record full name>`."""
+    basic_auth_user_info_env: str = ""
+    """Environment variable holding `user:password` for HTTP basic auth (never logged)."""
+    basic_auth_user_info_file: str = ""
+    """File holding `user:password` (wins over basic_auth_user_info_env when set)."""
+    ca_file: str = ""
+    """CA bundle (PEM) to verify the registry's TLS certificate; system roots when empty."""
+    cert_file: str = ""
+    """Client certificate (PEM) for mutual TLS."""
+    key_file: str = ""
+    """Client private key (PEM) for mutual TLS."""
+    compatibility_check: bool = True
+    """At startup, check each new schema against the subject's registered versions under the
+    subject's compatibility level and refuse an incompatible change with the reasons."""
+
+
 class MetricsSettings(_Section):
     port: int = Field(0, ge=0, le=65535)
     """Port for /metrics, /healthz and /readyz; 0 disables the endpoint."""
@@ -153,6 +180,7 @@ class Settings(_Section):
     dropcopy: DropCopySettings = DropCopySettings()
     predexon: PredexonSettings = PredexonSettings()
     metrics: MetricsSettings = MetricsSettings()
+    schema_registry: SchemaRegistrySettings = SchemaRegistrySettings()
 
 
 def parse_time(text: str) -> datetime:
