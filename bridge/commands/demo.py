@@ -6,6 +6,10 @@ stream and two Predexon subscriptions. Halfway through it SIGKILLs the bridge an
 it, then checks that every DropCopy topic equals the simulator's ground truth (nothing
 missing, nothing doubled, order per key kept) and that the Predexon topics hold no
 duplicate and one gap record per subscription for the kill.
+
+While it runs it shows the bridge's own /metrics per stream (records/s, totals, commit
+latency, end-to-end lag, reconnects, gaps, dead letters): a `rich` live table on a
+terminal, plain `key=value` lines otherwise (CI, tests, a pipe).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import argparse
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -22,6 +27,10 @@ from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
+from rich.console import Console
+from rich.live import Live
+
+from bridge.commands.demo_view import MetricsView, render_lines, render_table
 from bridge.embedded import EmbeddedBroker
 from bridge.errors import KafkaError
 from bridge.kafka.readback import header, read_topic
@@ -40,9 +49,25 @@ PREDEXON_SUBSCRIPTIONS = {
     "crypto": ("crypto", '{ feeds = ["*"] }'),
 }
 PREFIX = "demo."
+# How often the live view scrapes /metrics, and how often plain mode prints its lines.
+VIEW_REFRESH_S = 1.0
+PLAIN_EVERY_S = 2.0
 
 
-def _config(workdir: Path, bootstrap: str, dc: dropcopy_sim.SimulatorThread, pdx_url: str) -> Path:
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _config(
+    workdir: Path,
+    bootstrap: str,
+    dc: dropcopy_sim.SimulatorThread,
+    pdx_url: str,
+    metrics_port: int,
+) -> Path:
     token = workdir / "dropcopy.token"
     token.write_text(dc.issue_token(participant=PARTICIPANT, lifetime_s=24 * 3600))
     key = workdir / "predexon.key"
@@ -52,6 +77,7 @@ def _config(workdir: Path, bootstrap: str, dc: dropcopy_sim.SimulatorThread, pdx
         f'app_id = "{PREFIX}polybridge"',
         f'[kafka]\nbootstrap_servers = "{bootstrap}"\ntopic_prefix = "{PREFIX}"\npartitions = 3',
         "[pipeline]\nmax_latency_ms = 20",
+        f'[metrics]\nport = {metrics_port}\nhost = "127.0.0.1"',
         f'[dropcopy]\nendpoint = "{dc.address}"\ntls = false\nparticipant_id = "{PARTICIPANT}"',
         f'[dropcopy.auth]\nmode = "static"\ntoken_file = "{token}"',
         f'[predexon]\nurl = "{pdx_url}"\napi_key_file = "{key}"\nplan = "pro"',
@@ -160,18 +186,22 @@ def run_demo(duration: float, bootstrap: str | None) -> int:
         workdir = Path(tmp)
         kafka = {"bootstrap.servers": servers}
         url = pdx.sim.url_for(PREDEXON_KEY).replace(PREDEXON_KEY, "{api_key}")
-        config = _config(workdir, servers, dc, url)
+        metrics_port = _free_port()
+        config = _config(workdir, servers, dc, url, metrics_port)
+        view = MetricsView(metrics_port)
+        console = Console() if sys.stdout.isatty() else None
         log = workdir / "bridge.log"
         print(f"Kafka: {servers}   exchange simulator: {dc.address}   Predexon simulator: {url}")
-        print(f"bridge configuration: {config}", flush=True)
+        print(f"bridge configuration: {config}")
+        print(f"bridge metrics: {view.url} (also /healthz, /readyz)", flush=True)
         bridge = _start_bridge(config, log)
         try:
-            _run_for(half, kafka, dc, "running")
+            _run_for(half, kafka, dc, "running", view, console)
             bridge.send_signal(signal.SIGKILL)
             bridge.wait()
             print("[kill -9] the bridge is gone mid-stream; restarting it", flush=True)
             bridge = _start_bridge(config, log)
-            _run_for(duration - half, kafka, dc, "restarted")
+            _run_for(duration - half, kafka, dc, "restarted", view, console)
             deadline = time.monotonic() + 120
             while dc.simulator.stats.generated < total or not all(
                 c.equal for c in _dropcopy_comparisons(kafka, dc)
@@ -199,9 +229,14 @@ def run_demo(duration: float, bootstrap: str | None) -> int:
         print(
             "\nRESULT: " + ("EQUAL to ground truth after kill -9 and restart" if ok else "MISMATCH")
         )
+        topics = [PREFIX + k.topic for k in KINDS.values()]
         print(
-            "Look at the data: polybridge state show --config <your config>; topics are "
-            + ", ".join(PREFIX + k.topic for k in KINDS.values())
+            "\nLook at the data (the embedded broker stops with the demo; run "
+            "`polybridge demo --bootstrap-servers HOST:9092` against your own Kafka to keep it):\n"
+            f"  polybridge tail {topics[0]} --from-beginning --max 5 "
+            "--bootstrap-servers HOST:9092\n"
+            "  polybridge state show --config <a bridge.toml with that Kafka>\n"
+            "  topics: " + ", ".join(topics)
         )
         if not ok:
             print(f"bridge log:\n{log.read_text(errors='replace')[-4000:]}")
@@ -209,12 +244,32 @@ def run_demo(duration: float, bootstrap: str | None) -> int:
 
 
 def _run_for(
-    seconds: float, kafka: dict[str, str], dc: dropcopy_sim.SimulatorThread, label: str
+    seconds: float,
+    kafka: dict[str, str],
+    dc: dropcopy_sim.SimulatorThread,
+    label: str,
+    view: MetricsView,
+    console: Console | None,
 ) -> None:
+    """Show the live view for `seconds` (rich table on a terminal, else plain lines),
+    then where Kafka stands against the ground truth."""
     end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        time.sleep(min(2.0, max(0.0, end - time.monotonic())))
-        _progress(kafka, dc, label)
+    if console is not None:
+        title = f"[{label}] bridge /metrics"
+        with Live(render_table(view.sample(), title), console=console, auto_refresh=False) as live:
+            while time.monotonic() < end:
+                time.sleep(min(VIEW_REFRESH_S, max(0.0, end - time.monotonic())))
+                live.update(render_table(view.sample(), title))
+                live.refresh()
+    else:
+        next_print = time.monotonic() + PLAIN_EVERY_S
+        while time.monotonic() < end:
+            time.sleep(min(VIEW_REFRESH_S, max(0.0, end - time.monotonic())))
+            rows = view.sample()  # every interval, so rates cover one interval
+            if time.monotonic() >= next_print or time.monotonic() >= end:
+                next_print += PLAIN_EVERY_S
+                print("\n".join(render_lines(rows, label)), flush=True)
+    _progress(kafka, dc, label)
 
 
 class DemoCommand:
