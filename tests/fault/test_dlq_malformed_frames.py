@@ -1,0 +1,84 @@
+"""Malformed Predexon frames, end to end: each lands in `polybridge.dlq` as a
+`polybridge.DeadLetter` with its raw bytes, and the valid events around them are all in
+their topic exactly once, as the simulator sent them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from bridge.kafka.readback import read_topic
+from bridge.serde.avro import Serializer, SingleObjectFormat
+from bridge.sim.predexon import SimConfig, SimulatorThread
+from tests.predexon_harness import BridgeProcess, PredexonSetup, Sub, wait_until, write_setup
+
+SUB = Sub("crypto", "crypto", {"feeds": ["*"]})
+KINDS = ("invalid_json", "truncated", "wrong_types", "unknown_type")
+
+
+def dead_letters(setup: PredexonSetup) -> list[dict[str, Any]]:
+    topic = setup.prefix + "polybridge.dlq"
+    serializer = Serializer(
+        "polybridge.DeadLetter", SingleObjectFormat().prefix("polybridge.DeadLetter", topic)
+    )
+    return [
+        serializer.decode(r.value)
+        for r in read_topic({"bootstrap.servers": setup.bootstrap}, topic)
+        if r.value is not None
+    ]
+
+
+def expected_frames(sub_id: str) -> dict[str, bytes]:
+    """The bytes `PredexonSimulator.send_malformed` writes for each kind (same recipe)."""
+    good = {
+        "type": "event",
+        "subscription_id": sub_id,
+        "data": {"event_type": "price_feed", "feed": "BTC/USD", "price": 1.5},
+    }
+    frames = {
+        "invalid_json": '{"type": "event", "subscription_id": ' + f'"{sub_id}", data: ]',
+        "truncated": json.dumps(good)[:-7],
+        "oversized": json.dumps(good | {"pad": "x" * (5 * 1024 * 1024)}),
+        "wrong_types": json.dumps(
+            good | {"data": {"event_type": "price_feed", "feed": 7, "price": "abc"}}
+        ),
+        "unknown_type": json.dumps(good | {"data": {"event_type": "surprise"}}),
+    }
+    return {k: v.encode() for k, v in frames.items()}
+
+
+def test_malformed_frames_land_in_the_dlq_with_their_raw_bytes(
+    kafka_bootstrap: str, tmp_path: Path, unique_name
+) -> None:
+    with SimulatorThread(SimConfig(seed=21, rate=40, channels=("crypto",))) as sim:
+        setup = write_setup(tmp_path, kafka_bootstrap, sim, unique_name("dlq") + ".", [SUB])
+        bridge = BridgeProcess(setup, tmp_path / "bridge.log")
+        try:
+            wait_until(lambda: len(setup.rows(SUB)) >= 10, 60, "records flowing", poll=0.3)
+            (sim_sub,) = setup.sim_subscriptions(sim, SUB)
+            for kind in KINDS:
+                sim.call(sim.sim.send_malformed, kind)
+                # Valid events keep arriving between the bad frames.
+                n = len(setup.rows(SUB))
+                wait_until(lambda n=n: len(setup.rows(SUB)) >= n + 5, 30, f"events after {kind}")
+            wait_until(
+                lambda: len(dead_letters(setup)) >= len(KINDS), 60, "every dead letter", poll=0.5
+            )
+            sim.call(setattr, sim.sim.config, "rate", 0.0)  # what was sent stops changing
+            setup.wait_equal(sim, SUB, 30)
+        finally:
+            assert bridge.terminate() == 0, bridge.log()[-3000:]
+        letters = dead_letters(setup)
+        frames = {k: v for k, v in expected_frames(sim_sub.id).items() if k in KINDS}
+        comparison = setup.compare(sim, SUB)
+        gaps = setup.gaps(SUB)
+    assert sorted(bytes(d["raw"]) for d in letters) == sorted(frames.values()), [
+        (d["error_type"], d["error"][:120], len(d["raw"])) for d in letters
+    ]
+    for letter in letters:
+        assert letter["stream_id"] == SUB.stream_id
+        assert letter["upstream"] == "predexon"
+        assert letter["target_topic"] == setup.topic(SUB)
+    assert comparison.equal, comparison.summary()
+    assert gaps == [], "a bad frame is not a lost connection: no gap"
