@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -42,6 +43,9 @@ EVENT_ID_HEADER = "polybridge.event_id"
 # After a retriable Kafka error, wait this long before resuming: long enough not to spin
 # against a broker that is restarting, short enough to keep the stream's lag small.
 _RETRY_DELAY_S = 1.0
+# Raw bytes kept in one dead letter: below Kafka's default message.max.bytes (1,000,000)
+# with room for the record's other fields and the batch overhead.
+_MAX_DEAD_LETTER_RAW = 900_000
 # How often an idle loop wakes to notice a stop request.
 _IDLE_WAKE_S = 0.1
 
@@ -129,6 +133,12 @@ class Pipeline:
         self._committed: Position | None = None
         self._committed_at_us: int | None = None
         self._txn: _OpenTransaction | None = None
+        self._queue: asyncio.Queue[Batch | BaseException] | None = None
+
+    @property
+    def queue_depth(self) -> int:
+        """Batches waiting between the source and Kafka (for metrics)."""
+        return self._queue.qsize() if self._queue is not None else 0
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run until `stop` is set (then commit what is complete) or a fatal error."""
@@ -188,6 +198,7 @@ class Pipeline:
         queue: asyncio.Queue[Batch | BaseException] = asyncio.Queue(
             self._settings.queue_max_batches
         )
+        self._queue = queue
         reader = asyncio.create_task(self._read(start, queue), name=f"read {self.stream_id}")
         try:
             while not stop.is_set():
@@ -365,14 +376,24 @@ class Pipeline:
         return entry is not None and entry.owner not in ("", self._instance_id)
 
     def _produce_dead_letter(self, letter: DeadLetter) -> None:
+        raw, error = letter.raw, letter.error
+        if len(raw) > _MAX_DEAD_LETTER_RAW:
+            # Kafka refuses records over message.max.bytes: keep the head, and say what the
+            # whole was, so the dead letter is written instead of stopping the stream.
+            digest = hashlib.sha256(raw).hexdigest()
+            error = (
+                f"{error} [raw truncated from {len(raw)} to {_MAX_DEAD_LETTER_RAW} bytes; "
+                f"sha256 of the whole: {digest}]"
+            )
+            raw = raw[:_MAX_DEAD_LETTER_RAW]
         value = self._side.dead_letter_serializer(
             {
                 "stream_id": self.stream_id,
                 "upstream": self.upstream,
                 "target_topic": letter.target_topic,
                 "error_type": letter.error_type,
-                "error": letter.error,
-                "raw": letter.raw,
+                "error": error,
+                "raw": raw,
                 "received_at": letter.received_at_us,
             }
         )

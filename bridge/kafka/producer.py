@@ -150,8 +150,11 @@ class TransactionalProducer:
             )
         text = f"{action} failed for {where}: {err.name()}: {err.str()}"
         if err.fatal():
+            # Fatal for this producer instance only (e.g. OUT_OF_ORDER_SEQUENCE_NUMBER after a
+            # broker restart): the pipeline replaces a broken producer and resumes from the
+            # committed position, so the stream itself can go on.
             self.broken = True
-            return KafkaError(text, retriable=False)
+            return KafkaError(text, retriable=True)
         if err.txn_requires_abort() or err.retriable():
             return KafkaError(text, retriable=True)
         return KafkaError(text, retriable=False)

@@ -66,7 +66,12 @@ def _time(message: Any, field: str) -> int | None:
 
 
 def _content_hash(message: Any) -> str:
-    digest = hashlib.sha256(message.SerializeToString(deterministic=True)).hexdigest()
+    # Known fields only: a field the exchange adds later must not change the identity of a
+    # state the bridge already wrote (the upgrade would otherwise repeat every key once).
+    known = type(message)()
+    known.CopyFrom(message)
+    known.DiscardUnknownFields()
+    digest = hashlib.sha256(known.SerializeToString(deterministic=True)).hexdigest()
     return digest[:_HASH_HEX]
 
 

@@ -577,24 +577,23 @@ class PredexonMapper:
         """
         raw_b = _raw_bytes(raw)
         if len(raw_b) > self.max_frame_bytes:
-            return [], [
-                self._dead(
-                    raw_b,
-                    receive_time_us,
-                    "oversized",
-                    f"frame of {len(raw_b)} bytes exceeds {self.max_frame_bytes}",
-                )
-            ]
+            return [], [self._oversized(raw_b, receive_time_us)]
         try:
             message = loads(raw_b)
         except (ValueError, RecursionError) as exc:
             return [], [self._dead(raw_b, receive_time_us, "parse_error", f"invalid JSON: {exc}")]
         return self.map_message(message, raw_b, receive_time_us)
 
+    def _oversized(self, raw: bytes, receive_time_us: int) -> DeadLetter:
+        detail = f"frame of {len(raw)} bytes exceeds {self.max_frame_bytes}"
+        return self._dead(raw, receive_time_us, "oversized", detail)
+
     def map_message(
         self, message: Any, raw: bytes, receive_time_us: int
     ) -> tuple[list[Record], list[DeadLetter]]:
         """Map an already parsed frame (`loads()`); `raw` is kept for dead letters."""
+        if len(raw) > self.max_frame_bytes:
+            return [], [self._oversized(raw, receive_time_us)]
         if not isinstance(message, dict):
             return [], [
                 self._dead(
