@@ -18,7 +18,8 @@ from tests.predexon_harness import BridgeProcess, PredexonSetup, Sub, wait_until
 SUB = Sub("crypto", "crypto", {"feeds": ["*"]})
 KINDS = ("invalid_json", "truncated", "oversized", "wrong_types", "unknown_type")
 BULK_KINDS = ("invalid_json", "truncated", "wrong_types", "unknown_type")
-BULK_ROUNDS = 10  # 10 rounds x 250 of each bulk kind = 10,000 bad frames
+BULK_ROUNDS = 2  # 2 rounds x 1,250 of each of 4 bulk kinds = 10,000 bad frames
+PER_ROUND = 1_250
 MAX_RAW = 900_000  # bridge.pipeline._MAX_DEAD_LETTER_RAW
 
 
@@ -73,9 +74,9 @@ def test_malformed_frames_land_in_the_dlq_with_their_raw_bytes(
             # Then 10,000 more bad frames in rounds, valid events flowing in between.
             for round_ in range(1, BULK_ROUNDS + 1):
                 for kind in BULK_KINDS:
-                    for _ in range(250):
+                    for _ in range(PER_ROUND):
                         sim.call(sim.sim.send_malformed, kind)
-                want = len(KINDS) + round_ * 250 * len(BULK_KINDS)
+                want = len(KINDS) + round_ * PER_ROUND * len(BULK_KINDS)
                 wait_until(lambda w=want: len(dead_letters(setup)) >= w, 60, "bulk dead letters")
             sim.call(setattr, sim.sim.config, "rate", 0.0)  # what was sent stops changing
             setup.wait_equal(sim, SUB, 30)
@@ -85,7 +86,7 @@ def test_malformed_frames_land_in_the_dlq_with_their_raw_bytes(
         frames = {k: v for k, v in expected_frames(sim_sub.id).items() if k in KINDS}
         comparison = setup.compare(sim, SUB)
         gaps = setup.gaps(SUB)
-    assert len(letters) == len(KINDS) + BULK_ROUNDS * 250 * len(BULK_KINDS)
+    assert len(letters) == len(KINDS) + BULK_ROUNDS * PER_ROUND * len(BULK_KINDS)
     first = {bytes(d["raw"]): d for d in letters[: len(KINDS)]}
     for kind, frame in frames.items():
         if kind == "oversized":
@@ -97,7 +98,7 @@ def test_malformed_frames_land_in_the_dlq_with_their_raw_bytes(
         else:
             assert frame in first, (kind, [(d["error_type"], len(d["raw"])) for d in letters[:5]])
     bulk = Counter(bytes(d["raw"]) for d in letters[len(KINDS) :])
-    assert bulk == Counter({frames[k]: 250 * BULK_ROUNDS for k in BULK_KINDS})
+    assert bulk == Counter({frames[k]: PER_ROUND * BULK_ROUNDS for k in BULK_KINDS})
     for letter in letters:
         assert letter["stream_id"] == SUB.stream_id
         assert letter["upstream"] == "predexon"
