@@ -254,6 +254,30 @@ class Bridge:
 
         return read
 
+    def apply(self, settings: Settings) -> None:
+        """Apply a changed configuration where it can change live: the filters of a running
+        Predexon subscription (sent as `update`; unsubscribe + subscribe on the orderbook).
+        Anything else takes effect on restart, and the log says so."""
+        wanted = {sub.name: sub for sub in settings.predexon.subscriptions}
+        running = []
+        for sub in self.settings.predexon.subscriptions:
+            new = wanted.get(sub.name)
+            if (
+                new is not None
+                and new != sub
+                and new == sub.model_copy(update={"filters": new.filters})
+            ):
+                source = self.sources.get(f"predexon.{sub.name}")
+                if isinstance(source, PredexonSource):
+                    source.update_filters(dict(new.filters))
+                    log.info("stream=predexon.%s filters updated live", sub.name)
+                    sub = new
+            running.append(sub)
+        predexon = self.settings.predexon.model_copy(update={"subscriptions": tuple(running)})
+        self.settings = self.settings.model_copy(update={"predexon": predexon})
+        if self.settings != settings:
+            log.warning("configuration changes other than Predexon filters take effect on restart")
+
     async def run(self, stop: asyncio.Event) -> int:
         """Run every pipeline until `stop`; 0 when all stopped cleanly, 1 when any failed."""
         await self.prepare()
@@ -300,10 +324,20 @@ def _predexon_key(settings: PredexonSettings) -> str:
     return key
 
 
-async def run_until_signalled(bridge: Bridge) -> int:
-    """Run the bridge; SIGTERM / SIGINT stop reading, commit what is complete and exit."""
+async def run_until_signalled(bridge: Bridge, reload: Callable[[], Settings] | None = None) -> int:
+    """Run the bridge; SIGTERM / SIGINT stop reading, commit what is complete and exit;
+    SIGHUP re-reads the configuration (`reload`) and applies what can change live."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    if reload is not None:
+        loop.add_signal_handler(signal.SIGHUP, lambda: _reload(bridge, reload))
     return await bridge.run(stop)
+
+
+def _reload(bridge: Bridge, reload: Callable[[], Settings]) -> None:
+    try:
+        bridge.apply(reload())
+    except BridgeError as exc:
+        log.error("configuration not reloaded: %s", exc)

@@ -17,7 +17,9 @@ class RunCommand:
 
     def run(self, args: argparse.Namespace) -> int:
         settings = load_settings(args.config)
-        return asyncio.run(run_until_signalled(Bridge(settings)))
+        return asyncio.run(
+            run_until_signalled(Bridge(settings), reload=lambda: load_settings(args.config))
+        )
 
 
 def command(path: tuple[str, ...]) -> RunCommand:
