@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from bridge.config import (
+    DropCopyAuthSettings,
     DropCopyStreamSettings,
     PredexonSettings,
     PredexonSubscriptionSettings,
@@ -135,21 +136,6 @@ class Bridge:
         ]
         return self.pipelines
 
-    def _tokens(self) -> TokenProvider:
-        auth = self.settings.dropcopy.auth
-        if auth.mode == "static":
-            return StaticToken(
-                env=None if auth.token_file else auth.token_env, path=auth.token_file or None
-            )
-        return PrivateKeyJwtProvider(
-            client_id=auth.client_id,
-            private_key_path=auth.private_key_file,
-            token_url=auth.token_url,
-            audience=auth.audience,
-            refresh_margin_s=auth.refresh_margin_s,
-            ca_file=auth.ca_file or None,
-        )
-
     def _dropcopy_pipeline(
         self, stream: DropCopyStreamSettings, side: SideTopics, state_store: StateStore
     ) -> Pipeline:
@@ -159,7 +145,7 @@ class Bridge:
             self._channels.append(
                 open_channel(dropcopy.endpoint, tls=dropcopy.tls, ca_file=dropcopy.ca_file)
             )
-            self._token_provider = self._tokens()
+            self._token_provider = token_provider(self.settings.dropcopy.auth)
         kind = KINDS[stream.kind]
         stream_id = f"dropcopy.{stream.stream_name}"
         topic = self._dropcopy_topic(stream)
@@ -193,7 +179,7 @@ class Bridge:
     ) -> Pipeline:
         if self._predexon is None:
             predexon = self.settings.predexon
-            url = predexon.url.replace("{api_key}", _predexon_key(predexon))
+            url = predexon.url.replace("{api_key}", predexon_key(predexon))
             self._predexon = PredexonConnectionManager(url, predexon.plan)
         stream_id = f"predexon.{sub.name}"
         topic = self._predexon_topic(sub)
@@ -305,7 +291,23 @@ class Bridge:
         return 1 if failed else 0
 
 
-def _predexon_key(settings: PredexonSettings) -> str:
+def token_provider(auth: DropCopyAuthSettings) -> TokenProvider:
+    """The exchange access tokens the configuration asks for."""
+    if auth.mode == "static":
+        return StaticToken(
+            env=None if auth.token_file else auth.token_env, path=auth.token_file or None
+        )
+    return PrivateKeyJwtProvider(
+        client_id=auth.client_id,
+        private_key_path=auth.private_key_file,
+        token_url=auth.token_url,
+        audience=auth.audience,
+        refresh_margin_s=auth.refresh_margin_s,
+        ca_file=auth.ca_file or None,
+    )
+
+
+def predexon_key(settings: PredexonSettings) -> str:
     """The API key from the configured file or environment variable (never logged)."""
     if settings.api_key_file:
         try:

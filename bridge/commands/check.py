@@ -33,12 +33,12 @@ from confluent_kafka.admin import AdminClient
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus, WebSocketException
 
-from bridge.app import _predexon_key
+from bridge.app import predexon_key, token_provider
 from bridge.config import Settings, load_settings
 from bridge.errors import BridgeError
 from bridge.kafka.admin import check_state_topic
-from bridge.sources.auth import PrivateKeyJwtProvider, StaticToken, TokenProvider
-from bridge.sources.dropcopy import _SCOPES, open_channel
+from bridge.sources.auth import TokenProvider
+from bridge.sources.dropcopy import SCOPES, open_channel
 from bridge.sources.predexon_conn import PLAN_LIMITS, SubscriptionSpec
 
 CONNECT_TIMEOUT_S = 10.0
@@ -117,19 +117,13 @@ async def _check_channel(settings: Settings) -> str:
 
 def _token_provider(settings: Settings) -> tuple[TokenProvider, str]:
     auth = settings.dropcopy.auth
-    if auth.mode == "static":
-        if auth.token_file:
-            return StaticToken(path=auth.token_file), f"static token from file {auth.token_file}"
-        return StaticToken(env=auth.token_env), f"static token from ${auth.token_env}"
-    provider = PrivateKeyJwtProvider(
-        client_id=auth.client_id,
-        private_key_path=auth.private_key_file,
-        token_url=auth.token_url,
-        audience=auth.audience,
-        refresh_margin_s=auth.refresh_margin_s,
-        ca_file=auth.ca_file or None,
-    )
-    return provider, f"access token minted at {auth.token_url} for client {auth.client_id}"
+    if auth.mode == "private_key_jwt":
+        where = f"access token minted at {auth.token_url} for client {auth.client_id}"
+    elif auth.token_file:
+        where = f"static token from file {auth.token_file}"
+    else:
+        where = f"static token from ${auth.token_env}"
+    return token_provider(auth), where
 
 
 async def _check_token(settings: Settings) -> str:
@@ -149,7 +143,7 @@ async def _check_token(settings: Settings) -> str:
     if isinstance(expires, int | float) and expires <= time.time():
         raise _Failed(f"{where}: the token expired {int(time.time() - expires)} s ago")
     granted = set(str(claims.get("scope", "")).split())
-    needed = {_SCOPES[stream.kind] for stream in settings.dropcopy.streams}
+    needed = {SCOPES[stream.kind] for stream in settings.dropcopy.streams}
     if "scope" in claims and needed - granted:
         raise _Failed(
             f"{where}: the token lacks scope(s) {', '.join(sorted(needed - granted))} "
@@ -180,7 +174,7 @@ def _check_plan(settings: Settings) -> str:
 async def _check_predexon(settings: Settings) -> str:
     predexon = settings.predexon
     try:
-        key = _predexon_key(predexon)
+        key = predexon_key(predexon)
     except BridgeError as exc:
         raise _Failed(str(exc)) from None
     url = predexon.url.replace("{api_key}", key)

@@ -64,7 +64,7 @@ CHANNEL_OPTIONS: Sequence[tuple[str, int]] = (
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.max_receive_message_length", 64 * 1024 * 1024),
 )
-_SCOPES = {
+SCOPES = {
     "executions": "read:dropcopy",
     "trade_captures": "read:dropcopy",
     "instrument_states": "read:instruments",
@@ -214,7 +214,7 @@ class DropCopySource:
                 elif code == grpc.StatusCode.PERMISSION_DENIED:
                     raise AuthError(
                         f"stream {self.stream_id}: permission denied ({err.details()}); the "
-                        f"credentials need scope {_SCOPES[self.kind.name]}"
+                        f"credentials need scope {SCOPES[self.kind.name]}"
                         + (" and a valid x-participant-id" if self.kind.account_scoped else ""),
                         reason="permission_denied",
                     ) from None
