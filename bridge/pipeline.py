@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from bridge.config import PipelineSettings
 from bridge.dedupe import RepeatFilter, Visible
 from bridge.errors import BridgeError, FencedError, KafkaError
-from bridge.kafka.producer import Headers, TransactionalProducer
+from bridge.kafka.producer import CommitPending, Headers, TransactionalProducer
 from bridge.kafka.state import StateStore, encode_state
 from bridge.records import Batch, DeadLetter, Gap, Position, Source
 from bridge.serde.avro import Serializer
@@ -317,7 +317,16 @@ class Pipeline:
         )
         self._producer.produce(self._side.state, self._key, state, self._headers)
         started = time.monotonic()
-        await self._producer.commit()
+        while True:
+            try:
+                await self._producer.commit()
+                break
+            except CommitPending as exc:
+                # The broker is slow or away (or, on brokers that report fencing as
+                # timeouts, another owner took over): resume the same commit unless fenced.
+                if await self._fenced():
+                    raise self._fenced_error(exc) from exc
+                log.warning("stream=%s commit still pending, resuming it: %s", self.stream_id, exc)
         finished = time.monotonic()
         self._repeats.commit()
         self._committed = position

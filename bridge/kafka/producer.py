@@ -106,6 +106,10 @@ _FENCED_CODES = frozenset(
 )
 
 
+class CommitPending(KafkaError):
+    """commit() timed out but librdkafka is still committing: call commit() again."""
+
+
 class TransactionalProducer:
     """A transactional Kafka producer owned by one stream.
 
@@ -277,8 +281,9 @@ class TransactionalProducer:
             if self._txn_error is not None and self._txn_error.code() in _FENCED_CODES:
                 err = self._txn_error
             if err.code() == LibKafkaError._TIMED_OUT:
-                self.broken = True
-                raise KafkaError(
+                # librdkafka keeps the commit going: calling commit() again resumes it.
+                # Replacing the producer instead would race with that commit.
+                raise CommitPending(
                     f"commit for stream {self.stream_id} (transactional.id="
                     f"{self.transactional_id}) did not finish within {timeout:.0f} s; on "
                     "brokers that report fencing as dropped connections this may mean "

@@ -115,6 +115,13 @@ def int_map_bytes(d: Mapping[str, int]) -> bytes:
     return bytes(out)
 
 
+# Timestamps a record may carry: years 1 to 9999. Avro's timestamp-micros long holds more,
+# but readers (Python datetime, java.time with most libraries) cannot represent it, so a
+# record beyond this range would poison consumers: it becomes a dead letter instead.
+TS_MIN_US = -62_135_596_800_000_000  # 0001-01-01T00:00:00Z
+TS_MAX_US = 253_402_300_799_999_999  # 9999-12-31T23:59:59.999999Z
+
+
 def timestamp_micros(ts: Any) -> int:
     """Microseconds since the epoch of a `google.protobuf.Timestamp` (nanos truncated)."""
     return int(ts.seconds) * 1_000_000 + int(ts.nanos) // 1000
@@ -208,6 +215,8 @@ class _Generator:
             "LONG_MIN": _LONG_MIN,
             "LONG_MAX": _LONG_MAX,
             "SchemaOverflow": OverflowError,
+            "TS_MIN_US": TS_MIN_US,
+            "TS_MAX_US": TS_MAX_US,
         }
         self._n = 0
 
@@ -351,8 +360,11 @@ class _Generator:
             t, us = self.var("t"), self.var("us")
             self.emit(ind, f"{t} = {x}")
             self.emit(ind, f"{us} = {t}.seconds * 1000000 + {t}.nanos // 1000")
-            self.emit(ind, f"if not LONG_MIN <= {us} <= LONG_MAX:")
-            self.emit(ind + 1, f"raise SchemaOverflow({path} + ': timestamp out of range')")
+            self.emit(ind, f"if not TS_MIN_US <= {us} <= TS_MAX_US:")
+            self.emit(
+                ind + 1,
+                f"raise SchemaOverflow({path} + ': timestamp outside years 1-9999')",
+            )
             self.long(ind, us)
             return
         m = self.var("m")

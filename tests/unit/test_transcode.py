@@ -48,8 +48,8 @@ RECORD_TYPES: list[tuple[str, str, Any]] = [
 
 INT64 = st.integers(-(2**63), 2**63 - 1)
 INT32 = st.integers(-(2**31), 2**31 - 1)
-TIMESTAMP_SECONDS = st.integers(-(2**40), 2**40)
-"""Wider than proto's valid range (years 1-9999), narrow enough that micros fit a long."""
+TIMESTAMP_SECONDS = st.integers(-62_135_596_800, 253_402_300_799)
+"""Years 1-9999: what a record may carry (beyond it the mapper makes a dead letter)."""
 
 
 def _is_map(field: FieldDescriptor) -> bool:
@@ -328,3 +328,14 @@ def test_compiling_against_an_incompatible_schema_fails() -> None:
     missing = {"type": "record", "name": "Extra", "fields": [{"name": "nope", "type": "int"}]}
     with pytest.raises(SchemaMismatch):
         compile_encoder(trading_pb2.Execution.DESCRIPTOR, missing, named, "e")
+
+
+def test_timestamp_outside_years_1_to_9999_is_refused() -> None:
+    """Avro could hold it, but readers cannot represent it: refused (a dead letter)."""
+    from bridge.serde.transcode import TS_MAX_US, TS_MIN_US
+
+    for seconds in (TS_MIN_US // 1_000_000 - 1, TS_MAX_US // 1_000_000 + 1):
+        c = dropcopy_pb2.PositionChange()
+        c.change_time.seconds = seconds
+        with pytest.raises(OverflowError, match="years 1-9999"):
+            PAYLOADS["position_change"].encoder.encode(c)
