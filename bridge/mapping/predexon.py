@@ -589,9 +589,14 @@ class PredexonMapper:
         return self._dead(raw, receive_time_us, "oversized", detail)
 
     def map_message(
-        self, message: Any, raw: bytes, receive_time_us: int
+        self,
+        message: Any,
+        raw: bytes,
+        receive_time_us: int,
+        subscription_id: str | None = None,
     ) -> tuple[list[Record], list[DeadLetter]]:
-        """Map an already parsed frame (`loads()`); `raw` is kept for dead letters."""
+        """Map an already parsed frame (`loads()`); `raw` is kept for dead letters.
+        `subscription_id` is used for frames that carry none (bare events)."""
         if len(raw) > self.max_frame_bytes:
             return [], [self._oversized(raw, receive_time_us)]
         if not isinstance(message, dict):
@@ -607,7 +612,7 @@ class PredexonMapper:
         if frame_type in CONTROL_TYPES:
             return [], []
         sub_id = message.get("subscription_id")
-        sub_id = sub_id if isinstance(sub_id, str) else None
+        sub_id = sub_id if isinstance(sub_id, str) else subscription_id
         events: Iterable[Any]
         if frame_type == "event":
             events = [message.get("data")]

@@ -158,8 +158,9 @@ class PredexonSource:
                 if item.message is None:
                     records, dead = self.mapper.map_frame(item.raw, item.receive_time_us)
                 else:
+                    # A bare event (no envelope) belongs to the subscription it was routed to.
                     records, dead = self.mapper.map_message(
-                        item.message, item.raw, item.receive_time_us
+                        item.message, item.raw, item.receive_time_us, handle.subscription_id
                     )
                 for record in records:
                     if record.event_time_us is not None:
