@@ -27,6 +27,7 @@ On Apache Kafka the same situations end in PRODUCER_FENCED / INVALID_PRODUCER_EP
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Mapping
@@ -251,11 +252,12 @@ class TransactionalProducer:
                         f"{BUFFER_FULL_WAIT_S:.0f} s (is Kafka at {self.bootstrap} reachable?)",
                         retriable=True,
                     ) from None
-                self._producer.poll(_BUFFER_POLL_S)
+                self._call("produce (poll)", self._producer.poll, _BUFFER_POLL_S)
             except LibKafkaException as exc:
                 # A failed delivery (e.g. fenced) is the cause of the state error that
                 # follows it: serve the pending delivery reports and report the cause.
-                self._producer.poll(0)
+                with contextlib.suppress(LibKafkaException):
+                    self._producer.poll(0)
                 raise self._error(self._txn_error or exc.args[0], "produce") from exc
         self._txn_records += 1
         self._txn_bytes += len(value or b"") + len(key or b"")
@@ -263,7 +265,7 @@ class TransactionalProducer:
         if self._unpolled >= _POLL_EVERY:
             # Serve failure reports as we go, so a fenced producer learns it early.
             self._unpolled = 0
-            self._producer.poll(0)
+            self._call("produce (poll)", self._producer.poll, 0)
 
     async def commit(self, timeout: float = COMMIT_TIMEOUT_S) -> None:
         """Flush and commit the open transaction, within `timeout` seconds.
