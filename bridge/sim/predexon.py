@@ -143,6 +143,28 @@ class SimConnection:
     closed: bool = False
 
 
+MALFORMED_KINDS = ("invalid_json", "truncated", "oversized", "wrong_types", "unknown_type")
+
+
+def malformed_frame(kind: str, sub_id: str) -> str:
+    """The bad frame `send_malformed` sends: one of `MALFORMED_KINDS`."""
+    good = {
+        "type": "event",
+        "subscription_id": sub_id,
+        "data": {"event_type": "price_feed", "feed": "BTC/USD", "price": 1.5},
+    }
+    frames = {
+        "invalid_json": '{"type": "event", "subscription_id": ' + f'"{sub_id}", data: ]',
+        "truncated": json.dumps(good)[:-7],
+        "oversized": json.dumps(good | {"pad": "x" * (5 * 1024 * 1024)}),
+        "wrong_types": json.dumps(
+            good | {"data": {"event_type": "price_feed", "feed": 7, "price": "abc"}}
+        ),
+        "unknown_type": json.dumps(good | {"data": {"event_type": "surprise"}}),
+    }
+    return frames[kind]
+
+
 class PredexonSimulator:
     """The simulated server; see the module docstring."""
 
@@ -254,25 +276,10 @@ class PredexonSimulator:
                 conn.stalled_until = until
 
     def send_malformed(self, kind: str) -> None:
-        """Send one bad frame on every connection: invalid_json, truncated, oversized,
-        wrong_types, unknown_type."""
+        """Send one bad frame on every connection (see `malformed_frame` for the kinds)."""
         for conn in self.connections():
             sub_id = next(iter(conn.subs), "sub_000000000000")
-            good = {
-                "type": "event",
-                "subscription_id": sub_id,
-                "data": {"event_type": "price_feed", "feed": "BTC/USD", "price": 1.5},
-            }
-            frame = {
-                "invalid_json": '{"type": "event", "subscription_id": ' + f'"{sub_id}", data: ]',
-                "truncated": json.dumps(good)[:-7],
-                "oversized": json.dumps(good | {"pad": "x" * (5 * 1024 * 1024)}),
-                "wrong_types": json.dumps(
-                    good | {"data": {"event_type": "price_feed", "feed": 7, "price": "abc"}}
-                ),
-                "unknown_type": json.dumps(good | {"data": {"event_type": "surprise"}}),
-            }[kind]
-            conn.outbox.put_nowait((frame, []))
+            conn.outbox.put_nowait((malformed_frame(kind, sub_id), []))
 
     def send_resync(self) -> None:
         """Orderbook subscriptions get `resync`, then fresh snapshots and `snapshots_done`."""

@@ -5,14 +5,13 @@ their topic exactly once, as the simulator sent them."""
 from __future__ import annotations
 
 import hashlib
-import json
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from bridge.kafka.readback import read_topic
 from bridge.serde.avro import Serializer, SingleObjectFormat
-from bridge.sim.predexon import SimConfig, SimulatorThread
+from bridge.sim.predexon import SimConfig, SimulatorThread, malformed_frame
 from tests.predexon_harness import BridgeProcess, PredexonSetup, Sub, wait_until, write_setup
 
 SUB = Sub("crypto", "crypto", {"feeds": ["*"]})
@@ -33,25 +32,6 @@ def dead_letters(setup: PredexonSetup) -> list[dict[str, Any]]:
         for r in read_topic({"bootstrap.servers": setup.bootstrap}, topic)
         if r.value is not None
     ]
-
-
-def expected_frames(sub_id: str) -> dict[str, bytes]:
-    """The bytes `PredexonSimulator.send_malformed` writes for each kind (same recipe)."""
-    good = {
-        "type": "event",
-        "subscription_id": sub_id,
-        "data": {"event_type": "price_feed", "feed": "BTC/USD", "price": 1.5},
-    }
-    frames = {
-        "invalid_json": '{"type": "event", "subscription_id": ' + f'"{sub_id}", data: ]',
-        "truncated": json.dumps(good)[:-7],
-        "oversized": json.dumps(good | {"pad": "x" * (5 * 1024 * 1024)}),
-        "wrong_types": json.dumps(
-            good | {"data": {"event_type": "price_feed", "feed": 7, "price": "abc"}}
-        ),
-        "unknown_type": json.dumps(good | {"data": {"event_type": "surprise"}}),
-    }
-    return {k: v.encode() for k, v in frames.items()}
 
 
 def test_malformed_frames_land_in_the_dlq_with_their_raw_bytes(
@@ -83,7 +63,7 @@ def test_malformed_frames_land_in_the_dlq_with_their_raw_bytes(
         finally:
             assert bridge.terminate() == 0, bridge.log()[-3000:]
         letters = dead_letters(setup)
-        frames = {k: v for k, v in expected_frames(sim_sub.id).items() if k in KINDS}
+        frames = {k: malformed_frame(k, sim_sub.id).encode() for k in KINDS}
         comparison = setup.compare(sim, SUB)
         gaps = setup.gaps(SUB)
     assert len(letters) == len(KINDS) + BULK_ROUNDS * PER_ROUND * len(BULK_KINDS)
