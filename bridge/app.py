@@ -11,8 +11,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import grpc
+
 from bridge.config import (
     DropCopyAuthSettings,
+    DropCopySettings,
     DropCopyStreamSettings,
     PredexonSettings,
     PredexonSubscriptionSettings,
@@ -142,9 +145,7 @@ class Bridge:
         settings = self.settings
         dropcopy = settings.dropcopy
         if not self._channels:
-            self._channels.append(
-                open_channel(dropcopy.endpoint, tls=dropcopy.tls, ca_file=dropcopy.ca_file)
-            )
+            self._channels.append(dropcopy_channel(dropcopy))
             self._token_provider = token_provider(self.settings.dropcopy.auth)
         kind = KINDS[stream.kind]
         stream_id = f"dropcopy.{stream.stream_name}"
@@ -289,6 +290,17 @@ class Bridge:
         if self._predexon is not None:
             await self._predexon.close()
         return 1 if failed else 0
+
+
+def dropcopy_channel(dropcopy: DropCopySettings) -> grpc.aio.Channel:
+    """The one gRPC channel every DropCopy stream of the configuration shares."""
+    return open_channel(
+        dropcopy.endpoint,
+        tls=dropcopy.tls,
+        ca_file=dropcopy.ca_file,
+        keepalive_time_s=dropcopy.keepalive_time_s,
+        keepalive_timeout_s=dropcopy.keepalive_timeout_s,
+    )
 
 
 def token_provider(auth: DropCopyAuthSettings) -> TokenProvider:

@@ -117,6 +117,10 @@ class DropCopySettings(_Section):
     """First reconnect delay; doubles per failure (with full jitter) up to reconnect_max_s."""
     reconnect_max_s: float = Field(30.0, gt=0)
     """Reconnect delay cap: the exchange documents 1 s doubling to 30 s."""
+    keepalive_time_s: float = Field(60.0, gt=0)
+    """Ping the exchange after this long without traffic (the exchange recommends 60 s)."""
+    keepalive_timeout_s: float = Field(20.0, gt=0)
+    """A ping unanswered this long means the connection is dead (half-open): reconnect."""
     auth: DropCopyAuthSettings = DropCopyAuthSettings()
     streams: tuple[DropCopyStreamSettings, ...] = ()
 

@@ -33,12 +33,12 @@ from confluent_kafka.admin import AdminClient
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus, WebSocketException
 
-from bridge.app import predexon_key, token_provider
+from bridge.app import dropcopy_channel, predexon_key, token_provider
 from bridge.config import Settings, load_settings
 from bridge.errors import BridgeError
 from bridge.kafka.admin import check_state_topic
 from bridge.sources.auth import TokenProvider
-from bridge.sources.dropcopy import SCOPES, open_channel
+from bridge.sources.dropcopy import SCOPES
 from bridge.sources.predexon_conn import PLAN_LIMITS, SubscriptionSpec
 
 CONNECT_TIMEOUT_S = 10.0
@@ -93,7 +93,7 @@ def _check_kafka(settings: Settings) -> str:
 async def _check_channel(settings: Settings) -> str:
     dropcopy = settings.dropcopy
     try:
-        channel = open_channel(dropcopy.endpoint, tls=dropcopy.tls, ca_file=dropcopy.ca_file)
+        channel = dropcopy_channel(dropcopy)
     except OSError as exc:
         raise _Failed(
             f"dropcopy.ca_file {dropcopy.ca_file}: cannot read it ({exc.strerror})"

@@ -264,9 +264,10 @@ class DropCopySimulator:
         server = grpc.aio.server(
             options=[
                 ("grpc.so_reuseport", 0),
-                # Accept the exchange's recommended client keepalive (60 s, without calls).
+                # Accept the exchange's recommended client keepalive (60 s, without calls)
+                # and the 1 s ones fault tests use to notice a half-open link quickly.
                 ("grpc.keepalive_permit_without_calls", 1),
-                ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
+                ("grpc.http2.min_recv_ping_interval_without_data_ms", 1_000),
             ]
         )
         server.add_generic_rpc_handlers((self._handlers(),))

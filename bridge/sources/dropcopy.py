@@ -56,14 +56,17 @@ TOKEN_REFUSED_CODES = frozenset(
 # A fresh access token refused this many times in a row means the credentials are wrong,
 # not that a token expired: stop instead of hammering the exchange.
 _MAX_FRESH_TOKEN_REFUSALS = 3
-# The exchange's recommended keepalive (fact sheet): ping every 60 s, wait 20 s for the ack,
-# also without active calls. Responses can hold hundreds of nested records, hence 64 MiB.
+# Responses can hold hundreds of nested records, hence 64 MiB. Keepalive pings are the only
+# way to notice a half-open connection: keep sending them however long the client itself
+# sends nothing (a server stream: it never does after the request), also without calls.
 CHANNEL_OPTIONS: Sequence[tuple[str, int]] = (
-    ("grpc.keepalive_time_ms", 60_000),
-    ("grpc.keepalive_timeout_ms", 20_000),
     ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
     ("grpc.max_receive_message_length", 64 * 1024 * 1024),
 )
+KEEPALIVE_TIME_S = 60.0
+KEEPALIVE_TIMEOUT_S = 20.0
+"""The exchange's recommended keepalive (fact sheet): ping every 60 s, wait 20 s for the ack."""
 SCOPES = {
     "executions": "read:dropcopy",
     "trade_captures": "read:dropcopy",
@@ -72,13 +75,31 @@ SCOPES = {
 }
 
 
-def open_channel(endpoint: str, *, tls: bool, ca_file: str = "") -> grpc.aio.Channel:
-    """A channel to the exchange: TLS unless explicitly disabled; no per-call deadlines."""
+def open_channel(
+    endpoint: str,
+    *,
+    tls: bool,
+    ca_file: str = "",
+    keepalive_time_s: float = KEEPALIVE_TIME_S,
+    keepalive_timeout_s: float = KEEPALIVE_TIMEOUT_S,
+) -> grpc.aio.Channel:
+    """A channel to the exchange: TLS unless explicitly disabled; no per-call deadlines.
+    A connection whose ping is not acknowledged within `keepalive_timeout_s` is dead (a
+    half-open route): its streams fail with UNAVAILABLE and are resumed. gRPC core waits
+    for any ping's ack (keepalive or its own BDP probes) for `ping_timeout_ms`, 60 s by
+    default, whatever the keepalive timeout says: measured through a half-open proxy, that
+    default, not keepalive_timeout_ms, decided when the stream failed."""
+    options = (
+        *CHANNEL_OPTIONS,
+        ("grpc.keepalive_time_ms", round(keepalive_time_s * 1000)),
+        ("grpc.keepalive_timeout_ms", round(keepalive_timeout_s * 1000)),
+        ("grpc.http2.ping_timeout_ms", round(keepalive_timeout_s * 1000)),
+    )
     if not tls:
-        return grpc.aio.insecure_channel(endpoint, options=CHANNEL_OPTIONS)
+        return grpc.aio.insecure_channel(endpoint, options=options)
     roots = Path(ca_file).read_bytes() if ca_file else None
     credentials = grpc.ssl_channel_credentials(root_certificates=roots)
-    return grpc.aio.secure_channel(endpoint, credentials, options=CHANNEL_OPTIONS)
+    return grpc.aio.secure_channel(endpoint, credentials, options=options)
 
 
 class DropCopySource:
