@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: test lint demo proto bench clean
+.PHONY: test lint demo proto bench bench-peer clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,19 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.mapping_throughput
 	$(BIN)/python -m bench.dropcopy_e2e
 	$(BIN)/python -m bench.predexon_e2e
+
+# Quix Streams needs confluent-kafka < 2.13 (the bridge uses 2.16): its own venv, not in pyproject.
+QUIX_VENV := .venv-quix
+QUIX_STAMP := $(QUIX_VENV)/.installed-stamp
+
+$(QUIX_STAMP):
+	$(PYTHON) -m venv $(QUIX_VENV)
+	$(QUIX_VENV)/bin/pip install --quiet 'quixstreams==3.28.1' 'confluent-kafka<2.13' \
+		grpcio protobuf fastavro
+	touch $(QUIX_STAMP)
+
+bench-peer: $(STAMP) $(QUIX_STAMP)
+	$(BIN)/python -m bench.quix_peer
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
