@@ -34,12 +34,12 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 GAP_SLACK_US = 200_000
 """How far before a gap's `from_time` a missed event may have been generated and still
-count as covered. A gap starts at the bridge's last evidence of a live connection (the
-receive time of the last frame, or of a pong); an event generated just before that instant
-can still be in the simulator's outbound queue or the socket when the connection dies
-(pongs bypass the event queue), so it is lost although generated "before" the gap. On
-loopback that lag is a few milliseconds; 200 ms leaves room for a loaded 2-core machine
-while staying far below the ~1 s windows the faults produce."""
+count as covered. A gap starts at the bridge's last live evidence (the sending of a ping
+whose pong came back); the simulator stamps an event a moment before it queues it, so an
+event stamped just before that instant can still be behind the ping on the server side
+(pongs bypass the simulator's event queue). On loopback that lag is a few milliseconds;
+200 ms leaves room for a loaded 2-core machine while staying far below the ~1 s windows
+the faults produce."""
 
 
 @dataclass(frozen=True)
@@ -214,11 +214,14 @@ def write_setup(
     key: str = PRO_KEY,
     plan: str = "pro",
     pipeline: str = "",
+    hostport: str | None = None,
 ) -> PredexonSetup:
-    """Write `bridge.toml` (and the key file) for `subs` against the running simulator."""
+    """Write `bridge.toml` (and the key file) for `subs` against the running simulator,
+    or reaching it through `hostport` (a proxy)."""
     key_file = tmp_path / "predexon.key"
     key_file.write_text(key + "\n")
-    url = f"ws://{sim.sim.config.host}:{sim.sim.port}/v1/{{api_key}}"
+    hostport = hostport or f"{sim.sim.config.host}:{sim.sim.port}"
+    url = f"ws://{hostport}/v1/{{api_key}}"
     subs = list(subs)
     tables = "".join(
         f'[[predexon.subscriptions]]\nname = "{s.name}"\nchannel = "{s.channel}"\n'

@@ -3,16 +3,17 @@
 Predexon cannot replay, so the source's job besides mapping is to account for time:
 
 - `Position.live_time_us` is the last instant the subscription is known to have been
-  acked and delivering *with everything received up to it already yielded*: the receive
-  time of the last frame yielded while more are buffered, else the newest evidence of a
-  live connection (a frame or a pong, see `predexon_conn`). Idle, an empty batch carrying
-  the new live time is yielded about every second (`LIVENESS_INTERVAL_S`), so the
-  committed live time keeps up with the clock.
+  acked and delivering *with everything generated up to it already yielded*: the live
+  evidence (a timely pong, see `predexon_conn`) the last yielded frame arrived with while
+  more are buffered, else the connection's newest. Idle, an empty batch carrying the new
+  live time is yielded about every second (`LIVENESS_INTERVAL_S`), so the committed live
+  time keeps up with the clock.
 - Each time coverage is lost - a disconnect, a buffer overflow, a filter change that
   replaces the subscription, or a bridge restart (`stream(start)` with a live time) - the
   next batch after the new subscription's ack carries exactly one `Gap(from_us=<last live
-  time>, to_us=<ack receive time>)`. Gaps never overlap and together with the live
-  windows cover all time after the first ack.
+  time>, to_us=<ack receive time>)`. A window in which the server may have dropped events
+  for a backlog (`Lagged`) is a gap of its own while the subscription stays live. Gaps
+  never overlap and together with the live windows cover all time after the first ack.
 - Events arrive at least once within a connection; repeats are yielded as they come (the
   pipeline drops repeated `event_id`s).
 
@@ -34,6 +35,7 @@ from bridge.sources.predexon_conn import (
     Failed,
     Frame,
     Handle,
+    Lagged,
     Lost,
     PredexonConnectionManager,
     SubscriptionSpec,
@@ -133,21 +135,19 @@ class PredexonSource:
                         "predexon stream=%s coverage lost reason=%s", self.stream_id, item.reason
                     )
                     continue
+                if isinstance(item, Lagged):
+                    lag_from = max(live_us or 0, item.from_us)
+                    if live and lag_from < item.to_us:
+                        live_us = item.to_us
+                        gap = self._gap(lag_from, item.to_us, "slow_consumer")
+                        yield Batch([], self._position(live_us, event_us), gaps=[gap])
+                    continue
                 if isinstance(item, Acked):
                     live = True
                     gaps: list[Gap] = []
                     if pending_gap is not None:
                         from_us, reason = pending_gap
-                        gaps.append(
-                            Gap(
-                                from_us=from_us,
-                                to_us=item.at_us,
-                                reason=reason,
-                                channel=self.spec.channel,
-                                filters=self.spec.filters_json,
-                            )
-                        )
-                        self.gaps_emitted += 1
+                        gaps.append(self._gap(from_us, item.at_us, reason))
                         pending_gap = None
                     live_us = max(live_us or 0, item.at_us)
                     yield Batch([], self._position(live_us, event_us), gaps=gaps)
@@ -165,15 +165,25 @@ class PredexonSource:
                 for record in records:
                     if record.event_time_us is not None:
                         event_us = max(event_us or 0, record.event_time_us)
-                live_us = max(live_us or 0, item.receive_time_us)
-                if handle.frames == 0:
+                live_us = max(live_us or 0, item.alive_us or 0) or None
+                if not handle.items:  # nothing pending, not even a `Lagged` window
                     alive = handle.alive_us()
                     if alive is not None:
-                        live_us = max(live_us, alive)
+                        live_us = max(live_us or 0, alive)
                 yield Batch(records, self._position(live_us, event_us), dead)
         finally:
             self._handle = None
             self.manager.unregister(handle)
+
+    def _gap(self, from_us: int | None, to_us: int, reason: str) -> Gap:
+        self.gaps_emitted += 1
+        return Gap(
+            from_us=from_us,
+            to_us=to_us,
+            reason=reason,
+            channel=self.spec.channel,
+            filters=self.spec.filters_json,
+        )
 
     def _position(self, live_us: int | None, event_us: int | None) -> Position:
         return Position(event_time_us=event_us, live_time_us=live_us, detail=self._detail())

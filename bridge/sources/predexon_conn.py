@@ -14,8 +14,15 @@ channel) and opens connections as needed. Each connection:
   unsubscribed (the other subscriptions on the connection are untouched) and re-subscribed
   once its reader has drained the buffer; the window is reported as lost;
 - sends its own pings (`ping_interval_s`) and treats a pong older than `ping_timeout_s` as
-  a dead connection; the time of the last frame or pong is the evidence that the
-  connection was alive, which the source uses as its live time.
+  a dead (or hopelessly backlogged) connection. A pong is the evidence the live time rests
+  on: the server writes it after what it had already queued for us, so when it arrives,
+  everything generated before its ping was sent has arrived too - unless the server
+  dropped some. By the contract it drops only while more than 1 MB is queued for the
+  connection, and all of that queued data arrives ahead of the next pong. So fewer than
+  `SERVER_DROP_BYTES` received between one ping's sending and the next one's pong proves
+  nothing was dropped in between; more, and the window between the two pings is reported
+  as `Lagged` (a gap: events there may be missing). The receive time of a frame is no
+  such evidence: under a backlog the frame was generated long before.
 
 Auth failures (401, close 4001, AUTH_FAILED/AUTH_REQUIRED/INVALID_API_KEY) fail every
 subscription of the connection; plan errors (403, PLAN_REQUIRED, WILDCARD_NOT_ALLOWED,
@@ -63,6 +70,14 @@ PLAN_LIMITS = {
 MAX_FRAME_BYTES = 16 * 1024 * 1024
 """Largest frame the client accepts: above the mapper's dead-letter bound, so an oversized
 frame becomes a dead letter instead of a 1009 close and a reconnect."""
+
+SERVER_DROP_BYTES = 768 * 1024
+"""Predexon drops events while more than 1 MB is queued for a connection (fact sheet); this
+is that less a margin for the WebSocket frame headers the byte count does not see."""
+
+PING_EARLY_BYTES = SERVER_DROP_BYTES // 4
+"""Ping before the interval is up once this much has arrived since the last ping, so a fast
+busy link does not pile `SERVER_DROP_BYTES` into one window without any backlog."""
 
 BUFFER_FRAMES = 10_000
 """Frames buffered per subscription between the socket and the pipeline. At Predexon's
@@ -124,6 +139,9 @@ class Frame:
     message: Any
     """Parsed with `loads()`, or None when the frame is not valid JSON."""
     receive_time_us: int
+    alive_us: int | None
+    """The connection's live evidence when the frame arrived (see `_Connection.last_alive_us`):
+    everything generated before it has arrived by now."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,8 +154,17 @@ class Acked:
 class Lost:
     at_us: int
     last_alive_us: int | None
-    """Last frame or pong received before the loss."""
+    """The connection's last live evidence before the loss."""
     reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Lagged:
+    """The server may have dropped events generated between these instants (two pings with
+    at least `SERVER_DROP_BYTES` received in between); the subscription stays live."""
+
+    from_us: int
+    to_us: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,7 +172,7 @@ class Failed:
     error: BridgeError
 
 
-Item = Frame | Acked | Lost | Failed
+Item = Frame | Acked | Lost | Lagged | Failed
 
 
 @dataclass(eq=False)
@@ -249,7 +276,7 @@ class PredexonConnectionManager:
         *,
         buffer_frames: int = BUFFER_FRAMES,
         backoff: Callable[[], Backoff] = Backoff,
-        ping_interval_s: float = 5.0,
+        ping_interval_s: float = 1.0,
         ping_timeout_s: float = 10.0,
         request_timeout_s: float = 10.0,
         open_timeout_s: float = 10.0,
@@ -260,8 +287,9 @@ class PredexonConnectionManager:
         self.limits = PLAN_LIMITS[plan]
         self.buffer_frames = buffer_frames
         self.backoff = backoff
-        # Our own ping every 5 s bounds how stale the live time can be; 10 s without a
-        # pong is far above loopback/WAN round trips yet well under Predexon's 60 s rule.
+        # Our own ping every second bounds how stale the live time can be (gaps start at
+        # the last pong); 10 s without a pong is far above loopback/WAN round trips yet
+        # well under Predexon's 60 s rule.
         self.ping_interval_s = ping_interval_s
         self.ping_timeout_s = ping_timeout_s
         self.request_timeout_s = request_timeout_s
@@ -303,7 +331,7 @@ class PredexonConnectionManager:
         conn = handle.conn
         if conn is not None:
             conn.remove(handle)
-            if not conn.handles:
+            if not conn.handles and conn in self.connections:  # not already closed
                 conn.close()
                 self.connections.remove(conn)
 
@@ -334,6 +362,13 @@ class _Connection:
         self.subscribing: Handle | None = None
         """The handle whose subscribe request awaits its reply."""
         self.last_alive_us: int | None = None
+        """When the newest ping with a timely pong and no possible drops before it was sent
+        (or when the session opened): everything generated before it has arrived."""
+        self.bytes_received = 0
+        self.ping_bytes = 0
+        """`bytes_received` when the last answered ping was sent."""
+        self.ping_due = asyncio.Event()
+        """Set by the reader after `PING_EARLY_BYTES`: the heartbeat pings at once."""
         self.task: asyncio.Task[None] | None = None
         self.ws: ClientConnection | None = None
 
@@ -490,20 +525,45 @@ class _Connection:
                     await task
 
     async def _heartbeat(self, ws: ClientConnection) -> None:
+        """Advance the live evidence one pong at a time (see the module docstring)."""
+        window_from, window_bytes = self.last_alive_us or now_us(), self.bytes_received
+        self.ping_bytes = window_bytes
+        self.ping_due.clear()
         while True:
-            await asyncio.sleep(self.manager.ping_interval_s)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.ping_due.wait(), self.manager.ping_interval_s)
+            self.ping_due.clear()
+            sent, sent_bytes = now_us(), self.bytes_received
             waiter = await ws.ping()
             try:
                 await asyncio.wait_for(waiter, self.manager.ping_timeout_s)
             except TimeoutError:
                 raise _Retry("pong_timeout") from None
-            self.last_alive_us = now_us()
+            if self.bytes_received - window_bytes >= SERVER_DROP_BYTES:
+                self._lagged(window_from, sent)
+            self.last_alive_us = sent
+            window_from, window_bytes = sent, sent_bytes
+            self.ping_bytes = sent_bytes
+
+    def _lagged(self, from_us: int, to_us: int) -> None:
+        log.warning(
+            "predexon connection %s: %d+ bytes queued by the server between pings: events "
+            "it generated in the last %.1fs may have been dropped (reported as a gap)",
+            self.number,
+            SERVER_DROP_BYTES,
+            (to_us - from_us) / 1e6,
+        )
+        for handle in self.handles:
+            if handle.subscription_id is not None:
+                handle.push(Lagged(from_us, to_us))
 
     async def _reader(self, ws: ClientConnection) -> None:
         async for data in ws:
             received = now_us()
-            self.last_alive_us = received
             raw = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else data
+            self.bytes_received += len(raw)
+            if self.bytes_received - self.ping_bytes >= PING_EARLY_BYTES:
+                self.ping_due.set()
             message = _parse(raw)
             kind = message.get("type") if isinstance(message, dict) else None
             if kind in ("ack", "error") and isinstance(message, dict):
@@ -517,7 +577,7 @@ class _Connection:
                 if handle.frames >= handle.capacity:
                     self._overflow(handle, received)
                 else:
-                    handle.push(Frame(raw, message, received))
+                    handle.push(Frame(raw, message, received, self.last_alive_us))
 
     def _on_reply(self, message: dict[str, Any], received: int) -> None:
         if self.reply is not None and not self.reply.done():
@@ -574,7 +634,7 @@ class _Connection:
             handle.spec.describe(),
             handle.capacity,
         )
-        handle.push(Lost(at_us, at_us, "overflow"))
+        handle.push(Lost(at_us, self.last_alive_us, "overflow"))
         handle.overflowed = True
         if handle.subscription_id is not None:
             self.by_sub_id.pop(handle.subscription_id, None)

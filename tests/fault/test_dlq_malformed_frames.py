@@ -84,4 +84,7 @@ def test_malformed_frames_land_in_the_dlq_with_their_raw_bytes(
         assert letter["upstream"] == "predexon"
         assert letter["target_topic"] == setup.topic(SUB)
     assert comparison.equal, comparison.summary()
-    assert gaps == [], "a bad frame is not a lost connection: no gap"
+    # A bad frame is not a lost connection: no disconnect gap. The 5 MB frame alone is more
+    # than Predexon queues before dropping (1 MB), so the bridge may rightly report the
+    # moment it arrived as a possible loss, and nothing else.
+    assert [g.reason for g in gaps] in ([], ["slow_consumer"]), gaps

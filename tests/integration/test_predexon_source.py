@@ -97,7 +97,10 @@ def test_live_only_after_ack_and_one_gap_per_disconnect_covering_the_unseen_wind
 def test_every_missed_event_falls_in_a_gap_and_positions_advance() -> None:
     async def body() -> None:
         sim = await started(SimConfig(rate=200))
-        mgr = PredexonConnectionManager(sim.url_for(PRO), "pro", backoff=fast_backoff)
+        # Frequent pings: the live time (and so the checked window) follows the last pong.
+        mgr = PredexonConnectionManager(
+            sim.url_for(PRO), "pro", backoff=fast_backoff, ping_interval_s=0.1
+        )
         source = make_source(mgr, "crypto-all", "crypto", {"feeds": ["*"]})
         it = source.stream(None).__aiter__()
         batches = await take_until(it, lambda b: sum(len(x.records) for x in b) >= 50)
