@@ -7,7 +7,7 @@ not be frozen). Afterwards every DropCopy topic equals the simulator's ground tr
 missing, 0 doubled, per-key order) and every Predexon event the bridge did not write lies
 inside one of its gap records, none written twice. The helpers here (`Both`, `start_both`,
 `assert_dropcopy_equal`, `assert_predexon_covered`) are shared with the upstream network
-tests in `test_network_upstream.py`.
+tests in `test_upstream_network.py`.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -95,9 +95,11 @@ def start_both(
     dropcopy_endpoint: str | None = None,
     predexon_hostport: str | None = None,
     pipeline: str = "",
+    dropcopy: str = "",
 ) -> Both:
     """Write the combined `bridge.toml`; `dropcopy_endpoint` / `predexon_hostport` route
-    the bridge through proxies instead of to the simulators directly."""
+    the bridge through proxies instead of to the simulators directly; `dropcopy` adds keys
+    to the `[dropcopy]` section."""
     key_file = tmp_path / "predexon.key"
     key_file.write_text(PRO_KEY + "\n")
     hostport = predexon_hostport or f"{psim.sim.config.host}:{psim.sim.port}"
@@ -110,7 +112,14 @@ def start_both(
             for s in SUBS
         )
     )
-    dc = write_setup(tmp_path, bootstrap, dsim, prefix, pipeline=pipeline, dropcopy=FAST_RECONNECT)
+    dc = write_setup(
+        tmp_path,
+        bootstrap,
+        dsim,
+        prefix,
+        pipeline=pipeline,
+        dropcopy=f"{FAST_RECONNECT}\n{dropcopy}",
+    )
     text = dc.config_path.read_text()
     if dropcopy_endpoint is not None:
         text = text.replace(f'endpoint = "{dsim.address}"', f'endpoint = "{dropcopy_endpoint}"')
@@ -167,13 +176,13 @@ def simulators(total: int, rate: float) -> Iterator[tuple[dsim_mod.SimulatorThre
         yield dsim, psim
 
 
-def run_fault(both: Both, log: Path, fault, end_after_fault: bool = True) -> dict[str, int]:
-    """Start the bridge, wait until every stream flows, apply `fault()`, then assert
+def run_fault(both: Both, log: Path, fault: Callable[[BridgeProcess], None]) -> dict[str, int]:
+    """Start the bridge, wait until every stream flows, apply `fault(bridge)`, then assert
     DropCopy equality and Predexon coverage; the bridge must still exit cleanly."""
     bridge = BridgeProcess(both, log)
     try:
         wait_until(both.flowing, 60, "every stream flowing", poll=0.3)
-        fault()
+        fault(bridge)
         # The bridge keeps going: new Predexon records arrive after the fault ...
         after = {s.name: len(both.pdx.rows(s)) for s in SUBS}
         wait_until(
@@ -206,7 +215,7 @@ def test_broker_paused_30s_then_resumed(tmp_path: Path, unique_name) -> None:
             tmp_path, broker.bootstrap_servers, dsim, psim, unique_name("pause") + "."
         )
 
-        def freeze() -> None:
+        def freeze(_bridge: BridgeProcess) -> None:
             pid = broker.pid
             assert pid is not None
             os.kill(pid, signal.SIGSTOP)
@@ -307,7 +316,7 @@ def test_broker_killed_and_restarted_on_s3_storage(tmp_path: Path, unique_name) 
                     tmp_path, broker.bootstrap_servers, dsim, psim, unique_name("s3") + "."
                 )
 
-                def kill_and_restart() -> None:
+                def kill_and_restart(_bridge: BridgeProcess) -> None:
                     nonlocal broker
                     pid = broker.pid
                     assert pid is not None
@@ -341,7 +350,7 @@ def test_broker_network_cut_and_half_open_then_restored(tmp_path: Path, unique_n
     ):
         both = start_both(tmp_path, proxy.address, dsim, psim, unique_name("cut") + ".")
 
-        def cut_then_half_open() -> None:
+        def cut_then_half_open(_bridge: BridgeProcess) -> None:
             assert proxy.cut() > 0, "the bridge should hold broker connections"
             time.sleep(CUT_S)  # outage duration
             proxy.restore()

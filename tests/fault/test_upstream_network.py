@@ -1,0 +1,268 @@
+"""Upstream faults under load, with one bridge running DropCopy and Predexon side by side
+while both simulators keep generating: the network to both upstreams cut and then left
+half-open (through loopback proxies), both upstreams slowed to a crawl, and the bridge
+itself starved of CPU.
+
+Afterwards every DropCopy topic equals the simulator's ground truth (resume tokens: 0
+missing, 0 doubled, per-key order) and every Predexon event the bridge did not write lies
+inside one of its gap records (Predexon cannot replay), none written twice. The shared
+machinery is in `test_broker_faults.py`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+from bridge.sim import predexon as psim_mod
+from tests.bridge_harness import ALL_KINDS, BridgeProcess, wait_until
+from tests.fault.tcp_proxy import TcpProxy
+from tests.fault.test_broker_faults import SUBS, Both, now_us, run_fault, simulators, start_both
+from tests.predexon_harness import write_setup as pdx_setup
+
+log = logging.getLogger(__name__)
+
+TOTAL = 16_000
+RATE = 400
+"""DropCopy records in all and per second (all four streams): ~35 s of live generation."""
+
+# Short keepalives so a half-open DropCopy link is noticed in seconds, not the exchange's
+# recommended 60 s + 20 s (the simulator accepts pings every second).
+FAST_KEEPALIVE = "keepalive_time_s = 1.0\nkeepalive_timeout_s = 1.0"
+
+CUT_S = 8.0
+DETECT_S = 45.0
+"""Deadline to notice a half-open link: DropCopy 1 s + 1 s keepalive; Predexon's own ping
+every 5 s with a 10 s pong deadline; plus reconnect backoff and a loaded 2-core machine."""
+
+
+@contextlib.contextmanager
+def proxied(
+    tmp_path: Path, bootstrap: str, prefix: str
+) -> Iterator[tuple[Both, TcpProxy, TcpProxy]]:
+    """Both simulators, each behind its own proxy, and the bridge configuration that
+    reaches them only through the proxies."""
+    with (
+        simulators(TOTAL, RATE) as (dsim, psim),
+        TcpProxy(dsim.port) as dc_proxy,
+        TcpProxy(psim.sim.port, target_host=psim.sim.config.host) as pdx_proxy,
+    ):
+        both = start_both(
+            tmp_path,
+            bootstrap,
+            dsim,
+            psim,
+            prefix,
+            dropcopy_endpoint=dc_proxy.address,
+            predexon_hostport=pdx_proxy.address,
+            dropcopy=FAST_KEEPALIVE,
+        )
+        yield both, dc_proxy, pdx_proxy
+
+
+def lag(both: Both) -> int:
+    """DropCopy records generated but not (yet) in Kafka."""
+    return both.dsim.simulator.stats.generated - sum(both.dc.count(k) for k in ALL_KINDS)
+
+
+def test_upstream_network_cut_then_half_open(
+    tmp_path: Path, kafka_bootstrap: str, unique_name
+) -> None:
+    with proxied(tmp_path, kafka_bootstrap, unique_name("upcut") + ".") as (
+        both,
+        dc_proxy,
+        pdx_proxy,
+    ):
+        proxies = (dc_proxy, pdx_proxy)
+
+        def cut_then_half_open(_bridge: BridgeProcess) -> None:
+            for proxy in proxies:
+                assert proxy.cut() > 0, "the bridge should hold a connection to each upstream"
+            time.sleep(CUT_S)  # the outage's duration, not a synchronisation
+            gaps_before = {s.name: len(both.pdx.gaps(s)) for s in SUBS}
+            accepted = [p.accepted for p in proxies]
+            for proxy in proxies:
+                proxy.restore()
+            wait_until(
+                lambda: all(p.accepted > n for p, n in zip(proxies, accepted, strict=True)),
+                60,
+                "the bridge reconnects to both upstreams",
+            )
+            # Predexon cannot replay the cut: the bridge must say so with a gap record.
+            wait_until(
+                lambda: all(len(both.pdx.gaps(s)) > gaps_before[s.name] for s in SUBS),
+                60,
+                "a Predexon gap record for the cut",
+                poll=0.5,
+            )
+
+            # Half-open: nothing flows and nothing closes. Only the bridge's own liveness
+            # checks can notice; it must then dial again (the proxy counts the attempts).
+            accepted = [p.accepted for p in proxies]
+            for proxy in proxies:
+                proxy.half_open()
+            try:
+                wait_until(
+                    lambda: all(p.accepted > n for p, n in zip(proxies, accepted, strict=True)),
+                    DETECT_S,
+                    "the bridge notices both half-open links and reconnects",
+                )
+            finally:
+                for proxy in proxies:
+                    proxy.restore()
+
+        missed = run_fault(both, tmp_path / "bridge.log", cut_then_half_open)
+    log.info("upstream cut + half-open: predexon missed inside gaps %s", missed)
+
+
+SLOW_S = 15.0
+SLOW_BYTES_PER_S = 80_000.0
+"""Per link, below what the workload needs (DropCopy ~100 KB/s, Predexon orders ~200 KB/s):
+the bridge falls behind on both."""
+
+
+def test_upstream_slow_links(tmp_path: Path, kafka_bootstrap: str, unique_name) -> None:
+    with proxied(tmp_path, kafka_bootstrap, unique_name("upslow") + ".") as (
+        both,
+        dc_proxy,
+        pdx_proxy,
+    ):
+
+        def crawl(_bridge: BridgeProcess) -> None:
+            before = lag(both)
+            gaps_before = {s.name: len(both.pdx.gaps(s)) for s in SUBS}
+            for proxy in (dc_proxy, pdx_proxy):
+                proxy.throttle(SLOW_BYTES_PER_S, latency_s=0.05)
+            try:
+                time.sleep(SLOW_S)  # the slow period's duration, not a synchronisation
+                behind = lag(both)
+            finally:
+                for proxy in (dc_proxy, pdx_proxy):
+                    proxy.throttle(None, 0.0)
+            log.info("slow links: DropCopy lag %d -> %d records", before, behind)
+            assert behind > before + 1_000, "the throttle should have held the bridge back"
+            # The orders stream needs far more than the link carries: the server's queue
+            # overflows, and the bridge must report that window as a gap, not lose it.
+            trades = SUBS[0]
+            wait_until(
+                lambda: len(both.pdx.gaps(trades)) > gaps_before[trades.name],
+                60,
+                "a Predexon gap for the backlog",
+                poll=0.5,
+            )
+            log.info("slow links: gaps %s", [g for g in both.pdx.gaps(trades)][-5:])
+
+        missed = run_fault(both, tmp_path / "bridge.log", crawl)
+    log.info("slow upstream: predexon missed inside gaps %s", missed)
+
+
+FREEZE_S = 10.0
+STARVE_S = 20.0
+STARVED_RUN_S = 0.02
+STARVED_STOP_S = 0.2
+"""While starved the bridge runs 20 ms in every 220 ms: under a tenth of one core."""
+
+
+def test_bridge_cpu_starved_while_upstreams_keep_sending(
+    tmp_path: Path, kafka_bootstrap: str, unique_name
+) -> None:
+    with simulators(TOTAL, RATE) as (dsim, psim):
+        both = start_both(tmp_path, kafka_bootstrap, dsim, psim, unique_name("starve") + ".")
+
+        def starve(bridge: BridgeProcess) -> None:
+            pid = bridge.process.pid
+            before = lag(both)
+            os.kill(pid, signal.SIGSTOP)  # frozen outright: a stalled VM or a GC pause
+            try:
+                time.sleep(FREEZE_S)  # the freeze's duration, not a synchronisation
+                deadline = time.monotonic() + STARVE_S
+                while time.monotonic() < deadline:  # then a sliver of CPU at a time
+                    os.kill(pid, signal.SIGCONT)
+                    time.sleep(STARVED_RUN_S)
+                    os.kill(pid, signal.SIGSTOP)
+                    time.sleep(STARVED_STOP_S)
+                behind = lag(both)
+            finally:
+                os.kill(pid, signal.SIGCONT)
+            log.info("starved: DropCopy lag %d -> %d records", before, behind)
+            assert behind > before + 1_000, "starving the bridge should have held it back"
+
+        missed = run_fault(both, tmp_path / "bridge.log", starve)
+    log.info("cpu-starved bridge: predexon missed inside gaps %s", missed)
+
+
+BACKLOG_RATE = 60
+"""Predexon simulator rate for the backlog test: ~370 order events/s, ~420 KB/s of frames."""
+BACKLOG_LINK_BYTES_PER_S = 150_000.0
+"""Well above a trickle (pongs come back within the 10 s timeout for a while) but far
+below the stream: the server's queue grows by ~270 KB/s."""
+
+
+def test_predexon_backlog_on_a_fast_link_is_reported_as_slow_consumer_gaps(
+    tmp_path: Path, kafka_bootstrap: str, unique_name
+) -> None:
+    """The server drops events once more than 1 MB is queued for the connection, silently.
+    The bridge must notice the backlog from the bytes that arrive between its pings and
+    report those windows as gaps (reason `slow_consumer`) while staying connected."""
+    trades = SUBS[0]
+    config = psim_mod.SimConfig(seed=21, rate=BACKLOG_RATE, channels=("orders",))
+    with (
+        psim_mod.SimulatorThread(config) as psim,
+        TcpProxy(psim.sim.port, target_host=psim.sim.config.host) as proxy,
+    ):
+        setup = pdx_setup(
+            tmp_path,
+            kafka_bootstrap,
+            psim,
+            unique_name("backlog") + ".",
+            [trades],
+            hostport=proxy.address,
+        )
+        bridge = BridgeProcess(setup, tmp_path / "bridge.log")
+        try:
+            wait_until(lambda: len(setup.rows(trades)) > 100, 60, "records", poll=0.3)
+            proxy.throttle(BACKLOG_LINK_BYTES_PER_S)
+            try:
+                wait_until(
+                    lambda: any(g.reason == "slow_consumer" for g in setup.gaps(trades)),
+                    60,
+                    "a slow_consumer gap",
+                    poll=0.5,
+                )
+            finally:
+                proxy.throttle(None)
+            psim.call(setattr, psim.sim.config, "rate", 0.0)  # the ground truth stops growing
+            end_us = now_us()
+            wait_until(
+                lambda: not setup.uncovered_misses(psim, trades, end_us)[0],
+                60,
+                "every event in Kafka or inside a gap",
+                poll=1.0,
+            )
+        finally:
+            code = bridge.terminate(60)
+        uncovered, checked, missed = setup.uncovered_misses(psim, trades, end_us)
+        dropped = [
+            e
+            for s in setup.sim_subscriptions(psim, trades)
+            for e in psim.call(psim.sim.sent, s.id)
+            if e.status == "dropped_slow_consumer"
+        ]
+    assert code == 0, bridge.log()[-3000:]
+    assert uncovered == [], f"missed outside every gap: {uncovered[:2]}"
+    assert checked > 0
+    doubled = [row for row, n in Counter(setup.rows(trades)).items() if n > 1]
+    assert doubled == []
+    log.info(
+        "backlog: %d events checked, %d missed (inside gaps), %d dropped by the server; gaps %s",
+        checked,
+        missed,
+        len(dropped),
+        [(g.reason, (g.to_us - (g.from_us or 0)) // 1000) for g in setup.gaps(trades)],
+    )
