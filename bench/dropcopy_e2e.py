@@ -128,11 +128,16 @@ def stop_process(process: subprocess.Popen[Any], timeout: float = 15.0) -> None:
 
 
 @contextlib.contextmanager
-def simulator(workdir: Path, prefill: int, rate: int) -> Iterator[str]:
-    """`polybridge sim dropcopy` in a subprocess (no auth, log in `workdir`); its address."""
+def simulator(
+    workdir: Path, prefill: int, rate: int, retention_records: int | None = None
+) -> Iterator[str]:
+    """`polybridge sim dropcopy` in a subprocess (no auth, log in `workdir`); its address.
+    `retention_records` bounds each stream's journal (and the simulator's memory)."""
     command = [sys.executable, "-m", "bridge.cli", "--log-level=WARNING", "sim", "dropcopy"]
     command += ["--prefill", str(prefill), "--rate", str(rate), "--batch", str(SIM_BATCH)]
     command += ["--no-auth", "--heartbeat", "0.5"]
+    if retention_records is not None:
+        command += ["--retention-records", str(retention_records)]
     log_path = workdir / f"sim-{rate}.log"
     with open(log_path, "wb") as log:
         process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log, text=True)

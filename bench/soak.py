@@ -218,6 +218,13 @@ def main() -> None:
     parser.add_argument("--rate", type=int, default=20_000, help="DropCopy live records/s")
     parser.add_argument("--predexon-rate", type=float, default=50.0, help="events/s/channel")
     parser.add_argument("--sample-s", type=float, default=5.0)
+    parser.add_argument(
+        "--retention",
+        type=int,
+        default=None,
+        help="DropCopy journal records kept per stream (the simulator holds ~1.1 KB per "
+        "record in memory: bound it for runs of tens of millions)",
+    )
     args = parser.parse_args()
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="soak-") as tmp:
@@ -227,7 +234,7 @@ def main() -> None:
         print(f"# preparing: DropCopy journal of {args.prefill:,} records ...", flush=True)
         with (
             EmbeddedBroker(log_path=workdir / "tansu.log") as broker,
-            simulator(workdir, args.prefill, args.rate) as dropcopy,
+            simulator(workdir, args.prefill, args.rate, args.retention) as dropcopy,
             predexon_simulator(workdir, args.predexon_rate) as predexon,
         ):
             print(f"# journal ready after {time.monotonic() - started:.0f} s", flush=True)
@@ -287,7 +294,9 @@ def report(samples: list[Sample], args: argparse.Namespace) -> None:
     print()
     print(
         f"`python -m bench.soak --minutes {args.minutes:g} --prefill {args.prefill} "
-        f"--rate {args.rate} --predexon-rate {args.predexon_rate:g}` on {machine_facts()}"
+        f"--rate {args.rate} --predexon-rate {args.predexon_rate:g}"
+        + (f" --retention {args.retention}" if args.retention else "")
+        + f"` on {machine_facts()}"
     )
     print()
     print(markdown_table(headers, minute_rows(samples)))
