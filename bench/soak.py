@@ -222,7 +222,7 @@ def main() -> None:
         "--retention",
         type=int,
         default=None,
-        help="DropCopy journal records kept per stream (the simulator holds ~1.1 KB per "
+        help="DropCopy journal records kept per stream (the simulator holds ~1.9 KB per "
         "record in memory: bound it for runs of tens of millions)",
     )
     args = parser.parse_args()
