@@ -181,17 +181,18 @@ def test_bridge_cpu_starved_while_upstreams_keep_sending(
             os.kill(pid, signal.SIGSTOP)  # frozen outright: a stalled VM or a GC pause
             try:
                 time.sleep(FREEZE_S)  # the freeze's duration, not a synchronisation
+                frozen = lag(both)  # the upstreams kept generating meanwhile
                 deadline = time.monotonic() + STARVE_S
                 while time.monotonic() < deadline:  # then a sliver of CPU at a time
                     os.kill(pid, signal.SIGCONT)
                     time.sleep(STARVED_RUN_S)
                     os.kill(pid, signal.SIGSTOP)
                     time.sleep(STARVED_STOP_S)
-                behind = lag(both)
+                starved = lag(both)
             finally:
                 os.kill(pid, signal.SIGCONT)
-            log.info("starved: DropCopy lag %d -> %d records", before, behind)
-            assert behind > before + 1_000, "starving the bridge should have held it back"
+            log.info("starved: DropCopy lag %d -> %d -> %d records", before, frozen, starved)
+            assert frozen > before + 1_000, "the frozen bridge should have fallen behind"
 
         missed = run_fault(both, tmp_path / "bridge.log", starve)
     log.info("cpu-starved bridge: predexon missed inside gaps %s", missed)
