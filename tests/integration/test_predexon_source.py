@@ -98,8 +98,12 @@ def test_every_missed_event_falls_in_a_gap_and_positions_advance() -> None:
     async def body() -> None:
         sim = await started(SimConfig(rate=200))
         # Frequent pings: the live time (and so the checked window) follows the last pong.
+        # Each reconnect waits exactly 0.2 s, so every drop loses ~40 events for certain.
         mgr = PredexonConnectionManager(
-            sim.url_for(PRO), "pro", backoff=fast_backoff, ping_interval_s=0.1
+            sim.url_for(PRO),
+            "pro",
+            backoff=lambda: Backoff(0.2, 0.2, 60.0, rng=lambda: 0.999),
+            ping_interval_s=0.1,
         )
         source = make_source(mgr, "crypto-all", "crypto", {"feeds": ["*"]})
         it = source.stream(None).__aiter__()
