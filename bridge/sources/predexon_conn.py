@@ -526,8 +526,8 @@ class _Connection:
 
     async def _heartbeat(self, ws: ClientConnection) -> None:
         """Advance the live evidence one pong at a time (see the module docstring)."""
-        window_from, window_bytes = self.last_alive_us or now_us(), self.bytes_received
-        self.ping_bytes = window_bytes
+        window_from = self.last_alive_us or now_us()
+        self.ping_bytes = self.bytes_received
         self.ping_due.clear()
         while True:
             with contextlib.suppress(TimeoutError):
@@ -539,10 +539,9 @@ class _Connection:
                 await asyncio.wait_for(waiter, self.manager.ping_timeout_s)
             except TimeoutError:
                 raise _Retry("pong_timeout") from None
-            if self.bytes_received - window_bytes >= SERVER_DROP_BYTES:
+            if self.bytes_received - self.ping_bytes >= SERVER_DROP_BYTES:
                 self._lagged(window_from, sent)
-            self.last_alive_us = sent
-            window_from, window_bytes = sent, sent_bytes
+            self.last_alive_us = window_from = sent
             self.ping_bytes = sent_bytes
 
     def _lagged(self, from_us: int, to_us: int) -> None:

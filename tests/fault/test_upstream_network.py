@@ -17,7 +17,7 @@ import os
 import signal
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -68,6 +68,12 @@ def proxied(
         yield both, dc_proxy, pdx_proxy
 
 
+def dialled_again(proxies: tuple[TcpProxy, ...]) -> Callable[[], bool]:
+    """A condition: every proxy has accepted a connection since now."""
+    accepted = [p.accepted for p in proxies]
+    return lambda: all(p.accepted > n for p, n in zip(proxies, accepted, strict=True))
+
+
 def lag(both: Both) -> int:
     """DropCopy records generated but not (yet) in Kafka."""
     return both.dsim.simulator.stats.generated - sum(both.dc.count(k) for k in ALL_KINDS)
@@ -88,14 +94,10 @@ def test_upstream_network_cut_then_half_open(
                 assert proxy.cut() > 0, "the bridge should hold a connection to each upstream"
             time.sleep(CUT_S)  # the outage's duration, not a synchronisation
             gaps_before = {s.name: len(both.pdx.gaps(s)) for s in SUBS}
-            accepted = [p.accepted for p in proxies]
+            reconnected = dialled_again(proxies)
             for proxy in proxies:
                 proxy.restore()
-            wait_until(
-                lambda: all(p.accepted > n for p, n in zip(proxies, accepted, strict=True)),
-                60,
-                "the bridge reconnects to both upstreams",
-            )
+            wait_until(reconnected, 60, "the bridge reconnects to both upstreams")
             # Predexon cannot replay the cut: the bridge must say so with a gap record.
             wait_until(
                 lambda: all(len(both.pdx.gaps(s)) > gaps_before[s.name] for s in SUBS),
@@ -106,14 +108,12 @@ def test_upstream_network_cut_then_half_open(
 
             # Half-open: nothing flows and nothing closes. Only the bridge's own liveness
             # checks can notice; it must then dial again (the proxy counts the attempts).
-            accepted = [p.accepted for p in proxies]
+            noticed = dialled_again(proxies)
             for proxy in proxies:
                 proxy.half_open()
             try:
                 wait_until(
-                    lambda: all(p.accepted > n for p, n in zip(proxies, accepted, strict=True)),
-                    DETECT_S,
-                    "the bridge notices both half-open links and reconnects",
+                    noticed, DETECT_S, "the bridge notices both half-open links and reconnects"
                 )
             finally:
                 for proxy in proxies:
