@@ -59,6 +59,24 @@ class BridgeSetup:
         expected = expected_dropcopy_rows(kind, stream_id, truth)
         return compare(stream_id, expected, kafka_rows(self.kafka, self.topic(kind), stream_id))
 
+    def wait_equal(
+        self,
+        sim: SimulatorThread,
+        kinds: Sequence[str] = ALL_KINDS,
+        timeout: float = 60,
+        log: Path | None = None,
+    ) -> None:
+        """Wait until each kind in Kafka equals the simulator's ground truth. On timeout the
+        error says what differs and quotes the end of the bridge's `log`."""
+        for kind in kinds:
+            try:
+                wait_until(lambda kind=kind: self.compare(sim, kind).equal, timeout, kind, 0.5)
+            except AssertionError as exc:
+                tail = "\n".join(log.read_text(errors="replace").splitlines()[-25:]) if log else ""
+                raise AssertionError(
+                    f"{exc}: {self.compare(sim, kind).summary()}\nbridge log tail:\n{tail}"
+                ) from None
+
     def count(self, kind: str) -> int:
         return len(kafka_rows(self.kafka, self.topic(kind), f"dropcopy.{kind}"))
 

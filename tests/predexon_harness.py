@@ -174,7 +174,12 @@ class PredexonSetup:
         try:
             wait_until(lambda: self.compare(sim, sub).equal, timeout, sub.stream_id, poll=0.3)
         except AssertionError as exc:
-            raise AssertionError(f"{exc}: {self.compare(sim, sub).summary()}") from None
+            subscriptions = len(self.sim_subscriptions(sim, sub))
+            gaps = [(g.reason, g.to_us - g.from_us) for g in self.gaps(sub)]
+            raise AssertionError(
+                f"{exc}: {self.compare(sim, sub).summary()}; simulator subscriptions: "
+                f"{subscriptions}; gaps (reason, us): {gaps}"
+            ) from None
 
     def uncovered_misses(
         self, sim: SimulatorThread, sub: Sub, end_us: int, gaps: Sequence[Gap] | None = None

@@ -50,13 +50,7 @@ def test_sigkill_at_random_instants_loses_and_doubles_nothing(
         try:
             stats = sim.simulator.stats
             wait_until(lambda: stats.generated >= TOTAL_RECORDS, 120, "generation to end")
-            for kind in ALL_KINDS:
-                wait_until(
-                    lambda kind=kind: setup.compare(sim, kind).equal,
-                    180,
-                    f"{kind} to equal the ground truth after {KILLS} kills",
-                    poll=1.0,
-                )
+            setup.wait_equal(sim, timeout=180, log=log)
         finally:
             final.terminate()
         results = [setup.compare(sim, kind) for kind in ALL_KINDS]

@@ -31,13 +31,7 @@ def _wait_equal(setup: BridgeSetup, sim: SimulatorThread, kinds=ALL_KINDS, timeo
     limit = sim.simulator.config.max_records
     if limit is not None:
         wait_until(lambda: sim.simulator.stats.generated >= limit, timeout, "generation to end")
-    for kind in kinds:
-        wait_until(
-            lambda kind=kind: setup.compare(sim, kind).equal,
-            timeout,
-            f"{kind} to equal the ground truth",
-            poll=0.5,
-        )
+    setup.wait_equal(sim, kinds, timeout)
 
 
 def _assert_equal(setup: BridgeSetup, sim: SimulatorThread, kinds=ALL_KINDS) -> None:

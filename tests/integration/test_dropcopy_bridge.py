@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from bridge.sim.dropcopy import SimConfig, SimulatorThread
-from tests.bridge_harness import ALL_KINDS, BridgeProcess, wait_until, write_setup
+from tests.bridge_harness import ALL_KINDS, BridgeProcess, write_setup
 
 
 def test_every_stream_lands_exactly_once_in_order_per_key(
@@ -16,13 +16,7 @@ def test_every_stream_lands_exactly_once_in_order_per_key(
         setup = write_setup(tmp_path, kafka_bootstrap, sim, unique_name("e2e") + ".")
         bridge = BridgeProcess(setup, tmp_path / "bridge.log")
         try:
-            for kind in ALL_KINDS:
-                wait_until(
-                    lambda kind=kind: setup.compare(sim, kind).equal,
-                    60,
-                    f"{kind} in Kafka to equal the ground truth",
-                    poll=0.5,
-                )
+            setup.wait_equal(sim, log=bridge.log_path)
         finally:
             code = bridge.terminate()
         assert code == 0, bridge.log()
@@ -47,7 +41,7 @@ def test_bridge_speaks_tls_to_the_exchange_trusting_a_custom_ca(
         )
         bridge = BridgeProcess(setup, tmp_path / "bridge.log")
         try:
-            wait_until(lambda: setup.compare(sim, "executions").equal, 60, "equality", poll=0.5)
+            setup.wait_equal(sim, ("executions",), log=bridge.log_path)
         finally:
             assert bridge.terminate() == 0, bridge.log()
         assert setup.compare(sim, "executions").expected > 0

@@ -17,7 +17,7 @@ from confluent_kafka import Consumer, TopicPartition
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
 from bridge.sim.dropcopy import SimConfig, SimulatorThread
-from tests.bridge_harness import ALL_KINDS, BridgeProcess, wait_until, write_setup
+from tests.bridge_harness import ALL_KINDS, BridgeProcess, write_setup
 
 HISTORY = Path(__file__).resolve().parents[2] / "bridge" / "avro" / "history"
 SCHEMAS = {
@@ -63,13 +63,7 @@ def test_bridge_output_decodes_with_fastavro_and_the_avsc_files_alone(
         setup = write_setup(tmp_path, kafka_bootstrap, sim, unique_name("fa") + ".")
         bridge = BridgeProcess(setup, tmp_path / "bridge.log")
         try:
-            for kind in ALL_KINDS:
-                wait_until(
-                    lambda kind=kind: setup.compare(sim, kind).equal,
-                    60,
-                    f"{kind} in Kafka",
-                    poll=0.5,
-                )
+            setup.wait_equal(sim, log=bridge.log_path)
         finally:
             assert bridge.terminate() == 0, bridge.log()
     for kind in ALL_KINDS:

@@ -33,7 +33,7 @@ def test_a_second_bridge_fences_the_first_and_nothing_is_doubled(
             assert "stream=dropcopy.executions" in first.log()
             assert "another polybridge instance" in first.log() or "fenced" in first.log()
             assert "Traceback" not in first.log()
-            wait_until(lambda: setup.compare(sim, "executions").equal, 90, "equality", poll=0.5)
+            setup.wait_equal(sim, KINDS, 90, second.log_path)
         finally:
             assert second.terminate() == 0, second.log()
         result = setup.compare(sim, "executions")
@@ -48,7 +48,7 @@ def test_state_show_and_reset_rewind_safely(
         config = str(setup.config_path)
         bridge = BridgeProcess(setup, tmp_path / "bridge.log")
         try:
-            wait_until(lambda: setup.compare(sim, "executions").equal, 60, "equality", poll=0.5)
+            setup.wait_equal(sim, KINDS, log=bridge.log_path)
         finally:
             assert bridge.terminate() == 0, bridge.log()
         shown = _cli("state", "show", "--config", config)
@@ -78,7 +78,7 @@ def test_state_show_and_reset_rewind_safely(
         again = BridgeProcess(setup, tmp_path / "again.log")
         try:
             wait_until(lambda: "starting from event time 0us" in again.log(), 30, "the rewind")
-            wait_until(lambda: setup.compare(sim, "executions").equal, 60, "equality", poll=0.5)
+            setup.wait_equal(sim, KINDS, log=again.log_path)
         finally:
             assert again.terminate() == 0, again.log()
         result = setup.compare(sim, "executions")

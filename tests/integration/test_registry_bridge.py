@@ -19,7 +19,7 @@ from bridge.kafka.readback import read_topic
 from bridge.serde.decode import Decoder
 from bridge.serde.registry import configured_topic_schemas, registry_client
 from bridge.sim.dropcopy import SimConfig, SimulatorThread
-from tests.bridge_harness import ALL_KINDS, wait_until, write_setup
+from tests.bridge_harness import ALL_KINDS, write_setup
 
 
 def test_bridge_in_registry_mode_writes_confluent_framed_records_exactly_once(
@@ -45,13 +45,7 @@ def test_bridge_in_registry_mode_writes_confluent_framed_records_exactly_once(
         )
         thread.start()
         try:
-            for kind in ALL_KINDS:
-                wait_until(
-                    lambda kind=kind: setup.compare(sim, kind).equal,
-                    60,
-                    f"{kind} in Kafka to equal the ground truth",
-                    poll=0.5,
-                )
+            setup.wait_equal(sim)
         finally:
             loop.call_soon_threadsafe(stop.set)
             thread.join(60)
