@@ -145,7 +145,13 @@ def read_all(bootstrap: str, topic: str, timeout: float = READ_TIMEOUT_S) -> lis
         deadline = time.monotonic() + timeout
         while len(done) < len(parts):
             if time.monotonic() > deadline:
-                raise TimeoutError(f"reading {topic}: partitions {set(parts) - done} unfinished")
+                stuck = [TopicPartition(topic, p) for p in parts if p not in done]
+                where = [
+                    f"[{tp.partition}] at {tp.offset} of "
+                    f"{consumer.get_watermark_offsets(tp, cached=True)[1]}"
+                    for tp in consumer.position(stuck)
+                ]
+                raise TimeoutError(f"reading {topic}: unfinished {', '.join(where)}")
             for msg in consumer.consume(1000, 0.2):
                 part, offset = msg.partition(), msg.offset()
                 assert part is not None and offset is not None

@@ -118,7 +118,8 @@ def read_ranges(
                 missing = sorted(set(starts) - set(ends))
                 raise KafkaError(
                     f"reading {topic} partitions {missing} from {bootstrap_of(config)} did not "
-                    f"reach the end within {timeout:.0f} s",
+                    f"reach the end within {timeout:.0f} s "
+                    f"({_where(consumer, topic, missing)})",
                     retriable=True,
                 )
             for msg in consumer.consume(_BATCH, _POLL_S):
@@ -176,6 +177,15 @@ def _ends_from_watermarks(
         _, high = consumer.get_watermark_offsets(tp, cached=True)
         if high >= 0 and tp.offset != OFFSET_INVALID and tp.offset >= high:
             ends[tp.partition] = tp.offset
+
+
+def _where(consumer: Consumer, topic: str, partitions: list[int]) -> str:
+    """Each partition's fetch position and the end the broker last reported, for errors."""
+    where = []
+    for tp in consumer.position([TopicPartition(topic, p) for p in partitions]):
+        _, high = consumer.get_watermark_offsets(tp, cached=True)
+        where.append(f"[{tp.partition}] at {tp.offset} of {high}")
+    return ", ".join(where)
 
 
 def low_high_estimate(consumer: Consumer, topic: str, partition: int) -> tuple[int, int]:
