@@ -223,24 +223,39 @@ def write_setup(
 ) -> PredexonSetup:
     """Write `bridge.toml` (and the key file) for `subs` against the running simulator,
     or reaching it through `hostport` (a proxy)."""
-    key_file = tmp_path / "predexon.key"
-    key_file.write_text(key + "\n")
-    hostport = hostport or f"{sim.sim.config.host}:{sim.sim.port}"
-    url = f"ws://{hostport}/v1/{{api_key}}"
     subs = list(subs)
-    tables = "".join(
-        f'[[predexon.subscriptions]]\nname = "{s.name}"\nchannel = "{s.channel}"\n'
-        f"filters = {_toml_inline(s.filters)}\n"
-        for s in subs
-    )
     config = tmp_path / "bridge.toml"
     config.write_text(
         f'app_id = "{prefix}app"\n'
         f'[kafka]\nbootstrap_servers = "{bootstrap}"\ntopic_prefix = "{prefix}"\npartitions = 3\n'
         f"[pipeline]\n{pipeline}\n"
-        f'[predexon]\nurl = "{url}"\napi_key_file = "{key_file}"\nplan = "{plan}"\n\n{tables}'
+        + predexon_section(tmp_path, sim, subs, key=key, plan=plan, hostport=hostport)
     )
     return PredexonSetup(config, bootstrap, prefix, subs)
+
+
+def predexon_section(
+    tmp_path: Path,
+    sim: SimulatorThread,
+    subs: Iterable[Sub],
+    *,
+    key: str = PRO_KEY,
+    plan: str = "pro",
+    hostport: str | None = None,
+) -> str:
+    """The `[predexon]` section for `subs` (and its key file in `tmp_path`)."""
+    key_file = tmp_path / "predexon.key"
+    key_file.write_text(key + "\n")
+    hostport = hostport or f"{sim.sim.config.host}:{sim.sim.port}"
+    tables = "".join(
+        f'[[predexon.subscriptions]]\nname = "{s.name}"\nchannel = "{s.channel}"\n'
+        f"filters = {_toml_inline(s.filters)}\n"
+        for s in subs
+    )
+    return (
+        f'[predexon]\nurl = "ws://{hostport}/v1/{{api_key}}"\napi_key_file = "{key_file}"\n'
+        f'plan = "{plan}"\n\n{tables}'
+    )
 
 
 def _toml_inline(filters: dict[str, Any]) -> str:

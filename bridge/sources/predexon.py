@@ -25,6 +25,7 @@ everything retriable is retried by the manager with `Backoff` and shows up only 
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -67,6 +68,9 @@ class PredexonSource:
         self.liveness_interval_s = liveness_interval_s
         self._handle: Handle | None = None
         self.gaps_emitted = 0
+        self.reconnects: Counter[str] = Counter()
+        """Subscriptions lost and renewed, by cause (`polybridge_reconnects_total`): the
+        connection's (close_1006, pong_timeout, ...) or `overflow` (resubscribed)."""
 
     @classmethod
     def create(
@@ -125,6 +129,8 @@ class PredexonSource:
                 if isinstance(item, Failed):
                     raise item.error
                 if isinstance(item, Lost):
+                    if item.reason != "filters_changed":  # a configured change, not a fault
+                        self.reconnects[item.cause or item.reason] += 1
                     if live:
                         start_us = max(live_us or 0, item.last_alive_us or 0) or None
                         # Nothing received after the last yielded frame may be claimed live.

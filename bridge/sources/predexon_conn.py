@@ -156,6 +156,9 @@ class Lost:
     last_alive_us: int | None
     """The connection's last live evidence before the loss."""
     reason: str
+    """The gap reason: disconnected, overflow or filters_changed."""
+    cause: str = ""
+    """Why a connection was lost (close_1006, pong_timeout, ...), for the reconnect metric."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -421,6 +424,7 @@ class _Connection:
         backoff = manager.backoff()
         while self.handles:
             manager.connection_attempts += 1
+            reason = "cancelled"
             try:
                 async with connect(
                     manager.url,
@@ -468,7 +472,7 @@ class _Connection:
                 log.debug("predexon connection %s error: %s", self.number, manager.redact(str(exc)))
             finally:
                 self.ws = None
-                self._lose_all()
+                self._lose_all(reason)
             delay = backoff.next_delay()
             log.warning(
                 "predexon connection %s lost reason=%s retry_in=%.2fs subscriptions=%s",
@@ -486,11 +490,11 @@ class _Connection:
             handle.push(Failed(error))
         self.handles.clear()
 
-    def _lose_all(self) -> None:
+    def _lose_all(self, cause: str) -> None:
         at = now_us()
         for handle in self.handles:
             if handle.subscription_id is not None:
-                handle.push(Lost(at, self.last_alive_us, "disconnected"))
+                handle.push(Lost(at, self.last_alive_us, "disconnected", cause))
             handle.subscription_id = None
             handle.overflowed = False
         self.by_sub_id.clear()

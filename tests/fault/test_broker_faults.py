@@ -31,7 +31,7 @@ from bridge.sim import dropcopy as dsim_mod
 from bridge.sim import predexon as psim_mod
 from tests.bridge_harness import ALL_KINDS, BridgeProcess, BridgeSetup, wait_until, write_setup
 from tests.fault.tcp_proxy import TcpProxy
-from tests.predexon_harness import PRO_KEY, PredexonSetup, Sub, _toml_inline
+from tests.predexon_harness import PredexonSetup, Sub, predexon_section
 
 SUBS = [
     Sub("trades", "orders", {"users": ["*"], "status": "all"}),
@@ -100,18 +100,7 @@ def start_both(
     """Write the combined `bridge.toml`; `dropcopy_endpoint` / `predexon_hostport` route
     the bridge through proxies instead of to the simulators directly; `dropcopy` adds keys
     to the `[dropcopy]` section."""
-    key_file = tmp_path / "predexon.key"
-    key_file.write_text(PRO_KEY + "\n")
-    hostport = predexon_hostport or f"{psim.sim.config.host}:{psim.sim.port}"
-    predexon = (
-        f'[predexon]\nurl = "ws://{hostport}/v1/{{api_key}}"\n'
-        f'api_key_file = "{key_file}"\nplan = "pro"\n'
-        + "".join(
-            f'[[predexon.subscriptions]]\nname = "{s.name}"\nchannel = "{s.channel}"\n'
-            f"filters = {_toml_inline(s.filters)}\n"
-            for s in SUBS
-        )
-    )
+    predexon = predexon_section(tmp_path, psim, SUBS, hostport=predexon_hostport)
     dc = write_setup(
         tmp_path,
         bootstrap,

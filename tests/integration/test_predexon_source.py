@@ -87,6 +87,7 @@ def test_live_only_after_ack_and_one_gap_per_disconnect_covering_the_unseen_wind
             for g in gaps
         )
         assert mgr.connection_attempts == 4
+        assert source.reconnects == {"close_1006": 1, "close_1001": 1, "close_4002": 1}
         await mgr.close()
         await sim.stop()
         assert got[-1].position.live_time_us is not None
@@ -253,6 +254,7 @@ def test_buffer_overflow_resubscribes_and_reports_the_window_as_a_gap() -> None:
         assert gap.reason == "overflow" and gap.from_us is not None and gap.from_us < gap.to_us
         assert sum(len(b.records) for b in batches) >= 20  # the buffered frames were yielded
         assert len(mgr.connections) == 1 and mgr.connection_attempts == 1  # others untouched
+        assert source.reconnects == {"overflow": 1} and not other.reconnects
         await take_until(it, lambda b: sum(len(x.records) for x in b) >= 5)
         await mgr.close()
         await sim.stop()
