@@ -53,11 +53,15 @@ class BridgeSetup:
     def topic(self, kind: str) -> str:
         return self.prefix + KINDS[kind].topic
 
+    def expected(self, sim: SimulatorThread, kind: str) -> list[tuple[bytes | None, str]]:
+        """(key, event_id) the bridge must write for what the simulator generated so far."""
+        truth = sim.ground_truth(kind, firms=DEFAULT_FIRMS if KINDS[kind].account_scoped else ())
+        return expected_dropcopy_rows(kind, f"dropcopy.{kind}", truth)
+
     def compare(self, sim: SimulatorThread, kind: str) -> Comparison:
         stream_id = f"dropcopy.{kind}"
-        truth = sim.ground_truth(kind, firms=DEFAULT_FIRMS if KINDS[kind].account_scoped else ())
-        expected = expected_dropcopy_rows(kind, stream_id, truth)
-        return compare(stream_id, expected, kafka_rows(self.kafka, self.topic(kind), stream_id))
+        actual = kafka_rows(self.kafka, self.topic(kind), stream_id)
+        return compare(stream_id, self.expected(sim, kind), actual)
 
     def wait_equal(
         self,

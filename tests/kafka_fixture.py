@@ -122,14 +122,20 @@ def create_topic(
         time.sleep(0.05)
 
 
-def read_all(bootstrap: str, topic: str, timeout: float = READ_TIMEOUT_S) -> list[Row]:
-    """Every committed record of `topic`, in partition then offset order."""
+def read_all(
+    bootstrap: str,
+    topic: str,
+    timeout: float = READ_TIMEOUT_S,
+    isolation: str = "read_committed",
+) -> list[Row]:
+    """Every committed record of `topic` (every record with `read_uncommitted`), in
+    partition then offset order."""
     consumer = Consumer(
         {
             "bootstrap.servers": bootstrap,
             "group.id": unique("reader"),
             "enable.auto.commit": False,
-            "isolation.level": "read_committed",
+            "isolation.level": isolation,
             # EOF is raised when the fetch position reaches the end a fetch response
             # reported (the LSO for read_committed: the cached watermark is the HW).
             "enable.partition.eof": True,
