@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
 import os
 import signal
@@ -270,16 +271,18 @@ class Bridge:
         await self.prepare()
         pipelines = self.build()
         health = await serve(self.settings, lambda: streams_of(pipelines, self.sources))
+        tasks = [asyncio.create_task(p.run(stop), name=f"stream={p.stream_id}") for p in pipelines]
         try:
-            results = await asyncio.gather(
-                *(p.run(stop) for p in pipelines), return_exceptions=True
-            )
+            await stopped_within(stop, tasks, SHUTDOWN_GRACE_S)
         finally:
             if health is not None:
                 await health.close()
         failed = 0
-        for pipeline, result in zip(pipelines, results, strict=True):
-            if isinstance(result, BaseException):
+        for pipeline, task in zip(pipelines, tasks, strict=True):
+            result = task.exception() if task.done() and not task.cancelled() else None
+            if not task.done() or task.cancelled():
+                failed += 1  # stuck past the grace period; stopped_within logged where
+            elif isinstance(result, BaseException):
                 failed += 1
                 if isinstance(result, BridgeError):
                     log.error("stream=%s stopped: %s", pipeline.stream_id, result)
@@ -290,6 +293,39 @@ class Bridge:
         if self._predexon is not None:
             await self._predexon.close()
         return 1 if failed else 0
+
+
+SHUTDOWN_GRACE_S = 30.0
+"""After a stop signal, how long pipelines get to commit what is complete and stop. Every
+Kafka call they make is bounded, so this is only reached by a defect; then the stuck ones
+are cancelled (their open transactions are aborted by the broker, the committed state is
+untouched) and the bridge exits non-zero instead of ignoring SIGTERM."""
+
+
+async def stopped_within(
+    stop: asyncio.Event, tasks: Sequence[asyncio.Task[None]], grace: float
+) -> None:
+    """Wait for `tasks`; once `stop` is set, give them `grace` seconds, then log where each
+    straggler is waiting and cancel it (waiting at most a few seconds more for it)."""
+    everything: asyncio.Future[Any] = asyncio.gather(*tasks, return_exceptions=True)
+    stopping: asyncio.Future[Any] = asyncio.create_task(stop.wait())
+    await asyncio.wait([everything, stopping], return_when=asyncio.FIRST_COMPLETED)
+    stopping.cancel()
+    if everything.done():
+        return
+    _, stuck = await asyncio.wait(tasks, timeout=grace)
+    for task in stuck:
+        where = io.StringIO()
+        task.print_stack(file=where)
+        log.error(
+            "%s did not stop within %g s of the stop signal; cancelling it. %s",
+            task.get_name(),
+            grace,
+            where.getvalue().strip(),
+        )
+        task.cancel()
+    if stuck:
+        await asyncio.wait(stuck, timeout=5.0)
 
 
 def dropcopy_channel(dropcopy: DropCopySettings) -> grpc.aio.Channel:

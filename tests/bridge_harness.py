@@ -153,9 +153,16 @@ class BridgeProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
-    def terminate(self, timeout: float = 30) -> int:
+    def terminate(self, timeout: float = 45) -> int:
+        """SIGTERM, and the exit code; a bridge still running after `timeout` (above the
+        bridge's own 30 s shutdown grace) is killed, never leaked, and fails the test."""
         self.process.send_signal(signal.SIGTERM)
-        return self.wait(timeout)
+        try:
+            return self.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            tail = "\n".join(self.log().splitlines()[-25:])
+            raise AssertionError(f"the bridge ignored SIGTERM for {timeout} s:\n{tail}") from None
 
     def kill(self) -> None:
         self.process.kill()
