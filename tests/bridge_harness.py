@@ -30,14 +30,17 @@ def wait_until(
     """Poll `condition` until true; fail with `what` after `timeout` seconds. A KafkaError
     (e.g. the topic is not created yet) counts as "not yet"."""
     deadline = time.monotonic() + timeout
+    error: KafkaError | None = None
     while True:
         try:
             if condition():
                 return
-        except KafkaError:
-            pass
+            error = None
+        except KafkaError as exc:
+            error = exc
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+            why = f" (the last check raised {error})" if error is not None else ""
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}{why}")
         time.sleep(poll)
 
 

@@ -6,7 +6,8 @@ returned `PredexonSetup` reads the Predexon topics and the gaps topic back (read
 through the independent reader in `tests/kafka_fixture.py`) and decodes them with the
 `.avsc` files via `bridge.serde.avro`. `expected_rows()` turns what the simulator wrote to
 a stream's subscriptions (`sim.sent(...)`) into the (key, event_id) rows the bridge must
-write; `uncovered_misses()` checks ground truth against Kafka and the gap records.
+write; `uncovered_misses()` checks ground truth against Kafka and the gap records, and
+`wait_covered()` waits for it to find nothing (or says what it found).
 The process itself is `tests.bridge_harness.BridgeProcess` (it only needs `config_path`).
 """
 
@@ -207,6 +208,55 @@ class PredexonSetup:
             if not any(g.covers(at) for g in gaps):
                 uncovered.append(event)
         return uncovered, checked, missed
+
+    def wait_covered(
+        self, sim: SimulatorThread, sub: Sub, end_us: int, timeout: float
+    ) -> tuple[int, int]:
+        """Wait until `uncovered_misses()` finds none; returns (checked, missed). On timeout
+        the error lists the uncovered events with what the simulator did with each, and the
+        gaps, times in ms before `end_us`."""
+        result: list[tuple[list[dict[str, Any]], int, int]] = []
+
+        def covered() -> bool:
+            result[:] = [self.uncovered_misses(sim, sub, end_us)]
+            return not result[0][0]
+
+        try:
+            wait_until(covered, timeout, f"{sub.stream_id}: every event in Kafka or a gap", 0.5)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}: {self._explain(sim, sub, end_us)}") from None
+        _, checked, missed = result[0]
+        return checked, missed
+
+    def _explain(self, sim: SimulatorThread, sub: Sub, end_us: int) -> str:
+        def ms(at_us: int | None) -> str:
+            return "?" if at_us is None else f"-{(end_us - at_us) / 1000:.0f}ms"
+
+        mapper = self.mapper(sub)
+        fates: dict[str, list[str]] = {}
+        for sim_sub in self.sim_subscriptions(sim, sub):
+            for sent in sim.call(sim.sim.sent, sim_sub.id):
+                event_id = mapper.map_event(_as_received(sent.data), 0, None).event_id
+                fates.setdefault(event_id, []).append(
+                    f"{sim_sub.id} {sent.status} {ms(int(sent.at * 1e6))}"
+                )
+        uncovered, checked, missed = self.uncovered_misses(sim, sub, end_us)
+        lines = [
+            f"generated {ms(int(e['generated_at'] * 1e6))}: "
+            + (
+                ", ".join(
+                    fates.get(mapper.map_event(_as_received(e["data"]), 0, None).event_id, [])
+                )
+                or "sent to no subscription"
+            )
+            for e in uncovered[:5]
+        ]
+        gaps = [f"{g.reason} {ms(g.from_us)}..{ms(g.to_us)}" for g in self.gaps(sub)]
+        return (
+            f"{len(uncovered)} uncovered of {missed} missed, {checked} checked; "
+            f"first uncovered: {lines}; gaps: {gaps}; "
+            f"simulator subscriptions: {len(self.sim_subscriptions(sim, sub))}"
+        )
 
 
 def write_setup(

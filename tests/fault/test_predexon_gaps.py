@@ -104,12 +104,7 @@ def test_disconnects_sigkill_and_stall_lose_nothing_outside_one_gap_each(
 
             end_us = now_us()
             for sub in SUBS:
-                wait_until(
-                    lambda sub=sub: not setup.uncovered_misses(sim, sub, end_us)[0],
-                    30,
-                    f"{sub.stream_id}: every event outside the gaps in Kafka",
-                    poll=0.5,
-                )
+                setup.wait_covered(sim, sub, end_us, 30)
         finally:
             code = bridge.terminate()
         assert code == 0, bridge.log()
