@@ -270,9 +270,13 @@ def main() -> None:
                     time.sleep(args.sample_s)  # the sampling period
             finally:
                 stop_process(bridge, timeout=30)
+                bridge_log = (workdir / "bridge.log").read_text()
                 if bridge.returncode not in (0, None):
-                    print((workdir / "bridge.log").read_text()[-3000:], file=sys.stderr)
+                    print(bridge_log[-3000:], file=sys.stderr)
         report(samples, args)
+        # A gap count is only meaningful with its reasons: print the bridge's gap lines.
+        for line in [line for line in bridge_log.splitlines() if " gap from=" in line][:20]:
+            print(f"# {line}")
 
 
 def report(samples: list[Sample], args: argparse.Namespace) -> None:
