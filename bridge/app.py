@@ -279,10 +279,11 @@ class Bridge:
                 await health.close()
         failed = 0
         for pipeline, task in zip(pipelines, tasks, strict=True):
-            result = task.exception() if task.done() and not task.cancelled() else None
             if not task.done() or task.cancelled():
                 failed += 1  # stuck past the grace period; stopped_within logged where
-            elif isinstance(result, BaseException):
+                continue
+            result = task.exception()
+            if result is not None:
                 failed += 1
                 if isinstance(result, BridgeError):
                     log.error("stream=%s stopped: %s", pipeline.stream_id, result)
