@@ -105,6 +105,8 @@ class SimConfig:
     """channel -> plan needed to subscribe to it (PLAN_REQUIRED otherwise)."""
     tick_s: float = 0.02
     """Generator period: events are produced in small bursts this often."""
+    connected_delay_s: float = 0.0
+    """Wait this long after the handshake before sending `connected` (a busy server)."""
 
 
 @dataclass(slots=True)
@@ -336,6 +338,8 @@ class PredexonSimulator:
         sender = asyncio.create_task(self._sender(conn))
         idle = asyncio.create_task(self._idle_watch(conn))
         try:
+            if self.config.connected_delay_s:
+                await asyncio.sleep(self.config.connected_delay_s)
             await ws.send(
                 json.dumps({"type": "connected", "message": "Connected to Predexon WebSocket"})
             )

@@ -649,7 +649,12 @@ class _Connection:
         while True:
             req = await self.requests.get()
             action, handle = req[0], req[1]
-            if action == "subscribe" and (handle not in self.handles or handle.overflowed):
+            if action == "subscribe" and (
+                handle not in self.handles or handle.overflowed or handle.subscription_id
+            ):
+                # Gone, draining, or already subscribed: a handle added while the session
+                # was opening is asked for twice (by `add` and by `_session`), and a second
+                # server-side subscription would deliver everything twice.
                 continue
             spec = handle.spec
             channel = CHANNELS[spec.channel]

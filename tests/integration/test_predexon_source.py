@@ -52,6 +52,13 @@ async def take_until(
     return out
 
 
+async def until(condition: Callable[[], bool], deadline_s: float = 10) -> None:
+    end = time.monotonic() + deadline_s
+    while not condition():
+        assert time.monotonic() < end, "condition not met before the deadline"
+        await asyncio.sleep(0.005)
+
+
 async def started(config: SimConfig) -> PredexonSimulator:
     sim = PredexonSimulator(config)
     await sim.start()
@@ -293,6 +300,35 @@ def test_liveness_batches_advance_live_time_when_idle() -> None:
         batches = await take_until(it, lambda b: len(b) >= 4)
         lives = [b.position.live_time_us or 0 for b in batches]
         assert all(not b.records for b in batches) and lives[-1] > lives[0]
+        await mgr.close()
+        await sim.stop()
+
+    arun(body)
+
+
+def test_a_subscription_added_while_the_connection_opens_is_subscribed_once() -> None:
+    """A stream registered after the handshake but before `connected` arrives must not be
+    subscribed twice (once for joining an open connection, once by the session's start):
+    two server-side subscriptions double the traffic and restart an orderbook's snapshot."""
+
+    async def body() -> None:
+        sim = await started(SimConfig(rate=50, connected_delay_s=0.5))
+        mgr = PredexonConnectionManager(sim.url_for(PRO), "pro", backoff=fast_backoff)
+        first = make_source(mgr, "btc", "crypto", {"feeds": ["BTC/USD"]}).stream(None)
+        it_first = first.__aiter__()
+        pending = asyncio.ensure_future(it_first.__anext__())
+        await until(lambda: bool(mgr.connections) and mgr.connections[0].ws is not None)
+        assert not sim.subscriptions(), "connected should still be on its way"
+        second = make_source(mgr, "eth", "crypto", {"feeds": ["ETH/USD"]}).stream(None)
+        it_second = second.__aiter__()
+        pending_second = asyncio.ensure_future(it_second.__anext__())
+        await until(lambda: len(mgr.connections[0].handles) == 2)  # registered on first step
+        assert not sim.subscriptions(), "connected should still be on its way"
+        await asyncio.wait_for(asyncio.gather(pending, pending_second), 10)
+        for it in (it_first, it_second):
+            await take_until(it, lambda b: sum(len(x.records) for x in b) >= 5)
+        feeds = sorted(s.filters["feeds"][0] for s in sim.subscriptions())
+        assert feeds == ["BTC/USD", "ETH/USD"]
         await mgr.close()
         await sim.stop()
 
