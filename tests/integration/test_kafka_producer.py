@@ -10,7 +10,7 @@ import pytest
 
 from bridge.errors import FencedError, KafkaError
 from bridge.kafka.producer import TransactionalProducer
-from tests.kafka_fixture import KafkaTarget, Row
+from tests.kafka_fixture import KafkaTarget, Row, held_back
 
 HEADERS = [("polybridge.stream", b"s1")]
 
@@ -95,6 +95,37 @@ def test_an_open_transaction_is_invisible_until_committed(
         producer.close()
 
     asyncio.run(run())
+
+
+def test_an_open_transaction_holds_back_what_follows_it(
+    kafka_bootstrap: str, make_topic: Callable[..., str], unique_name: Callable[[str], str]
+) -> None:
+    """`held_back`, which the tests use to tell a transaction the broker never ended from a
+    lost record: behind an open transaction even committed records wait."""
+    topic = make_topic()
+
+    async def run() -> list[bytes | None]:
+        first = _producer(kafka_bootstrap, unique_name("txn"))
+        second = _producer(kafka_bootstrap, unique_name("txn"))
+        await first.init()
+        await second.init()
+        first.begin()
+        first.produce(topic, b"k", b"visible", HEADERS)
+        await first.commit()
+        first.begin()
+        first.produce(topic, b"k", b"open", HEADERS)
+        await asyncio.to_thread(first._producer.flush, 5)
+        second.begin()
+        second.produce(topic, b"k", b"committed behind it", HEADERS)
+        await second.commit()
+        held = [row[1] for row in held_back(kafka_bootstrap, topic, lambda row: True)]
+        await first.commit()
+        assert held_back(kafka_bootstrap, topic, lambda row: True) == []
+        first.close()
+        second.close()
+        return held
+
+    assert asyncio.run(run()) == [b"open", b"committed behind it"]
 
 
 def test_unreachable_broker_gives_a_clear_bounded_error() -> None:
