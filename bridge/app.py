@@ -47,6 +47,14 @@ from bridge.sources.predexon_conn import PredexonConnectionManager
 log = logging.getLogger(__name__)
 
 
+def wire_format_of(settings: Settings) -> WireFormat:
+    """Confluent framing with a Schema Registry when `schema_registry.url` is set, else
+    Avro single-object encoding."""
+    if settings.schema_registry.url:
+        return RegistryFormat(settings.schema_registry)
+    return SingleObjectFormat()
+
+
 class Bridge:
     """All configured pipelines of one bridge process."""
 
@@ -60,17 +68,10 @@ class Bridge:
         self.instance_id = uuid.uuid4().hex
         self.pipelines: list[Pipeline] = []
         self.sources: dict[str, Source] = {}  # by stream id, read by bridge.metrics
-        self._format = wire_format or self._wire_format()
+        self._format = wire_format or wire_format_of(settings)
         self._kafka = settings.kafka.librdkafka()
         self._channels: list[Any] = []
         self._predexon: PredexonConnectionManager | None = None
-
-    def _wire_format(self) -> WireFormat:
-        """Confluent framing with a Schema Registry when `schema_registry.url` is set, else
-        Avro single-object encoding."""
-        if self.settings.schema_registry.url:
-            return RegistryFormat(self.settings.schema_registry)
-        return SingleObjectFormat()
 
     def topics(self) -> list[TopicSpec]:
         kafka = self.settings.kafka

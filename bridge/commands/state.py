@@ -11,11 +11,12 @@ import argparse
 import asyncio
 import datetime as dt
 
+from bridge.app import wire_format_of
 from bridge.config import Settings, load_settings, parse_time
 from bridge.errors import ConfigError
 from bridge.kafka.state import StateEntry, StateStore, encode_state, write_state
 from bridge.records import Position
-from bridge.serde.avro import Serializer, SingleObjectFormat
+from bridge.serde.avro import Serializer
 from bridge.timeutil import now_us
 
 RESET_OWNER = "polybridge-state-reset"
@@ -72,9 +73,9 @@ async def reset(settings: Settings, stream_id: str, to_time: str | None) -> str:
         except ValueError as exc:
             raise ConfigError(f"state reset --to-time: {exc}") from None
         micros = int(moment.timestamp() * 1_000_000)
-        serializer = Serializer(
-            "polybridge.State", SingleObjectFormat().prefix("polybridge.State", topic)
-        )
+        # The bridge's own framing: Confluent with a Schema Registry, else single-object.
+        fmt = wire_format_of(settings)
+        serializer = Serializer("polybridge.State", fmt.prefix("polybridge.State", topic))
         position = Position(event_time_us=micros, live_time_us=micros)
         value = encode_state(
             stream_id, known[stream_id], position, RESET_OWNER, now_us(), serializer

@@ -14,8 +14,10 @@ import uuid
 from pathlib import Path
 
 from bridge.app import Bridge
+from bridge.commands.state import RESET_OWNER, reset
 from bridge.config import load_settings
 from bridge.kafka.readback import read_topic
+from bridge.kafka.state import decode_state
 from bridge.serde.decode import Decoder
 from bridge.serde.registry import configured_topic_schemas, registry_client
 from bridge.sim.dropcopy import SimConfig, SimulatorThread
@@ -63,5 +65,13 @@ def test_bridge_in_registry_mode_writes_confluent_framed_records_exactly_once(
         for value in values:
             assert value[:5] == b"\x00" + schema_id.to_bytes(4, "big")
             assert decoder.decode(value).datum["stream_id"] == f"dropcopy.{kind}"
-    state = read_topic(setup.kafka, setup.prefix + "polybridge.state")
+    state_topic = setup.prefix + "polybridge.state"
+    state = read_topic(setup.kafka, state_topic)
     assert state and all(r.value is None or r.value[:1] == b"\x00" for r in state)
+    # `state reset` writes the position in the same framing, with the State schema's id.
+    asyncio.run(reset(settings, "dropcopy.executions", "2026-01-01T00:00:00Z"))
+    (rewound,) = [r for r in read_topic(setup.kafka, state_topic) if r.offset > state[-1].offset]
+    state_id = client.get_latest_version(f"{state_topic}-value").schema_id
+    assert rewound.value is not None and rewound.value[:5] == b"\x00" + state_id.to_bytes(4, "big")
+    entry = decode_state(rewound.value)
+    assert entry.owner == RESET_OWNER and entry.position.event_time_us == 1_767_225_600_000_000
