@@ -193,9 +193,10 @@ def held_back(bootstrap: str, topic: str, wanted: Callable[[Row], bool]) -> list
 
     That is what a transaction the broker never ended looks like: its first offset holds
     the last stable offset back for good. Tansu 0.6 does this now and then, even after the
-    producer has committed it and gone on committing others (a fence racing a commit; two
-    producers committing to one partition within a millisecond). Tansu also sends no
-    aborted-transaction list, so nothing else hides a record from read_committed there.
+    producer has committed it and gone on committing others (seen after a fence racing a
+    commit, and once with no fence: two producers committing to one partition 1 ms apart).
+    Tansu also sends no aborted-transaction list, so nothing else hides a record from
+    read_committed there.
     """
     stable = read_all(bootstrap, topic)
     last: dict[int, int] = {}
