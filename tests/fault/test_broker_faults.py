@@ -286,7 +286,7 @@ DOWN_S = 5.0
     reason="Tansu 0.6 on S3 storage is not crash-consistent: after a SIGKILL and restart a "
     "partition's reported end can lie past an offset it never serves (a read_committed "
     "reader held at 2218 of 2219 for minutes), or records written before the kill stay "
-    "invisible (29 trade captures, 60 position changes). Failed 9 of 12 runs; the bridge "
+    "invisible (29 trade captures, 60 position changes). Failed 11 of 15 runs; the bridge "
     "reconnects and keeps its streams in all of them. A graceful stop (SIGTERM) and restart "
     "fails the same way (a reader held at 174 of 175).",
 )
