@@ -35,8 +35,8 @@ from bridge.mapping.predexon import CHANNELS
 from bridge.metrics import streams_of
 from bridge.pipeline import EVENT_ID_HEADER, Pipeline, SideTopics
 from bridge.records import Record, Source
-from bridge.serde.avro import Serializer, SingleObjectFormat, WireFormat
-from bridge.serde.registry import RegistryFormat, configured_topic_schemas
+from bridge.serde.avro import Serializer, WireFormat
+from bridge.serde.registry import RegistryFormat, configured_topic_schemas, wire_format_of
 from bridge.sources.auth import PrivateKeyJwtProvider, StaticToken, TokenProvider
 from bridge.sources.backoff import Backoff
 from bridge.sources.dropcopy import DropCopySource, open_channel
@@ -45,14 +45,6 @@ from bridge.sources.predexon import PredexonSource
 from bridge.sources.predexon_conn import PredexonConnectionManager
 
 log = logging.getLogger(__name__)
-
-
-def wire_format_of(settings: Settings) -> WireFormat:
-    """Confluent framing with a Schema Registry when `schema_registry.url` is set, else
-    Avro single-object encoding."""
-    if settings.schema_registry.url:
-        return RegistryFormat(settings.schema_registry)
-    return SingleObjectFormat()
 
 
 class Bridge:

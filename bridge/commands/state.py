@@ -11,12 +11,12 @@ import argparse
 import asyncio
 import datetime as dt
 
-from bridge.app import wire_format_of
 from bridge.config import Settings, load_settings, parse_time
 from bridge.errors import ConfigError
 from bridge.kafka.state import StateEntry, StateStore, encode_state, write_state
 from bridge.records import Position
 from bridge.serde.avro import Serializer
+from bridge.serde.registry import wire_format_of
 from bridge.timeutil import now_us
 
 RESET_OWNER = "polybridge-state-reset"

@@ -34,7 +34,7 @@ from urllib.parse import urlsplit, urlunsplit
 from bridge.config import SchemaRegistrySettings, Settings
 from bridge.errors import ConfigError, KafkaError
 from bridge.serde import compat
-from bridge.serde.avro import expanded_schema
+from bridge.serde.avro import SingleObjectFormat, WireFormat, expanded_schema
 
 log = logging.getLogger(__name__)
 
@@ -314,6 +314,14 @@ def _schema(text: str) -> Any:
     from confluent_kafka.schema_registry import Schema
 
     return Schema(text, "AVRO")
+
+
+def wire_format_of(settings: Settings) -> WireFormat:
+    """Confluent framing with a Schema Registry when `schema_registry.url` is set, else
+    Avro single-object encoding."""
+    if settings.schema_registry.url:
+        return RegistryFormat(settings.schema_registry)
+    return SingleObjectFormat()
 
 
 def configured_topic_schemas(settings: Settings) -> list[tuple[str, str]]:
