@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -42,6 +43,14 @@ def wait_until(
             why = f" (the last check raised {error})" if error is not None else ""
             raise AssertionError(f"timed out after {timeout}s waiting for {what}{why}")
         time.sleep(poll)
+
+
+async def until(condition: Callable[[], bool], deadline_s: float = 10) -> None:
+    """`wait_until` inside an event loop: poll `condition` without blocking the loop."""
+    end = time.monotonic() + deadline_s
+    while not condition():
+        assert time.monotonic() < end, "condition not met before the deadline"
+        await asyncio.sleep(0.005)
 
 
 @dataclass

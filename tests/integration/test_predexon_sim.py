@@ -15,6 +15,7 @@ from websockets.frames import Opcode
 
 from bridge.mapping.predexon import CHANNELS, loads
 from bridge.sim.predexon import PredexonSimulator, SimConfig, SimulatorThread
+from tests.bridge_harness import until
 
 T = TypeVar("T")
 PRO, DEV = "sim-pro-key", "sim-dev-key"
@@ -63,13 +64,6 @@ async def next_control(ws: ClientConnection) -> dict[str, Any]:
         msg = json.loads(await ws.recv())
         if msg.get("type") in ("ack", "error"):
             return msg
-
-
-async def until(cond: Callable[[], bool], deadline_s: float = 10) -> None:
-    end = time.monotonic() + deadline_s
-    while not cond():
-        assert time.monotonic() < end, "condition not met before the deadline"
-        await asyncio.sleep(0.01)
 
 
 def test_handshake_status_codes() -> None:

@@ -18,6 +18,7 @@ from bridge.sim.predexon import PredexonSimulator, SimConfig
 from bridge.sources.backoff import Backoff
 from bridge.sources.predexon import PredexonSource
 from bridge.sources.predexon_conn import PredexonConnectionManager
+from tests.bridge_harness import until
 
 T = TypeVar("T")
 PRO, DEV = "sim-pro-key", "sim-dev-key"
@@ -50,13 +51,6 @@ async def take_until(
         assert time.monotonic() < end, "condition not met before the deadline"
         out.append(await asyncio.wait_for(it.__anext__(), deadline_s))
     return out
-
-
-async def until(condition: Callable[[], bool], deadline_s: float = 10) -> None:
-    end = time.monotonic() + deadline_s
-    while not condition():
-        assert time.monotonic() < end, "condition not met before the deadline"
-        await asyncio.sleep(0.005)
 
 
 async def started(config: SimConfig) -> PredexonSimulator:
