@@ -136,13 +136,17 @@ class PredexonSetup:
     def held_gaps(self, sub: Sub) -> list[Gap]:
         """On Tansu, the stream's gap records that read_committed readers are held back
         from by a transaction the broker never ended (`kafka_fixture.held_back`)."""
-        if not kafka_fixture.is_tansu(self.bootstrap):
+        if not self._on_tansu:
             return []
         wanted = sub.stream_id.encode()
         held = kafka_fixture.held_back(
             self.bootstrap, self.gaps_topic, lambda row: dict(row[2]).get(STREAM_HEADER) == wanted
         )
         return [self._gap(value) for _, value, _, _, _ in held]
+
+    @cached_property
+    def _on_tansu(self) -> bool:
+        return kafka_fixture.is_tansu(self.bootstrap)
 
     @cached_property
     def _gap_serializer(self) -> Serializer:
