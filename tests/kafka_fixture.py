@@ -1,7 +1,8 @@
 """Kafka for tests: which broker to use, and small helpers to create and read topics.
 
-The broker is chosen in the order of design.md section 7: `KAFKA_BOOTSTRAP_SERVERS` if set,
-else a testcontainers Kafka when a Docker engine answers quickly, else the embedded Tansu.
+The broker is chosen in this order: `KAFKA_BOOTSTRAP_SERVERS` if set, else a local Apache
+Kafka started by the project (`bridge.embedded`), else testcontainers when a Docker engine
+answers.
 The read helper here is deliberately independent of `bridge.kafka.readback` (it is the
 oracle those tests compare against): read_committed, `assign()`, and the end taken from the
 end that fetch responses report (librdkafka's partition-EOF event, backed by the cached
@@ -15,7 +16,7 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,16 +44,8 @@ Row = tuple[bytes | None, bytes | None, list[tuple[str, bytes]], int, int]
 class KafkaTarget:
     bootstrap_servers: str
     kind: str
-    """"external" (KAFKA_BOOTSTRAP_SERVERS), "container" (testcontainers) or "embedded"."""
-
-    @property
-    def filters_aborted(self) -> bool:
-        """Whether read_committed readers skip aborted transactions on this broker.
-
-        Tansu 0.6 returns no aborted-transaction list in fetch responses, so librdkafka
-        delivers aborted records to read_committed readers (measured; see the report).
-        """
-        return self.kind != "embedded"
+    """"external" (KAFKA_BOOTSTRAP_SERVERS), "local" (Apache Kafka started by the project)
+    or "container" (testcontainers)."""
 
 
 def _docker_answers() -> bool:
@@ -75,17 +68,25 @@ def kafka_target(log_dir: str | None = None) -> Iterator[KafkaTarget]:
     if external:
         yield KafkaTarget(external, "external")
         return
-    if _docker_answers():
+    from bridge.embedded import EmbeddedBroker
+    from bridge.errors import BridgeError
+
+    log_path = os.path.join(log_dir, "kafka.log") if log_dir else None
+    try:
+        broker = EmbeddedBroker(log_path=log_path).start()
+    except BridgeError as exc:
+        if not _docker_answers():
+            raise
+        log.warning("local Apache Kafka unavailable (%s); using testcontainers", exc)
         from testcontainers.kafka import KafkaContainer
 
         with KafkaContainer() as container:
             yield KafkaTarget(container.get_bootstrap_server(), "container")
         return
-    from bridge.embedded import EmbeddedBroker
-
-    log_path = os.path.join(log_dir, "tansu.log") if log_dir else None
-    with EmbeddedBroker(log_path=log_path) as broker:
-        yield KafkaTarget(broker.bootstrap_servers, "embedded")
+    try:
+        yield KafkaTarget(broker.bootstrap_servers, "local")
+    finally:
+        broker.stop()
 
 
 def unique(prefix: str = "t") -> str:
@@ -179,35 +180,3 @@ def read_all(
         raise RuntimeError(f"reading {topic}: {exc}") from exc
     finally:
         consumer.close()
-
-
-def is_tansu(bootstrap: str, timeout: float = 10.0) -> bool:
-    """Whether `bootstrap` is a Tansu broker (it reports the cluster id `tansu_cluster`)."""
-    metadata = AdminClient({"bootstrap.servers": bootstrap}).list_topics(timeout=timeout)
-    return "tansu" in str(metadata.cluster_id)
-
-
-def held_back(bootstrap: str, topic: str, wanted: Callable[[Row], bool]) -> list[Row]:
-    """The `wanted` records of `topic` that are in the log but that read_committed readers
-    do not get, each checked to lie past the last record they get on its partition.
-
-    That is what a transaction the broker never ended looks like: its first offset holds
-    the last stable offset back for good. Tansu 0.6 does this now and then, even after the
-    producer has committed it and gone on committing others (seen after a fence racing a
-    commit, and once with no fence: two producers committing to one partition 1 ms apart).
-    Tansu also sends no aborted-transaction list, so nothing else hides a record from
-    read_committed there.
-    """
-    stable = read_all(bootstrap, topic)
-    last: dict[int, int] = {}
-    for row in stable:
-        last[row[3]] = max(row[4], last.get(row[3], -1))
-    visible = {(row[3], row[4]) for row in stable}
-    held = [
-        row
-        for row in read_all(bootstrap, topic, isolation="read_uncommitted")
-        if (row[3], row[4]) not in visible and wanted(row)
-    ]
-    inside = [(row[3], row[4]) for row in held if row[4] <= last.get(row[3], -1)]
-    assert not inside, f"{topic}: records hidden before the last visible one: {inside[:10]}"
-    return held

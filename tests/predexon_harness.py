@@ -133,21 +133,6 @@ class PredexonSetup:
             self._gap(value) for _, value, _, _, _ in self._records(self.gaps_topic, sub.stream_id)
         ]
 
-    def held_gaps(self, sub: Sub) -> list[Gap]:
-        """On Tansu, the stream's gap records that read_committed readers are held back
-        from by a transaction the broker never ended (`kafka_fixture.held_back`)."""
-        if not self._on_tansu:
-            return []
-        wanted = sub.stream_id.encode()
-        held = kafka_fixture.held_back(
-            self.bootstrap, self.gaps_topic, lambda row: dict(row[2]).get(STREAM_HEADER) == wanted
-        )
-        return [self._gap(value) for _, value, _, _, _ in held]
-
-    @cached_property
-    def _on_tansu(self) -> bool:
-        return kafka_fixture.is_tansu(self.bootstrap)
-
     @cached_property
     def _gap_serializer(self) -> Serializer:
         return Serializer("polybridge.Gap", self._format.prefix("polybridge.Gap", self.gaps_topic))
@@ -209,7 +194,7 @@ class PredexonSetup:
     ) -> tuple[list[dict[str, Any]], int, int]:
         """Ground-truth events of `sub`, generated between the first event in Kafka and
         `end_us`, that are neither in Kafka nor inside a gap window (with the slack of
-        `GAP_SLACK_US`; on Tansu, gap records it holds back count, see `held_gaps`). Also
+        `GAP_SLACK_US`). Also
         returns how many were checked and how many were missed (inside gaps)."""
         gaps = self.gaps(sub) if gaps is None else gaps
         in_kafka = {event_id for _, event_id in self.rows(sub)}
@@ -227,18 +212,10 @@ class PredexonSetup:
                 outside.append((at, event))
         if not outside:
             return [], checked, missed
-        # Rare, so only now: the simulator's queue wait (it maps every sent event), and the
-        # gap records the broker may hold back from read_committed readers (two reads).
+        # Rare, so only now: the simulator's queue wait (it maps every sent event).
         slack = max(GAP_SLACK_US, self.queue_wait_us(sim, sub, truth))
-
-        def covered(at: int, by: Sequence[Gap]) -> bool:
-            return any(g.covers(at, slack) for g in by)
-
-        uncovered = [(at, e) for at, e in outside if not covered(at, gaps)]
-        held = self.held_gaps(sub) if uncovered else []
-        if any(covered(at, held) for at, _ in uncovered):
-            log.warning("%s: gap records held back by the broker cover misses: %s", sub, held)
-        return [e for at, e in uncovered if not covered(at, held)], checked, missed
+        uncovered = [e for at, e in outside if not any(g.covers(at, slack) for g in gaps)]
+        return uncovered, checked, missed
 
     def _truth(self, sim: SimulatorThread, sub: Sub) -> dict[str, tuple[int, dict[str, Any]]]:
         """event id -> (generated at, in us; the ground-truth entry), in generation order."""
@@ -303,11 +280,10 @@ class PredexonSetup:
             for e in uncovered[:5]
         ]
         gaps = [f"{g.reason} {ms(g.from_us)}..{ms(g.to_us)}" for g in self.gaps(sub)]
-        held = [f"{g.reason} {ms(g.from_us)}..{ms(g.to_us)}" for g in self.held_gaps(sub)]
         return (
             f"{len(uncovered)} uncovered of {missed} missed, {checked} checked, slack "
             f"{max(GAP_SLACK_US, self.queue_wait_us(sim, sub)) / 1000:.0f}ms; "
-            f"first uncovered: {lines}; gaps: {gaps}; held back by the broker: {held}; "
+            f"first uncovered: {lines}; gaps: {gaps}; "
             f"simulator subscriptions: {len(self.sim_subscriptions(sim, sub))}"
         )
 
