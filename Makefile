@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: test lint demo proto bench bench-peer clean
+.PHONY: test test-fast lint promtool demo proto bench bench-peer clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,8 +17,34 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check bridge tests bench tools
 	$(BIN)/mypy
 
-test: lint
+test: lint promtool
 	$(BIN)/pytest -q
+
+# The unit tests alone (no Kafka, no simulators, no subprocesses): under a minute.
+test-fast: $(STAMP)
+	$(BIN)/pytest -q tests/unit
+
+# promtool and prometheus, for the alerting-rule tests (tests/unit/test_alert_rules.py,
+# tests/integration/test_prometheus_alerts.py): Debian's `prometheus` package, installed with
+# apt where missing. Its service is not started: while installing, a policy-rc.d that denies
+# every start is put in place unless one exists (Docker images have one); the tests start
+# their own Prometheus on a free loopback port.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+promtool:
+	@if command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1; then \
+		exit 0; \
+	fi; \
+	set -e; policy=/usr/sbin/policy-rc.d; \
+	if [ ! -e $$policy ]; then \
+		trap '$(SUDO) rm -f /usr/sbin/policy-rc.d' EXIT; \
+		printf '#!/bin/sh\nexit 101\n' | $(SUDO) tee $$policy >/dev/null; \
+		$(SUDO) chmod 755 $$policy; \
+	fi; \
+	$(SUDO) apt-get update -q; \
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+		prometheus; \
+	command -v promtool >/dev/null && command -v prometheus >/dev/null
 
 demo: $(STAMP)
 	$(BIN)/polybridge demo
@@ -31,6 +57,8 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.mapping_throughput
 	$(BIN)/python -m bench.dropcopy_e2e
 	$(BIN)/python -m bench.predexon_e2e
+	$(BIN)/python -m bench.predexon_reconnect
+	$(BIN)/python -m bench.scaling
 
 # Quix Streams needs confluent-kafka < 2.13 (the bridge uses 2.16): its own venv, not in pyproject.
 QUIX_VENV := .venv-quix

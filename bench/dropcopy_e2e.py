@@ -1,11 +1,12 @@
-"""End to end: DropCopy simulator -> bridge process -> embedded Kafka, against a naive loop.
+"""End to end: DropCopy simulator -> bridge process -> local Apache Kafka, against a naive loop.
 
 Run: `.venv/bin/python -m bench.dropcopy_e2e [--quick] [--profile]`
 
 Every scenario runs real processes on this machine: the simulator (`polybridge sim dropcopy`,
-no auth), the embedded broker (Tansu), the system under test (the bridge, `python -m bridge
-run`, executions stream only; or the naive loop below), and this process as a read_committed
-consumer (`assign()`, no group, short fetch waits) that measures what became visible:
+no auth), the local Apache Kafka (`bridge.embedded`), the system under test (the bridge,
+`python -m bridge run`, executions stream only; or the naive loop below), and this process
+as a read_committed consumer (`assign()`, no group, short fetch waits) that measures what
+became visible:
 
 - throughput: the simulator's prefilled executions journal is replayed from the epoch;
   records/s = records / (consumer's wall clock at the last record - Kafka CreateTime of the
@@ -463,7 +464,7 @@ def run_all(plan: Plan, workdir: Path) -> list[Result]:
         done(throughput("naive loop, replay (at-least-once)", system, plan.naive_records))
     live = f"live {LIVE_RATE:,}/s"
     floor_rate = round(LIVE_RATE * 0.58)
-    name = f"Tansu floor: idempotent producer, {floor_rate:,}/s, no upstream"
+    name = f"Kafka floor: idempotent producer, {floor_rate:,}/s, no upstream"
     done(latency(name, floor_system(floor_rate), plan.latency_s))
     print(f"live simulator: {LIVE_RATE:,} records/s (all streams)", flush=True)
     with simulator(workdir, 0, LIVE_RATE) as address:

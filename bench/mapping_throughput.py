@@ -9,6 +9,9 @@ exchange sends them):
 - transcoder: the generated direct encoder of `bridge.serde.transcode` (payload only);
 - mapper: `DropCopyMapper.map_response`, everything a record needs (key, event id, event
   time, wrapper fields, prefix, `Record`), on 100-record responses.
+
+`--unknown-fields` appends a field the compiled contract lacks to every message and to its
+first nested message (what a newer exchange sends): the cost of keeping them raw.
 """
 
 from __future__ import annotations
@@ -216,9 +219,27 @@ def _rate(fn: Callable[[], int], seconds: float) -> float:
     return best
 
 
-def measure(kind: StreamKind, seconds: float) -> tuple[float, float, float]:
+UNKNOWN_FIELD = b"\xc2\x3e\x08newfield"
+"""Field 1000, length-delimited: a number no compiled message uses."""
+
+
+def with_unknown_fields(message: Any) -> Any:
+    """`message` as parsed from a newer exchange: an unknown field on it and on its first
+    set nested message."""
+    nested = next((v for f, v in message.ListFields() if f.message_type is not None), None)
+    if nested is not None and hasattr(nested, "MergeFromString"):
+        nested.MergeFromString(UNKNOWN_FIELD)
+    message.MergeFromString(UNKNOWN_FIELD)
+    return message
+
+
+def measure(
+    kind: StreamKind, seconds: float, unknown_fields: bool = False
+) -> tuple[float, float, float]:
     rng = random.Random(7)
     messages = [MAKERS[kind.name](rng, n) for n in range(SAMPLES)]
+    if unknown_fields:
+        messages = [with_unknown_fields(m) for m in messages]
     schema = load_schema(kind.schema)
     named = schema["__named_schemas"]
     payload_schema = named[schema["fields"][4]["type"]]
@@ -235,7 +256,7 @@ def measure(kind: StreamKind, seconds: float) -> tuple[float, float, float]:
         fn = encoder.fn
         for m in messages:
             buf = bytearray()
-            fn(m, buf, {})
+            fn(m, buf, {}, {})
         return len(messages)
 
     responses = []
@@ -260,10 +281,15 @@ def measure(kind: StreamKind, seconds: float) -> tuple[float, float, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--seconds", type=float, default=3.0, help="time per measurement")
+    parser.add_argument(
+        "--unknown-fields",
+        action="store_true",
+        help="messages carry fields the compiled contract lacks (kept raw)",
+    )
     args = parser.parse_args()
     print(f"{'stream':<18} {'naive rec/s':>12} {'transcoder':>12} {'mapper':>12} {'speed-up':>9}")
     for kind in KINDS.values():
-        naive, fast, full = measure(kind, args.seconds)
+        naive, fast, full = measure(kind, args.seconds, args.unknown_fields)
         print(
             f"{kind.name:<18} {naive:>12,.0f} {fast:>12,.0f} {full:>12,.0f} {fast / naive:>8.1f}x"
         )

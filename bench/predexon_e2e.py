@@ -10,7 +10,7 @@ event is matched (by the mapper's event id) to the instant the simulator sent it
 
 Reported per run: offered and delivered events/s over the measured window, p50/p99 of
 send -> visible latency, and the peak RSS of the process under test (bridge or baseline).
-Broker: `KAFKA_BOOTSTRAP_SERVERS` if set, else the embedded Tansu.
+Broker: `KAFKA_BOOTSTRAP_SERVERS` if set, else a local Apache Kafka (`bridge.embedded`).
 
     .venv/bin/python -m bench.predexon_e2e [--seconds 10] [--orders-rate 300] [--book-rate 3000]
 """

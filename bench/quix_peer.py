@@ -14,7 +14,7 @@ token. The Application runs with `processing_guarantee="exactly-once"`. Quix Str
 confluent-kafka < 2.13, so it runs from `.venv-quix` as `python -m bench.quix_peer
 quix-worker ...`; this process (the orchestrator, `.venv`) starts it and measures.
 
-Both systems, in the same run, each scenario on a fresh embedded broker (Tansu), replay the
+Both systems, in the same run, each scenario on a fresh local Apache Kafka broker, replay the
 same prefilled simulator journal (executions, all firms) from the epoch:
 - throughput: records/s visible to a read_committed consumer, as bench/dropcopy_e2e.py
   defines it: distinct records / (wall clock at the last one - CreateTime of the first);

@@ -2,7 +2,7 @@
 
 Run: `.venv/bin/python -m bench.soak [--minutes 6] [--prefill 6000000] [--rate 20000]`
 
-Real processes on this machine: the embedded broker (Tansu, memory storage), the DropCopy
+Real processes on this machine: a local Apache Kafka (`bridge.embedded`), the DropCopy
 simulator (`polybridge sim dropcopy --no-auth`: `--prefill` records journaled up front and
 replayed from the epoch, then `--rate` records/s live, all four streams) and the Predexon
 simulator (`polybridge sim predexon`, `--predexon-rate` events/s per channel on every
@@ -233,7 +233,7 @@ def main() -> None:
         print(f"# soak: {machine_facts()}", flush=True)
         print(f"# preparing: DropCopy journal of {args.prefill:,} records ...", flush=True)
         with (
-            EmbeddedBroker(log_path=workdir / "tansu.log") as broker,
+            EmbeddedBroker(log_path=workdir / "kafka.log") as broker,
             simulator(workdir, args.prefill, args.rate, args.retention) as dropcopy,
             predexon_simulator(workdir, args.predexon_rate) as predexon,
         ):

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import io
+import functools
 import logging
 import os
 import signal
+import socket
 import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -14,6 +15,9 @@ from typing import Any
 
 import grpc
 
+from bridge.cluster.group import Failures, run_alone, run_in_group
+from bridge.cluster.membership import Membership
+from bridge.cluster.runner import StreamRunner
 from bridge.config import (
     DropCopyAuthSettings,
     DropCopySettings,
@@ -23,18 +27,18 @@ from bridge.config import (
     Settings,
     parse_time,
 )
-from bridge.dedupe import LatestPerKey, RecentIds, RepeatFilter, Visible
+from bridge.eos.pipeline import Pipeline, SideTopics
+from bridge.eos.positions import PositionStore
+from bridge.eos.repeats import LatestPerKey, RecentIds, RepeatFilter
 from bridge.errors import BridgeError, ConfigError
 from bridge.health import serve
-from bridge.kafka.admin import TopicSpec, check_state_topic, ensure_topics
+from bridge.kafka.admin import TopicSpec, check_state_topic, ensure_partitions, ensure_topics
 from bridge.kafka.producer import TransactionalProducer
 from bridge.kafka.readback import header, recent_records
-from bridge.kafka.state import StateStore
 from bridge.mapping.dropcopy import DropCopyMapper
 from bridge.mapping.predexon import CHANNELS
 from bridge.metrics import streams_of
-from bridge.pipeline import EVENT_ID_HEADER, Pipeline, SideTopics
-from bridge.records import Record, Source
+from bridge.records import EVENT_ID_HEADER, Record, Source
 from bridge.serde.avro import Serializer, WireFormat
 from bridge.serde.registry import RegistryFormat, configured_topic_schemas, wire_format_of
 from bridge.sources.auth import PrivateKeyJwtProvider, StaticToken, TokenProvider
@@ -57,13 +61,16 @@ class Bridge:
                 "[[predexon.subscriptions]]"
             )
         self.settings = settings
-        self.instance_id = uuid.uuid4().hex
-        self.pipelines: list[Pipeline] = []
+        self.instance_id = f"{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
+        """Names this process in the state topic (`owner`) and in the stream group."""
+        self.runners: dict[str, StreamRunner] = {}
+        self.membership: Membership | None = None
         self.sources: dict[str, Source] = {}  # by stream id, read by bridge.metrics
         self._format = wire_format or wire_format_of(settings)
         self._kafka = settings.kafka.librdkafka()
         self._channels: list[Any] = []
         self._predexon: PredexonConnectionManager | None = None
+        self.positions: PositionStore | None = None
 
     def topics(self) -> list[TopicSpec]:
         kafka = self.settings.kafka
@@ -120,22 +127,33 @@ class Bridge:
             await asyncio.to_thread(self._format.prepare, pairs)
         await asyncio.to_thread(ensure_topics, self._kafka, self.topics())
         await asyncio.to_thread(check_state_topic, self._kafka, kafka.topic(kafka.state_topic))
+        if self.settings.cluster.enabled:
+            streams = self.stream_count()
+            topic = kafka.topic(self.settings.cluster.topic)
+            spec = TopicSpec(topic, streams, kafka.replication_factor, {})
+            await asyncio.to_thread(ensure_topics, self._kafka, [spec])
+            await asyncio.to_thread(ensure_partitions, self._kafka, topic, streams)
 
-    def build(self) -> list[Pipeline]:
+    def stream_count(self) -> int:
+        return len(self.settings.dropcopy.streams) + len(self.settings.predexon.subscriptions)
+
+    def build(self) -> dict[str, StreamRunner]:
+        """One runner per configured stream; its pipeline is built when the stream runs."""
         side = self._side_topics()
-        state_store = StateStore(self._kafka, side.state)
-        self.pipelines = [
-            self._dropcopy_pipeline(stream, side, state_store)
+        self.positions = positions = PositionStore(self._kafka, side.state)
+        runners = [
+            self._dropcopy_pipeline(stream, side, positions)
             for stream in self.settings.dropcopy.streams
         ] + [
-            self._predexon_pipeline(sub, side, state_store)
+            self._predexon_pipeline(sub, side, positions)
             for sub in self.settings.predexon.subscriptions
         ]
-        return self.pipelines
+        self.runners = {r.stream_id: r for r in runners}
+        return self.runners
 
     def _dropcopy_pipeline(
-        self, stream: DropCopyStreamSettings, side: SideTopics, state_store: StateStore
-    ) -> Pipeline:
+        self, stream: DropCopyStreamSettings, side: SideTopics, positions: PositionStore
+    ) -> StreamRunner:
         settings = self.settings
         dropcopy = settings.dropcopy
         if not self._channels:
@@ -162,16 +180,20 @@ class Bridge:
             first_start_time_us=first_start,
             resume_margin_us=int(dropcopy.resume_time_margin_s * 1_000_000),
             backoff=Backoff(dropcopy.reconnect_initial_s, dropcopy.reconnect_max_s),
+            silence_timeout_s=dropcopy.silence_timeout_s,
+            maintenance=dropcopy.maintenance.schedule(),
+            maintenance_retry_s=dropcopy.maintenance.retry_interval_s,
+            maintenance_codes={grpc.StatusCode[c] for c in dropcopy.maintenance.refused_codes},
         )
         window = settings.pipeline.dedupe_window
         repeats: Callable[[], RepeatFilter] = (
             LatestPerKey if kind.name == "instrument_states" else lambda: RecentIds(window)
         )
-        return self._pipeline(stream_id, "dropcopy", source, topic, repeats, side, state_store)
+        return self._pipeline(stream_id, "dropcopy", source, topic, repeats, side, positions)
 
     def _predexon_pipeline(
-        self, sub: PredexonSubscriptionSettings, side: SideTopics, state_store: StateStore
-    ) -> Pipeline:
+        self, sub: PredexonSubscriptionSettings, side: SideTopics, positions: PositionStore
+    ) -> StreamRunner:
         if self._predexon is None:
             predexon = self.settings.predexon
             url = predexon.url.replace("{api_key}", predexon_key(predexon))
@@ -189,7 +211,7 @@ class Bridge:
         )
         window = self.settings.pipeline.dedupe_window
         return self._pipeline(
-            stream_id, "predexon", source, topic, lambda: RecentIds(window), side, state_store
+            stream_id, "predexon", source, topic, lambda: RecentIds(window), side, positions
         )
 
     def _pipeline(
@@ -200,11 +222,12 @@ class Bridge:
         topic: str,
         repeats: Callable[[], RepeatFilter],
         side: SideTopics,
-        state_store: StateStore,
-    ) -> Pipeline:
+        positions: PositionStore,
+    ) -> StreamRunner:
         settings = self.settings
         self.sources[stream_id] = source
-        return Pipeline(
+        build = functools.partial(
+            Pipeline,
             stream_id=stream_id,
             upstream=upstream,
             source=source,
@@ -213,25 +236,27 @@ class Bridge:
                 f"{settings.app_id}.{stream_id}",
                 stream_id,
             ),
-            state_store=state_store,
+            pending_commit_limit_s=settings.kafka.transaction_timeout_ms / 1000,
+            positions=positions,
             side=side,
             settings=settings.pipeline,
             repeats=repeats,
             read_back=self._read_back(topic, stream_id),
             instance_id=self.instance_id,
         )
+        return StreamRunner(stream_id, lambda stats: build(stats=stats))
 
-    def _read_back(self, topic: str, stream_id: str) -> Callable[[], Sequence[Visible]]:
+    def _read_back(self, topic: str, stream_id: str) -> Callable[[], Sequence[Record]]:
+        """The stream's recent committed records (they seed its repeat filter)."""
         window = max(1, self.settings.pipeline.dedupe_window // self.settings.kafka.partitions)
 
-        def read() -> Sequence[Visible]:
-            visible = []
+        def read() -> Sequence[Record]:
+            committed = []
             for found in recent_records(self._kafka, topic, stream_id, window):
                 event_id = header(found.headers, EVENT_ID_HEADER)
                 if event_id is not None and found.value is not None:
-                    record = Record(topic, found.key, found.value, event_id.decode(), None)
-                    visible.append(Visible(record, found.timestamp_ms * 1000))
-            return visible
+                    committed.append(Record(topic, found.key, found.value, event_id.decode(), None))
+            return committed
 
         return read
 
@@ -260,66 +285,52 @@ class Bridge:
             log.warning("configuration changes other than Predexon filters take effect on restart")
 
     async def run(self, stop: asyncio.Event) -> int:
-        """Run every pipeline until `stop`; 0 when all stopped cleanly, 1 when any failed."""
+        """Run this instance's streams until `stop`; 0 when all stopped cleanly, 1 when any
+        failed (see `bridge.cluster.group`)."""
         await self.prepare()
-        pipelines = self.build()
-        health = await serve(self.settings, lambda: streams_of(pipelines, self.sources))
-        tasks = [asyncio.create_task(p.run(stop), name=f"stream={p.stream_id}") for p in pipelines]
+        runners = self.build()
+        health = await serve(
+            self.settings, lambda: streams_of(runners.values(), self.sources), self._group_state
+        )
+        failures = Failures()
         try:
-            await stopped_within(stop, tasks, SHUTDOWN_GRACE_S)
+            if self.settings.cluster.enabled:
+                await run_in_group(runners, self._membership, stop, failures)
+            else:
+                await run_alone(runners, stop, failures)
         finally:
             if health is not None:
                 await health.close()
-        failed = 0
-        for pipeline, task in zip(pipelines, tasks, strict=True):
-            if not task.done() or task.cancelled():
-                failed += 1  # stuck past the grace period; stopped_within logged where
-                continue
-            result = task.exception()
-            if result is not None:
-                failed += 1
-                if isinstance(result, BridgeError):
-                    log.error("stream=%s stopped: %s", pipeline.stream_id, result)
-                else:
-                    log.error("stream=%s crashed", pipeline.stream_id, exc_info=result)
-        for channel in self._channels:
-            await channel.close()
-        if self._predexon is not None:
-            await self._predexon.close()
-        return 1 if failed else 0
+            for channel in self._channels:
+                await channel.close()
+            if self._predexon is not None:
+                await self._predexon.close()
+            if self.positions is not None:
+                self.positions.close()
+        if isinstance(failures.fatal, ConfigError):
+            raise failures.fatal
+        return 1 if failures.errors else 0
 
+    def _group_state(self) -> str | None:
+        """What keeps this instance from being a healthy stream-group member (for /readyz)."""
+        if not self.settings.cluster.enabled:
+            return None
+        if self.membership is None or not self.membership.joined:
+            return "not yet a member of the stream group"
+        return None
 
-SHUTDOWN_GRACE_S = 30.0
-"""After a stop signal, how long pipelines get to commit what is complete and stop. Every
-Kafka call they make is bounded, so this is only reached by a defect; then the stuck ones
-are cancelled (their open transactions are aborted by the broker, the committed state is
-untouched) and the bridge exits non-zero instead of ignoring SIGTERM."""
-
-
-async def stopped_within(
-    stop: asyncio.Event, tasks: Sequence[asyncio.Task[None]], grace: float
-) -> None:
-    """Wait for `tasks`; once `stop` is set, give them `grace` seconds, then log where each
-    straggler is waiting and cancel it (waiting at most a few seconds more for it)."""
-    everything: asyncio.Future[Any] = asyncio.gather(*tasks, return_exceptions=True)
-    stopping: asyncio.Future[Any] = asyncio.create_task(stop.wait())
-    await asyncio.wait([everything, stopping], return_when=asyncio.FIRST_COMPLETED)
-    stopping.cancel()
-    if everything.done():
-        return
-    _, stuck = await asyncio.wait(tasks, timeout=grace)
-    for task in stuck:
-        where = io.StringIO()
-        task.print_stack(file=where)
-        log.error(
-            "%s did not stop within %g s of the stop signal; cancelling it. %s",
-            task.get_name(),
-            grace,
-            where.getvalue().strip(),
+    def _membership(self, **callbacks: Any) -> Membership:
+        cluster, kafka = self.settings.cluster, self.settings.kafka
+        self.membership = Membership(
+            self._kafka,
+            group_id=self.settings.app_id,
+            topic=kafka.topic(cluster.topic),
+            stream_ids=list(self.runners),
+            instance_id=self.instance_id,
+            session_timeout_ms=cluster.session_timeout_ms,
+            **callbacks,
         )
-        task.cancel()
-    if stuck:
-        await asyncio.wait(stuck, timeout=5.0)
+        return self.membership
 
 
 def dropcopy_channel(dropcopy: DropCopySettings) -> grpc.aio.Channel:

@@ -100,13 +100,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     parser, _ = build_parser(args_list)
     args = parser.parse_args(args_list)
-    from bridge.logs import configure_logging
+    from bridge.logs import configure_logging, error_line
 
     configure_logging(args.log_level, args.log_format)
     try:
         return _load(args._module, args._path).run(args)
     except BridgeError as exc:
-        print(f"polybridge: error: {exc}", file=sys.stderr)
+        print(error_line(f"polybridge: error: {exc}", args.log_format), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -15,10 +15,12 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from bridge.errors import ConfigError
+from bridge.sources.maintenance import WEEKDAYS, MaintenanceSchedule, WeeklyWindow, parse_clock
 
 ENV_PREFIX = "POLYBRIDGE_"
 
@@ -103,6 +105,110 @@ class DropCopyStreamSettings(_Section):
         return self.name or self.kind
 
 
+GrpcStatusName = Literal[
+    "CANCELLED",
+    "UNKNOWN",
+    "INVALID_ARGUMENT",
+    "DEADLINE_EXCEEDED",
+    "NOT_FOUND",
+    "ALREADY_EXISTS",
+    "PERMISSION_DENIED",
+    "RESOURCE_EXHAUSTED",
+    "FAILED_PRECONDITION",
+    "ABORTED",
+    "OUT_OF_RANGE",
+    "UNIMPLEMENTED",
+    "INTERNAL",
+    "UNAVAILABLE",
+    "DATA_LOSS",
+    "UNAUTHENTICATED",
+]
+
+
+class MaintenanceWindowSettings(_Section):
+    """One announced (extra) maintenance window."""
+
+    start: str
+    """ISO-8601 time (naive = UTC)."""
+    end: str
+
+    @field_validator("start", "end")
+    @classmethod
+    def _is_time(cls, value: str) -> str:
+        parse_time(value)
+        return value
+
+    @model_validator(mode="after")
+    def _ends_after_start(self) -> MaintenanceWindowSettings:
+        if parse_time(self.end) <= parse_time(self.start):
+            raise ValueError(f"end {self.end} is not after start {self.start}")
+        return self
+
+
+class DropCopyMaintenanceSettings(_Section):
+    """The exchange's maintenance windows: refused connections there are expected."""
+
+    weekly: bool = True
+    """The exchange's weekly window; false: only the `extra` windows."""
+    weekday: Literal[
+        "monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"
+    ] = "thursday"
+    start: str = "06:00"
+    """Wall-clock start (HH:MM) of the weekly window in `timezone`."""
+    end: str = "08:00"
+    """Wall-clock end (HH:MM); not after `start` means the next day."""
+    timezone: str = "America/New_York"
+    """IANA time zone of the weekly window (daylight saving time applies)."""
+    extra: tuple[MaintenanceWindowSettings, ...] = ()
+    """Windows the exchange announces ad hoc (ISO start / end)."""
+    retry_interval_s: float = Field(30.0, gt=0)
+    """Reconnect attempts inside a window, at most this often."""
+    refused_codes: tuple[GrpcStatusName, ...] = (
+        "UNAVAILABLE",
+        "CANCELLED",
+        "UNKNOWN",
+        "DEADLINE_EXCEEDED",
+        "NOT_FOUND",
+        "ALREADY_EXISTS",
+        "RESOURCE_EXHAUSTED",
+        "FAILED_PRECONDITION",
+        "ABORTED",
+        "OUT_OF_RANGE",
+        "UNIMPLEMENTED",
+        "INTERNAL",
+        "DATA_LOSS",
+    )
+    """gRPC statuses that mean "maintenance" inside a window (the exchange does not
+    document which one it returns); outside a window they keep their usual meaning."""
+
+    @field_validator("start", "end")
+    @classmethod
+    def _is_clock(cls, value: str) -> str:
+        parse_clock(value)
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _is_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r} (an IANA name)") from None
+        return value
+
+    def schedule(self) -> MaintenanceSchedule:
+        weekly = None
+        if self.weekly:
+            weekly = WeeklyWindow(
+                WEEKDAYS.index(self.weekday),
+                parse_clock(self.start),
+                parse_clock(self.end),
+                ZoneInfo(self.timezone),
+            )
+        extra = [(parse_time(w.start), parse_time(w.end)) for w in self.extra]
+        return MaintenanceSchedule(weekly, extra)
+
+
 class DropCopySettings(_Section):
     endpoint: str = "grpc-api.prod.polymarketexchange.com:443"
     tls: bool = True
@@ -121,6 +227,9 @@ class DropCopySettings(_Section):
     """Ping the exchange after this long without traffic (the exchange recommends 60 s)."""
     keepalive_timeout_s: float = Field(20.0, gt=0)
     """A ping unanswered this long means the connection is dead (half-open): reconnect."""
+    silence_timeout_s: float = Field(180.0, gt=0)
+    """A stream that delivers nothing this long (not even a heartbeat) is dead: resume it."""
+    maintenance: DropCopyMaintenanceSettings = DropCopyMaintenanceSettings()
     auth: DropCopyAuthSettings = DropCopyAuthSettings()
     streams: tuple[DropCopyStreamSettings, ...] = ()
 
@@ -176,15 +285,36 @@ class MetricsSettings(_Section):
     host: str = "127.0.0.1"
 
 
+class ClusterSettings(_Section):
+    enabled: bool = True
+    """Share the streams with every instance of the same app_id through Kafka's group
+    protocol (one instance alone runs them all). false: run every configured stream here,
+    with transactional fencing as the only guard against a second instance."""
+    session_timeout_ms: int = Field(10_000, ge=1_000)
+    """How long a silent instance keeps its streams before the group moves them (the
+    broker bounds it: group.min.session.timeout.ms, 6 s by default)."""
+    topic: str = "polybridge.streams"
+    """The coordination topic (one partition per stream; nothing is written to it)."""
+
+
 class Settings(_Section):
     app_id: str = "polybridge"
-    """Prefix of every transactional.id (`<app_id>.<stream id>`): one owner per stream."""
+    """Prefix of every transactional.id (`<app_id>.<stream id>`): one owner per stream; also
+    the consumer group the instances of one deployment share the streams through."""
     kafka: KafkaSettings = KafkaSettings()
     pipeline: PipelineSettings = PipelineSettings()
     dropcopy: DropCopySettings = DropCopySettings()
     predexon: PredexonSettings = PredexonSettings()
     metrics: MetricsSettings = MetricsSettings()
+    cluster: ClusterSettings = ClusterSettings()
     schema_registry: SchemaRegistrySettings = SchemaRegistrySettings()
+
+    def stream_ids(self) -> list[str]:
+        """Every configured stream's id, sorted (the stream group's partition order)."""
+        return sorted(
+            [f"dropcopy.{s.stream_name}" for s in self.dropcopy.streams]
+            + [f"predexon.{s.name}" for s in self.predexon.subscriptions]
+        )
 
 
 def parse_time(text: str) -> datetime:

@@ -15,6 +15,7 @@ that `stop()` deletes.
 from __future__ import annotations
 
 import base64
+import ctypes
 import fcntl
 import hashlib
 import logging
@@ -24,6 +25,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -284,6 +286,7 @@ class EmbeddedBroker:
             stdin=subprocess.DEVNULL,
             stdout=self._out,
             stderr=subprocess.STDOUT,
+            preexec_fn=_die_with_parent,
         )
         try:
             self._wait_ready(timeout, out_path)
@@ -317,8 +320,11 @@ class EmbeddedBroker:
     def _wait_ready(self, timeout: float, out_path: Path) -> None:
         from confluent_kafka.admin import AdminClient
 
+        from bridge.kafka.client_log import client_log_config
+
         deadline = time.monotonic() + timeout
-        admin = AdminClient({"bootstrap.servers": self.bootstrap_servers, "log_level": 0})
+        conf = {"bootstrap.servers": self.bootstrap_servers}
+        admin = AdminClient({**conf, **client_log_config(conf)})
         last: Exception | None = None
         while True:
             proc = self._proc
@@ -387,6 +393,17 @@ class EmbeddedBroker:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+def _die_with_parent() -> None:
+    """In the broker's process before exec: SIGKILL it when the thread that started it
+    ends (Linux), so a test run or demo that is itself killed leaks no broker."""
+    if sys.platform == "linux":
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+_PR_SET_PDEATHSIG = 1
 
 
 def _cluster_id() -> str:

@@ -6,9 +6,13 @@ scrape never sees a half-updated commit, and a /healthz answer proves the loop i
 (a wedged loop stops answering, which is what a liveness probe should notice).
 
 - `/healthz`: 200 while the process serves requests.
-- `/readyz`: 200 when every stream's pipeline is running and has committed upstream
-  progress within `ready_window_s` (2 x heartbeat_commit_interval_s + max_latency_ms +
-  a grace); else 503 with a JSON body naming each stream that is not ready and why.
+- `/readyz`: 200 when every stream this instance runs has its pipeline running and has
+  committed upstream progress within `ready_window_s` (2 x heartbeat_commit_interval_s +
+  max_latency_ms + a grace), and the instance is a member of the stream group (a standby
+  that runs no stream is ready); else 503 with a JSON body naming what is not ready and why.
+  A stream the exchange refuses during a maintenance window (its source's `maintenance`
+  is True) is listed under "maintenance" instead, and is not a failure; after the window
+  it gets one readiness window to commit again.
 - `/metrics`: Prometheus text format (`bridge.metrics`).
 """
 
@@ -52,24 +56,40 @@ def ready_window_s(settings: Settings) -> float:
 def not_ready(
     views: Sequence[StreamView], window_s: float, now: float | None = None
 ) -> dict[str, str]:
-    """Streams that are not ready, each with the reason (empty: all ready).
-
-    The first commit of a pipeline only claims the stream (its ownership record); a stream
-    is ready once a later commit carried upstream progress (records, gaps or heartbeats),
-    and stays ready while commits keep coming."""
+    """Streams this instance runs that are not ready, each with the reason (empty: all
+    ready). A stream is ready once its pipeline committed upstream progress (records, gaps
+    or heartbeats) since it started here, and stays ready while commits keep coming."""
     mono = time.monotonic() if now is None else now
     reasons: dict[str, str] = {}
     for view in views:
         stats = view.stats
+        ended_at = getattr(view.source, "maintenance_ended_at", None)
+        if not view.owned:
+            continue  # another instance of the stream group runs it
         if not stats.running:
             reasons[view.stream_id] = "pipeline not running"
-        elif stats.commits < 2 or stats.last_commit_at is None:
+        elif getattr(view.source, "maintenance", False) is True or (
+            isinstance(ended_at, float) and mono - ended_at <= window_s
+        ):
+            continue  # expected refusals (see in_maintenance), or just back from them
+        elif stats.first_commit_at is None or stats.last_commit_at is None:
             reasons[view.stream_id] = "no upstream progress committed yet"
         elif mono - stats.last_commit_at > window_s:
             reasons[view.stream_id] = (
                 f"last commit {mono - stats.last_commit_at:.1f}s ago (window {window_s:.1f}s)"
             )
     return reasons
+
+
+def in_maintenance(views: Sequence[StreamView]) -> dict[str, str]:
+    """Running streams the exchange refuses during a maintenance window, with the window's
+    end: reported by /readyz as "maintenance", not as a failure."""
+    found: dict[str, str] = {}
+    for view in views:
+        if view.stats.running and getattr(view.source, "maintenance", False) is True:
+            until = getattr(view.source, "maintenance_until", None)
+            found[view.stream_id] = "maintenance" + (f" until {until}" if until else "")
+    return found
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,8 +110,10 @@ class HealthServer:
         streams: Callable[[], Sequence[StreamView]],
         window_s: float,
         registry: CollectorRegistry | None = None,
+        group: Callable[[], str | None] = lambda: None,
     ) -> None:
         self._streams = streams
+        self._group = group
         self._window_s = window_s
         self.registry = registry or make_registry(streams)
         self._server: asyncio.Server | None = None
@@ -123,10 +145,16 @@ class HealthServer:
         if path == "/readyz":
             streams = self._streams()
             reasons = not_ready(streams, self._window_s)
+            group = self._group()
+            if group is not None:
+                reasons["stream-group"] = group
+            owned = [view for view in streams if view.owned]
             body = {
                 "ready": not reasons and bool(streams),
-                "streams": len(streams),
+                "streams": len(owned),
+                "standby": sorted(view.stream_id for view in streams if not view.owned),
                 "not_ready": reasons,
+                "maintenance": in_maintenance(streams),
             }
             status = 200 if body["ready"] else 503
             return _Response(status, "application/json", json.dumps(body).encode() + b"\n")
@@ -164,13 +192,15 @@ class HealthServer:
 
 
 async def serve(
-    settings: Settings, streams: Callable[[], Sequence[StreamView]]
+    settings: Settings,
+    streams: Callable[[], Sequence[StreamView]],
+    group: Callable[[], str | None] = lambda: None,
 ) -> HealthServer | None:
     """Start the endpoint when `[metrics] port` is set (0 disables it)."""
     if not settings.metrics.port:
         return None
     metrics = settings.metrics
-    server = HealthServer(streams, ready_window_s(settings))
+    server = HealthServer(streams, ready_window_s(settings), group=group)
     try:
         await server.start(metrics.host, metrics.port)
     except OSError as exc:

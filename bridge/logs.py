@@ -42,6 +42,16 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry)
 
 
+def error_line(message: str, fmt: str) -> str:
+    """The CLI's final error line: as it is, or one JSON entry (level ERROR) for `json`."""
+    if fmt != "json":
+        return message
+    record = logging.makeLogRecord(
+        {"name": "bridge.cli", "levelno": logging.ERROR, "levelname": "ERROR", "msg": message}
+    )
+    return JsonFormatter().format(record)
+
+
 def configure_logging(level: str, fmt: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
     if fmt == "json":

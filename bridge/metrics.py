@@ -25,7 +25,8 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from bridge.pipeline import PipelineStats
+from bridge.cluster.runner import Handovers, StreamRunner
+from bridge.eos.pipeline import PipelineStats
 
 PREFIX = "polybridge_"
 
@@ -72,9 +73,36 @@ METRICS: tuple[tuple[str, str, str], ...] = (
     ),
     ("polybridge_reconnects_total", "counter", "upstream reconnects by reason"),
     ("polybridge_upstream_connected", "gauge", "1 while the upstream call is open"),
+    (
+        "polybridge_upstream_maintenance",
+        "gauge",
+        "1 while the exchange refuses the stream inside a maintenance window",
+    ),
     ("polybridge_gaps_total", "counter", "gap records committed"),
     ("polybridge_dead_letters_total", "counter", "dead letters committed"),
+    (
+        "polybridge_fenced_total",
+        "counter",
+        "1 once the stream ended because another instance took it over (fenced)",
+    ),
     ("polybridge_repeats_dropped_total", "counter", "upstream repeats dropped"),
+    (
+        "polybridge_unknown_fields_total",
+        "counter",
+        "records mapped that carry protobuf fields the compiled contract does not know (DropCopy)",
+    ),
+    ("polybridge_stream_owned", "gauge", "1 where this instance runs the stream, 0 on standbys"),
+    (
+        "polybridge_handovers_total",
+        "counter",
+        "times this instance took the stream over (acquired) or gave it up (released)",
+    ),
+    (
+        "polybridge_handover_seconds",
+        "gauge",
+        "last hand-over on this instance: assignment to first commit (start), "
+        "revocation to pipeline stopped (stop)",
+    ),
     (
         "polybridge_queue_depth_batches",
         "gauge",
@@ -96,6 +124,9 @@ class StreamView:
     stats: PipelineStats
     source: object
     pipeline: object = None
+    owned: bool = True
+    """False on a standby: another instance of the stream group runs the stream."""
+    handovers: Handovers | None = None
 
 
 @dataclass(slots=True)
@@ -173,10 +204,20 @@ class BridgeCollector(Collector):
             CounterMetricFamily, "polybridge_reconnects", labels=("stream", "reason")
         )
         connected = family(GaugeMetricFamily, "polybridge_upstream_connected")
+        maintenance = family(GaugeMetricFamily, "polybridge_upstream_maintenance")
         gaps = family(CounterMetricFamily, "polybridge_gaps")
         dead = family(CounterMetricFamily, "polybridge_dead_letters")
+        fenced = family(CounterMetricFamily, "polybridge_fenced")
         repeats = family(CounterMetricFamily, "polybridge_repeats_dropped")
+        unknown = family(CounterMetricFamily, "polybridge_unknown_fields")
         depth = family(GaugeMetricFamily, "polybridge_queue_depth_batches")
+        owned = family(GaugeMetricFamily, "polybridge_stream_owned")
+        handovers = family(
+            CounterMetricFamily, "polybridge_handovers", labels=("stream", "direction")
+        )
+        handover_s = family(
+            GaugeMetricFamily, "polybridge_handover_seconds", labels=("stream", "phase")
+        )
         attempts = family(CounterMetricFamily, "polybridge_predexon_connection_attempts", labels=())
 
         now = self._wall_clock()
@@ -186,12 +227,24 @@ class BridgeCollector(Collector):
             s = view.stats
             label = [view.stream_id]
             up.add_metric(label, 1.0 if s.running else 0.0)
+            owned.add_metric(label, 1.0 if view.owned else 0.0)
+            if view.handovers is not None:
+                moves = view.handovers
+                handovers.add_metric([view.stream_id, "acquired"], moves.acquired)
+                handovers.add_metric([view.stream_id, "released"], moves.released)
+                for phase, seconds in (
+                    ("start", moves.start_seconds),
+                    ("stop", moves.stop_seconds),
+                ):
+                    if seconds is not None:
+                        handover_s.add_metric([view.stream_id, phase], seconds)
             records.add_metric(label, s.records)
             size.add_metric(label, s.bytes)
             commits.add_metric(label, s.commits)
             aborts.add_metric(label, s.aborts)
             gaps.add_metric(label, s.gaps)
             dead.add_metric(label, s.dead_letters)
+            fenced.add_metric(label, s.fenced)
             repeats.add_metric(label, s.repeats_dropped)
             histogram = self._histograms.setdefault(view.stream_id, _Histogram())
             histogram.update(s)
@@ -206,6 +259,12 @@ class BridgeCollector(Collector):
             is_connected = getattr(view.source, "connected", None)
             if isinstance(is_connected, bool):
                 connected.add_metric(label, 1.0 if is_connected else 0.0)
+            in_maintenance = getattr(view.source, "maintenance", None)
+            if isinstance(in_maintenance, bool):
+                maintenance.add_metric(label, 1.0 if in_maintenance else 0.0)
+            unknown_fields = getattr(view.source, "unknown_fields", None)
+            if isinstance(unknown_fields, int):
+                unknown.add_metric(label, unknown_fields)
             queue_depth = getattr(view.pipeline, "queue_depth", None)
             if isinstance(queue_depth, int):
                 depth.add_metric(label, queue_depth)
@@ -225,10 +284,16 @@ class BridgeCollector(Collector):
             age,
             reconnects,
             connected,
+            maintenance,
             gaps,
             dead,
+            fenced,
             repeats,
+            unknown,
             depth,
+            owned,
+            handovers,
+            handover_s,
             attempts,
         )
 
@@ -282,6 +347,9 @@ def exposed_names() -> set[str]:
     return names
 
 
-def streams_of(pipelines: Iterable[Any], sources: Mapping[str, object]) -> list[StreamView]:
-    """StreamViews for `Bridge.pipelines` and `Bridge.sources` (keyed by stream id)."""
-    return [StreamView(p.stream_id, p.stats, sources.get(p.stream_id), p) for p in pipelines]
+def streams_of(runners: Iterable[StreamRunner], sources: Mapping[str, object]) -> list[StreamView]:
+    """StreamViews for `Bridge.runners` and `Bridge.sources` (keyed by stream id)."""
+    return [
+        StreamView(r.stream_id, r.stats, sources.get(r.stream_id), r.pipeline, r.owned, r.handovers)
+        for r in runners
+    ]

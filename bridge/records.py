@@ -11,6 +11,11 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
+STREAM_HEADER = "polybridge.stream"
+"""Header naming the stream (its id) on every record the bridge writes."""
+EVENT_ID_HEADER = "polybridge.event_id"
+"""Header carrying a data record's `Record.event_id`."""
+
 
 @dataclass(frozen=True, slots=True)
 class Record:

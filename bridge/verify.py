@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bridge.kafka.readback import header, read_topic
-from bridge.pipeline import EVENT_ID_HEADER, STREAM_HEADER
+from bridge.records import EVENT_ID_HEADER, STREAM_HEADER
 
 Row = tuple[bytes | None, str]
 """(key, event_id) of one record."""

@@ -106,6 +106,7 @@ def write_setup(
     pipeline: str = "",
     extra: str = "",
     dropcopy: str = "",
+    maintenance: str = "weekly = false",
     auth: str = "",
     tls_ca: Path | None = None,
 ) -> BridgeSetup:
@@ -125,6 +126,9 @@ def write_setup(
         f"[pipeline]\n{pipeline}\n"
         f'[dropcopy]\nendpoint = "{_endpoint(sim, tls_ca)}"\nparticipant_id = "{PARTICIPANT}"\n'
         f"{tls}{dropcopy}\n"
+        # Off by default: a run on a Thursday morning (New York) must not take the faults
+        # tests inject for the exchange's weekly maintenance.
+        f"[dropcopy.maintenance]\n{maintenance}\n"
         f"[dropcopy.auth]\n{auth or _static_auth(token_file)}\n\n{streams}"
     )
     return BridgeSetup(config, {"bootstrap.servers": bootstrap}, prefix, kinds)

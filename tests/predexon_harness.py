@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from bridge.mapping.predexon import CHANNELS, PredexonMapper, dumps, loads
-from bridge.pipeline import EVENT_ID_HEADER, STREAM_HEADER
+from bridge.records import EVENT_ID_HEADER, STREAM_HEADER
 from bridge.serde.avro import Serializer, SingleObjectFormat
 from bridge.sim.predexon import SimSubscription, SimulatorThread
 from bridge.verify import Comparison, Row, compare

@@ -10,6 +10,12 @@ Nothing is subscribed and nothing is written:
   is obtainable: a static token is present, a JWT not expired and carrying the scopes
   the configured streams need; or the Private Key JWT flow mints one. (Only the exchange
   can verify a token's signature, which `run` does on subscribing.)
+- dropcopy contract: when the exchange offers gRPC server reflection, its descriptors of the
+  DropCopy service against the compiled contract (`bridge.drift`): one indented line per
+  message field the compiled contract lacks, the exchange lacks, or that differs in name or
+  type. FAIL only when a field number has another type upstream (values would be decoded
+  wrongly); added fields reach Kafka as raw `unknown_fields`. Without reflection:
+  "reflection not offered, skipped" (the bridge itself never depends on reflection).
 - predexon: the API key is present, the plan allows the subscriptions, and a WebSocket
   handshake succeeds (401 / 403 reported by name), then the connection is closed;
 - metrics: the configured host/port can be bound (when a port is set).
@@ -27,6 +33,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+import grpc
 import jwt
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
@@ -35,8 +42,10 @@ from websockets.exceptions import InvalidStatus, WebSocketException
 
 from bridge.app import dropcopy_channel, predexon_key, token_provider
 from bridge.config import Settings, load_settings
+from bridge.drift import ReflectionError, compare, served_files
 from bridge.errors import BridgeError
 from bridge.kafka.admin import check_state_topic
+from bridge.kafka.client_log import client_log_config
 from bridge.sources.auth import TokenProvider
 from bridge.sources.dropcopy import SCOPES
 from bridge.sources.predexon_conn import PLAN_LIMITS, SubscriptionSpec
@@ -60,20 +69,35 @@ class Result:
     name: str
     ok: bool
     detail: str
+    notes: tuple[str, ...] = ()
+    """Further findings, printed indented under the line (e.g. contract drift)."""
 
     def line(self) -> str:
         return f"{'OK' if self.ok else 'FAIL':<4} {self.name}: {self.detail}"
+
+    def lines(self) -> list[str]:
+        return [self.line(), *(f"     - {note}" for note in self.notes)]
 
 
 class _Failed(Exception):
     """A check failed; the message says why (never with a secret in it)."""
 
+    def __init__(self, message: str, notes: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.notes = notes
+
+
+Outcome = str | tuple[str, tuple[str, ...]]
+"""What a passing check found: its detail, or its detail and notes."""
+
 
 def _check_kafka(settings: Settings) -> str:
     kafka = settings.kafka
-    conf: dict[str, Any] = {**kafka.librdkafka(), "log_level": 0}
+    conf: dict[str, Any] = kafka.librdkafka()
     try:
-        metadata = AdminClient(conf).list_topics(timeout=CONNECT_TIMEOUT_S)
+        metadata = AdminClient({**conf, **client_log_config(conf)}).list_topics(
+            timeout=CONNECT_TIMEOUT_S
+        )
     except KafkaException as exc:
         raise _Failed(
             f"cannot reach Kafka at {kafka.bootstrap_servers} within {CONNECT_TIMEOUT_S:.0f} s "
@@ -153,6 +177,52 @@ async def _check_token(settings: Settings) -> str:
     return f"{where}{left}"
 
 
+async def _check_contract(settings: Settings) -> Outcome:
+    dropcopy = settings.dropcopy
+    metadata: list[tuple[str, str]] = []
+    try:  # the exchange may want the streams' credentials for reflection too
+        provider, _ = _token_provider(settings)
+        metadata.append(("authorization", f"Bearer {await provider.token()}"))
+    except BridgeError:
+        pass  # the token check reports it; ask without
+    if dropcopy.participant_id:
+        metadata.append(("x-participant-id", dropcopy.participant_id))
+    try:
+        channel = dropcopy_channel(dropcopy)
+    except OSError as exc:
+        raise _Failed(f"dropcopy.ca_file {dropcopy.ca_file}: cannot read it") from exc
+    try:
+        files = await served_files(channel, metadata, CONNECT_TIMEOUT_S)
+    except grpc.aio.AioRpcError as err:
+        return f"reflection failed ({err.code().name}: {err.details()}), skipped"
+    except ReflectionError as exc:
+        return f"{exc}, skipped"
+    finally:
+        await channel.close(None)
+    if files is None:
+        return "reflection not offered, skipped"
+    try:
+        drifts = compare(files)
+    except ReflectionError as exc:
+        return f"{exc}, skipped"
+    notes = tuple(d.line() for d in drifts)
+    conflicts = sum(d.conflict for d in drifts)
+    if conflicts:
+        raise _Failed(
+            f"{conflicts} field(s) have another type on the exchange than in the compiled "
+            f"contract (regenerate polymarket/v1 from the exchange's .proto); "
+            f"{len(drifts)} difference(s) in all",
+            notes,
+        )
+    if not drifts:
+        return "the exchange's descriptors (server reflection) match the compiled contract"
+    return (
+        f"{len(drifts)} field(s) differ from the compiled contract (server reflection); the "
+        "bridge keeps fields it does not know as raw bytes in unknown_fields",
+        notes,
+    )
+
+
 def _check_plan(settings: Settings) -> str:
     predexon = settings.predexon
     limits = PLAN_LIMITS[predexon.plan]
@@ -208,19 +278,20 @@ def run_checks(config: str, emit: Callable[[Result], None] = lambda r: None) -> 
     """Every check for the configuration at `config`, each handed to `emit` when done."""
     results: list[Result] = []
 
-    def record(name: str, ok: bool, detail: str) -> None:
-        result = Result(name, ok, detail)
+    def record(name: str, ok: bool, detail: str, notes: tuple[str, ...] = ()) -> None:
+        result = Result(name, ok, detail, notes)
         results.append(result)
         emit(result)
 
-    def run(name: str, check: Callable[[], str | Awaitable[str]]) -> None:
+    def run(name: str, check: Callable[[], Outcome | Awaitable[Outcome]]) -> None:
         try:
             outcome = check()
-            detail = asyncio.run(_await(outcome)) if not isinstance(outcome, str) else outcome
+            found = outcome if isinstance(outcome, str | tuple) else asyncio.run(_await(outcome))
         except _Failed as exc:
-            record(name, False, str(exc))
+            record(name, False, str(exc), exc.notes)
         else:
-            record(name, True, detail)
+            detail, notes = (found, ()) if isinstance(found, str) else found
+            record(name, True, detail, notes)
 
     try:
         settings = load_settings(config)
@@ -237,6 +308,7 @@ def run_checks(config: str, emit: Callable[[Result], None] = lambda r: None) -> 
     if streams:
         run("dropcopy channel", lambda: _check_channel(settings))
         run("dropcopy token", lambda: _check_token(settings))
+        run("dropcopy contract", lambda: _check_contract(settings))
     if subs:
         run("predexon plan", lambda: _check_plan(settings))
         run("predexon handshake", lambda: _check_predexon(settings))
@@ -245,7 +317,7 @@ def run_checks(config: str, emit: Callable[[Result], None] = lambda r: None) -> 
     return results
 
 
-async def _await(awaitable: Awaitable[str]) -> str:
+async def _await(awaitable: Awaitable[Outcome]) -> Outcome:
     return await awaitable
 
 
@@ -254,7 +326,7 @@ class CheckCommand:
         parser.add_argument("--config", required=True, help="the bridge's TOML configuration")
 
     def run(self, args: argparse.Namespace) -> int:
-        results = run_checks(args.config, lambda r: print(r.line(), flush=True))
+        results = run_checks(args.config, lambda r: print("\n".join(r.lines()), flush=True))
         failed = sum(not r.ok for r in results)
         print(f"{len(results) - failed} OK, {failed} FAIL")
         return 0 if not failed else 1

@@ -35,7 +35,7 @@ from bridge.embedded import EmbeddedBroker
 from bridge.errors import KafkaError
 from bridge.kafka.readback import header, read_topic
 from bridge.mapping.predexon import CHANNELS
-from bridge.pipeline import EVENT_ID_HEADER, STREAM_HEADER
+from bridge.records import EVENT_ID_HEADER, STREAM_HEADER
 from bridge.sim import dropcopy as dropcopy_sim
 from bridge.sim import predexon as predexon_sim
 from bridge.sim.market import DEFAULT_FIRMS

@@ -11,9 +11,11 @@ import argparse
 import asyncio
 import datetime as dt
 
+from bridge.cluster.membership import current_owners
 from bridge.config import Settings, load_settings, parse_time
+from bridge.eos.positions import PositionStore
 from bridge.errors import ConfigError
-from bridge.kafka.state import StateEntry, StateStore, encode_state, write_state
+from bridge.kafka.state import StateEntry, encode_state, write_state
 from bridge.records import Position
 from bridge.serde.avro import Serializer
 from bridge.serde.registry import wire_format_of
@@ -34,24 +36,39 @@ def _state_topic(settings: Settings) -> str:
 
 
 def show(settings: Settings) -> str:
-    entries = StateStore(settings.kafka.librdkafka(), _state_topic(settings)).load()
+    """Every stream's committed position, who committed it, and (with `[cluster]`) which
+    instance of the stream group runs it now."""
+    kafka = settings.kafka.librdkafka()
+    store = PositionStore(kafka, _state_topic(settings))
+    try:
+        entries = store.refresh()
+    finally:
+        store.close()
+    running: dict[str, str] = {}
+    if settings.cluster.enabled:
+        topic = settings.kafka.topic(settings.cluster.topic)
+        running = current_owners(kafka, settings.app_id, topic, settings.stream_ids())
     header = (
-        f"{'stream':32} {'upstream':9} {'event time':25} {'live time':25} {'committed':25} token"
+        f"{'stream':32} {'upstream':9} {'event time':25} {'live time':25} {'committed':25} "
+        f"{'token':10} {'committed by':32} running on"
     )
     lines = [header]
-    for stream_id, entry in sorted(entries.items()):
-        lines.append(_line(stream_id, entry))
+    for stream_id in sorted(set(entries) | set(running)):
+        lines.append(_line(stream_id, entries.get(stream_id), running.get(stream_id, "-")))
     if len(lines) == 1:
         lines.append("(no stored positions)")
     return "\n".join(lines)
 
 
-def _line(stream_id: str, entry: StateEntry) -> str:
+def _line(stream_id: str, entry: StateEntry | None, running_on: str) -> str:
+    if entry is None:
+        return f"{stream_id:32} {'-':9} {'-':25} {'-':25} {'-':25} {'-':10} {'-':32} {running_on}"
     position = entry.position
     token = f"{len(position.resume_token)} bytes" if position.resume_token else "-"
     return (
         f"{stream_id:32} {entry.upstream:9} {_when(position.event_time_us):25} "
-        f"{_when(position.live_time_us):25} {_when(entry.committed_at_us):25} {token}"
+        f"{_when(position.live_time_us):25} {_when(entry.committed_at_us):25} {token:10} "
+        f"{entry.owner or '-':32} {running_on}"
     )
 
 

@@ -14,11 +14,13 @@ from confluent_kafka import KafkaException as LibKafkaException
 from confluent_kafka.admin import (  # type: ignore[attr-defined]
     AdminClient,
     ConfigResource,
+    NewPartitions,
     NewTopic,
     ResourceType,
 )
 
 from bridge.errors import ConfigError, KafkaError
+from bridge.kafka.client_log import client_log_config
 from bridge.kafka.metadata import cluster_metadata
 
 log = logging.getLogger(__name__)
@@ -43,8 +45,7 @@ def _admin(config: Mapping[str, Any]) -> AdminClient:
         for k, v in config.items()
         if not k.startswith(("transactional.", "linger.", "isolation.", "group."))
     }
-    conf.setdefault("log_level", 3)
-    return AdminClient(conf)
+    return AdminClient({**conf, **client_log_config(conf)})
 
 
 def _existing(admin: AdminClient, config: Mapping[str, Any]) -> set[str]:
@@ -115,3 +116,21 @@ def check_state_topic(config: Mapping[str, Any], name: str) -> None:
             f"state topic {name} has {len(meta.partitions)} partitions; polybridge needs "
             "exactly 1 (positions are read back in commit order). Use another state topic name"
         )
+
+
+def ensure_partitions(config: Mapping[str, Any], name: str, count: int) -> None:
+    """Grow topic `name` to at least `count` partitions (Kafka never shrinks one)."""
+    admin = _admin(config)
+    meta = cluster_metadata(admin, config, ADMIN_TIMEOUT_S).topics.get(name)
+    if meta is None or meta.error is not None or len(meta.partitions) >= count:
+        return
+    future = admin.create_partitions([NewPartitions(name, count)], request_timeout=ADMIN_TIMEOUT_S)[
+        name
+    ]
+    try:
+        future.result(timeout=ADMIN_TIMEOUT_S)
+    except LibKafkaException as exc:
+        err: LibKafkaError = exc.args[0]
+        if err.code() != LibKafkaError.INVALID_PARTITIONS:  # grown concurrently: fine
+            raise KafkaError(f"cannot add partitions to {name}: {err.str()}") from exc
+    log.info("topic grown topic=%s partitions=%d", name, count)

@@ -14,7 +14,7 @@ def cluster_metadata(client: Any, config: Mapping[str, Any], timeout: float) -> 
     """Metadata of all topics, or a retriable `KafkaError` naming the broker within `timeout`.
 
     All topics, never `list_topics(name)`: a metadata request naming a topic makes some
-    brokers (Tansu; Kafka with auto.create.topics.enable) create it with default settings.
+    brokers (Kafka with auto.create.topics.enable) create it with default settings.
     """
     try:
         return client.list_topics(timeout=timeout)

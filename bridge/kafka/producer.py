@@ -1,33 +1,30 @@
-"""The transactional producer: one per stream, and the one librdkafka error boundary.
+"""The transactional producer: one per stream, its explicit state machine, and the one
+librdkafka error boundary.
 
-Every librdkafka error met while producing is translated here into `bridge.errors`:
+States and the moves between them (`TxnState`, `TRANSITIONS`):
 
-- `txn_requires_abort()` (abortable)           -> `KafkaError(retriable=True)`: abort, resume
-- `retriable()`                                 -> `KafkaError(retriable=True)`
-- PRODUCER_FENCED, INVALID_PRODUCER_EPOCH,
-  TRANSACTIONAL_ID_AUTHORIZATION_FAILED         -> `FencedError` (whether librdkafka calls
-  it fatal or abortable: Tansu reports PRODUCER_FENCED on produce as abortable)
-- any other fatal error                         -> `KafkaError(retriable=False)`
+    NEW --init--> READY --begin--> OPEN --commit--> COMMITTING --> READY
+                                    |                   | (timed out: commit() again)
+                                    +--abort--> ABORTING +--> READY
+    any state --a fatal error or an unknown outcome--> BROKEN  (close, use a new producer)
+    any state --PRODUCER_FENCED / INVALID_PRODUCER_EPOCH--> FENCED  (the stream ends here)
+    any state --close--> CLOSED
 
-Fencing on Tansu (measured, librdkafka 2.16, Tansu 0.6.0-510f3e2): when producer B calls
-`init_transactions()` with A's transactional id (it returns in ~50 ms, without waiting for
-A's open transaction), then
-- A's next *produce* fails in ~50 ms with PRODUCER_FENCED (abortable, not fatal), and so does
-  `commit()`; we raise `FencedError` at once;
-- if A had nothing left to send, its EndTxn is answered by Tansu closing the connection,
-  again and again: `commit_transaction()` only ends at its timeout with _TIMED_OUT
-  (retriable) and a following abort with _CONFLICT. `commit(timeout)` is therefore bounded
-  and raises `KafkaError(retriable=True)` saying so; the producer is then `broken` and must
-  be closed and replaced (whose `init()` tells by `FencedError`... or by the state topic's
-  newest `owner`, which the pipeline compares with its own instance id);
-- an `abort()` after PRODUCER_FENCED also times out (Tansu drops EndTxn of the old epoch).
-On Apache Kafka the same situations end in PRODUCER_FENCED / INVALID_PRODUCER_EPOCH, fatal.
+Every librdkafka error is translated here into `bridge.errors`:
+- PRODUCER_FENCED, INVALID_PRODUCER_EPOCH, TRANSACTIONAL_ID_AUTHORIZATION_FAILED
+                                           -> `FencedError`, state FENCED
+- any other fatal error (e.g. OUT_OF_ORDER_SEQUENCE_NUMBER after a broker restart)
+                                           -> `KafkaError(retriable=True)`, state BROKEN:
+                                              fatal for this producer instance only
+- `txn_requires_abort()` or `retriable()`  -> `KafkaError(retriable=True)`: abort, resume
+- anything else                            -> `KafkaError(retriable=False)`
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import logging
 import time
 from collections.abc import Mapping
@@ -38,6 +35,7 @@ from confluent_kafka import KafkaException as LibKafkaException
 from confluent_kafka import Message, Producer
 
 from bridge.errors import FencedError, KafkaError
+from bridge.kafka.client_log import client_log_config
 
 log = logging.getLogger(__name__)
 
@@ -52,9 +50,8 @@ DEFAULTS: dict[str, ConfigValue] = {
     # Big batches: a 1,000-record transaction then goes out in one request per partition.
     "batch.num.messages": 10_000,
     "batch.size": 1_000_000,
-    # lz4: measured on Tansu/loopback, 200 B records, 1,000 per transaction: lz4 370k/s,
-    # none 270k/s, zstd 240k/s. zstd compresses smaller but costs producer CPU, and CPU is
-    # our limit (design.md section 9).
+    # lz4: cheapest CPU per byte saved (measured on loopback, 200 B records, 1,000 per
+    # transaction: lz4 370k/s, none 270k/s, zstd 240k/s); CPU is the bridge's limit.
     "compression.type": "lz4",
     # A transaction open longer than this is aborted by the broker. Our commits happen
     # within max_latency (seconds), so 60 s only matters for a stalled or zombie bridge.
@@ -68,8 +65,6 @@ DEFAULTS: dict[str, ConfigValue] = {
     # records of ~1 kB keep memory around 100 MB, one to several seconds of input.
     "queue.buffering.max.messages": 100_000,
     "queue.buffering.max.kbytes": 262_144,
-    # Never let librdkafka print to stderr by itself; errors reach us through the API.
-    "log_level": 3,
     # Delivery reports only for failures: a Python callback per record costs more CPU
     # than the produce() call itself; successes are counted when the commit succeeds.
     "delivery.report.only.error": True,
@@ -79,8 +74,8 @@ INIT_TIMEOUT_S = 10.0
 """init_transactions() bound: also how long an unreachable broker takes to be reported."""
 
 COMMIT_TIMEOUT_S = 30.0
-"""Default bound for commit()/abort(): far above a healthy commit (p50 ~5 ms on Tansu, tens
-of ms on a cluster) but short enough that a fenced zombie notices in bounded time."""
+"""Default bound for one commit()/abort() call: far above a healthy commit (milliseconds on
+one node, tens of ms on a cluster), short enough to report a stuck broker promptly."""
 
 CLOSE_ABORT_S = 5.0
 """Bound for aborting an open transaction in close(): a healthy abort takes milliseconds."""
@@ -111,8 +106,33 @@ class CommitPending(KafkaError):
     """commit() timed out but librdkafka is still committing: call commit() again."""
 
 
+class TxnState(enum.Enum):
+    NEW = "new"
+    READY = "ready"
+    OPEN = "open"
+    COMMITTING = "committing"
+    ABORTING = "aborting"
+    BROKEN = "broken"
+    FENCED = "fenced"
+    CLOSED = "closed"
+
+
+_ENDS = {TxnState.BROKEN, TxnState.FENCED, TxnState.CLOSED}
+TRANSITIONS: dict[TxnState, frozenset[TxnState]] = {
+    TxnState.NEW: frozenset({TxnState.READY, *_ENDS}),
+    TxnState.READY: frozenset({TxnState.OPEN, *_ENDS}),
+    TxnState.OPEN: frozenset({TxnState.COMMITTING, TxnState.ABORTING, *_ENDS}),
+    TxnState.COMMITTING: frozenset({TxnState.READY, TxnState.ABORTING, *_ENDS}),
+    TxnState.ABORTING: frozenset({TxnState.READY, *_ENDS}),
+    TxnState.BROKEN: frozenset({TxnState.CLOSED}),
+    TxnState.FENCED: frozenset({TxnState.CLOSED}),
+    TxnState.CLOSED: frozenset(),
+}
+"""Which state may follow which (a move not listed is a bug: `_move` raises)."""
+
+
 class TransactionalProducer:
-    """A transactional Kafka producer owned by one stream.
+    """A transactional Kafka producer owned by one stream (see the module's state diagram).
 
     Usage: `await init()` once; then repeatedly `begin()`, `produce(...)`*, `await commit()`
     (or `await abort()` after a retriable error); `close()` at the end. Not thread-safe:
@@ -129,12 +149,9 @@ class TransactionalProducer:
         conf.update(config)
         conf["transactional.id"] = transactional_id
         conf["error_cb"] = self._on_error
-        self._producer = Producer(conf)
+        self._producer = Producer({**conf, **client_log_config(conf)})
+        self.state = TxnState.NEW
         self._txn_error: LibKafkaError | None = None
-        self._in_txn = False
-        self._closed = False
-        self.broken = False
-        """True after a timeout left the transaction in an unknown state: close and replace."""
         self.delivered_records = 0
         self.delivered_bytes = 0
         self.failed_records = 0
@@ -142,23 +159,52 @@ class TransactionalProducer:
         self._txn_bytes = 0
         self._unpolled = 0
 
+    def _move(self, to: TxnState) -> None:
+        if to is not self.state and to not in TRANSITIONS[self.state]:
+            raise KafkaError(
+                f"stream {self.stream_id}: producer cannot go from {self.state.value} to "
+                f"{to.value} (a bug in polybridge)",
+                retriable=False,
+            )
+        self.state = to
+
+    @property
+    def broken(self) -> bool:
+        """True when this producer must be closed and replaced (see `TxnState.BROKEN`)."""
+        return self.state is TxnState.BROKEN
+
+    @property
+    def in_transaction(self) -> bool:
+        return self.state in (TxnState.OPEN, TxnState.COMMITTING, TxnState.ABORTING)
+
     # -- errors -------------------------------------------------------------------------
 
+    def _fatal_cause(self, err: LibKafkaError) -> LibKafkaError:
+        """The error that made the producer fatal, for a bare `_FATAL` ("Local: Fatal
+        error"): after a fence librdkafka answers every later call with it, and an abort
+        with no time to wait raises the real cause (e.g. `_FENCED`) at once."""
+        if err.code() != LibKafkaError._FATAL:
+            return err
+        try:
+            self._producer.abort_transaction(0)
+        except LibKafkaException as exc:
+            cause: LibKafkaError = exc.args[0]
+            return cause if cause.code() != LibKafkaError._TIMED_OUT else err
+        return err
+
     def _error(self, err: LibKafkaError, action: str) -> KafkaError:
-        """Translate one librdkafka error (see the module docstring)."""
+        """Translate one librdkafka error (see the module docstring); moves the state."""
         where = f"stream {self.stream_id} (transactional.id={self.transactional_id})"
+        err = self._fatal_cause(err)
         if err.code() in _FENCED_CODES:
-            self.broken = True
+            self._move(TxnState.FENCED)
             return FencedError(
                 f"{where} was fenced: another bridge instance took over this stream "
                 f"({err.name()} on {action})"
             )
         text = f"{action} failed for {where}: {err.name()}: {err.str()}"
         if err.fatal():
-            # Fatal for this producer instance only (e.g. OUT_OF_ORDER_SEQUENCE_NUMBER after a
-            # broker restart): the pipeline replaces a broken producer and resumes from the
-            # committed position, so the stream itself can go on.
-            self.broken = True
+            self._move(TxnState.BROKEN)
             return KafkaError(text, retriable=True)
         if err.txn_requires_abort() or err.retriable():
             return KafkaError(text, retriable=True)
@@ -197,19 +243,21 @@ class TransactionalProducer:
     # -- lifecycle ----------------------------------------------------------------------
 
     async def init(self, timeout: float = INIT_TIMEOUT_S) -> None:
-        """Register the transactional id, fencing any older instance; bounded by `timeout`."""
+        """Register the transactional id, fencing any older instance (its open transaction
+        is aborted by the broker); bounded by `timeout`."""
         try:
             await asyncio.to_thread(self._producer.init_transactions, timeout)
         except LibKafkaException as exc:
             err: LibKafkaError = exc.args[0]
             if err.code() == LibKafkaError._TIMED_OUT:
-                self.broken = True  # init still in progress inside librdkafka
+                self._move(TxnState.BROKEN)  # init still in progress inside librdkafka
                 raise KafkaError(
                     f"cannot reach Kafka at {self.bootstrap} within {timeout:.0f} s "
                     f"(init_transactions for stream {self.stream_id}): {err.str()}",
                     retriable=True,
                 ) from exc
             raise self._error(err, "init_transactions") from exc
+        self._move(TxnState.READY)
         log.info(
             "producer ready stream=%s transactional_id=%s", self.stream_id, self.transactional_id
         )
@@ -219,7 +267,7 @@ class TransactionalProducer:
         self._txn_error = None
         self._txn_records = self._txn_bytes = 0
         self._call("begin_transaction", self._producer.begin_transaction)
-        self._in_txn = True
+        self._move(TxnState.OPEN)
 
     def produce(
         self,
@@ -270,10 +318,12 @@ class TransactionalProducer:
     async def commit(self, timeout: float = COMMIT_TIMEOUT_S) -> None:
         """Flush and commit the open transaction, within `timeout` seconds.
 
-        Raises `FencedError` when another instance owns the id, a retriable `KafkaError`
-        when the transaction must be aborted or the commit did not finish in time (then
-        `broken` is set: close this producer and start a new one), else `KafkaError`.
+        Raises `FencedError` when another instance owns the id; `CommitPending` when the
+        commit did not finish in time (librdkafka keeps committing: call `commit()` again,
+        or give up on this producer with `give_up()`); a retriable `KafkaError` when the
+        transaction must be aborted; else `KafkaError`.
         """
+        self._move(TxnState.COMMITTING)
         started = time.monotonic()
         try:
             await asyncio.to_thread(self._producer.commit_transaction, timeout)
@@ -283,31 +333,36 @@ class TransactionalProducer:
             if self._txn_error is not None and self._txn_error.code() in _FENCED_CODES:
                 err = self._txn_error
             if err.code() == LibKafkaError._TIMED_OUT:
-                # librdkafka keeps the commit going: calling commit() again resumes it.
-                # Replacing the producer instead would race with that commit.
+                # Replacing the producer now would race with the commit still going on.
                 raise CommitPending(
                     f"commit for stream {self.stream_id} (transactional.id="
-                    f"{self.transactional_id}) did not finish within {timeout:.0f} s; on "
-                    "brokers that report fencing as dropped connections this may mean "
-                    "another instance took over",
+                    f"{self.transactional_id}) did not finish within {timeout:.0f} s",
                     retriable=True,
                 ) from exc
             raise self._error(err, "commit") from exc
         if self._txn_error is not None:  # cannot happen per librdkafka; never lose it silently
             raise self._error(self._txn_error, "commit (delivery)")
-        self._in_txn = False
+        self._move(TxnState.READY)
         self.delivered_records += self._txn_records
         self.delivered_bytes += self._txn_bytes
         log.debug("committed stream=%s ms=%.1f", self.stream_id, (time.monotonic() - started) * 1e3)
 
+    def give_up(self) -> None:
+        """Declare the open transaction's outcome unknown (a commit that kept timing out):
+        the producer is BROKEN; a new one's `init()` settles the outcome either way."""
+        self._move(TxnState.BROKEN)
+
     async def abort(self, timeout: float = COMMIT_TIMEOUT_S) -> None:
-        """Abort the open transaction within `timeout` seconds (see `commit()` for errors)."""
+        """Abort the open transaction, if any, within `timeout` seconds."""
+        if not self.in_transaction:
+            return
+        self._move(TxnState.ABORTING)
         try:
             await asyncio.to_thread(self._producer.abort_transaction, timeout)
         except LibKafkaException as exc:
             err: LibKafkaError = exc.args[0]
             if err.code() in (LibKafkaError._TIMED_OUT, LibKafkaError._CONFLICT):
-                self.broken = True
+                self._move(TxnState.BROKEN)
                 raise KafkaError(
                     f"abort for stream {self.stream_id} (transactional.id="
                     f"{self.transactional_id}) did not finish within {timeout:.0f} s "
@@ -317,41 +372,33 @@ class TransactionalProducer:
             raise self._error(err, "abort") from exc
         finally:
             self._txn_error = None
-        self._in_txn = False
-
-    @property
-    def in_transaction(self) -> bool:
-        return self._in_txn
+        self._move(TxnState.READY)
 
     def close(self) -> None:
-        """Release the client, aborting an open transaction (bounded by `CLOSE_ABORT_S`).
-
-        librdkafka's own close() aborts an open transaction *without a time bound*, which
-        hangs forever on a fenced producer on Tansu (EndTxn answered by a dropped
-        connection). So we abort ourselves with a bound, and a producer that is `broken`
-        is only purged and dropped: destroying the client does not wait for the broker,
-        and the broker aborts the transaction at transaction.timeout.ms (or the new
-        owner's init_transactions already did).
-        """
-        if self._closed:
+        """Release the client, aborting an open transaction (bounded by `CLOSE_ABORT_S`:
+        librdkafka's own close() would abort it without a bound). A BROKEN or FENCED
+        producer is only purged and dropped: destroying the client does not wait for the
+        broker, and the broker aborts the transaction at transaction.timeout.ms (or the
+        next owner's init_transactions already did)."""
+        if self.state is TxnState.CLOSED:
             return
-        self._closed = True
         producer = self._producer
         try:
             producer.purge(in_queue=True, in_flight=False, blocking=False)
-            if self._in_txn and not self.broken:
+            if self.in_transaction:
                 try:
                     producer.abort_transaction(CLOSE_ABORT_S)
-                    self._in_txn = False
+                    self.state = TxnState.READY
                 except LibKafkaException as exc:
                     log.warning(
                         "abort on close failed stream=%s error=%s", self.stream_id, exc.args[0]
                     )
-                    self.broken = True
-            if not self.broken:
+                    self.state = TxnState.BROKEN
+            if self.state not in (TxnState.BROKEN, TxnState.FENCED):
                 producer.close()
         except (LibKafkaException, RuntimeError) as exc:
             log.debug("producer close stream=%s error=%s", self.stream_id, exc)
         finally:
+            self.state = TxnState.CLOSED
             # Drop our reference: the client is destroyed (threads joined) when collected.
             del self._producer

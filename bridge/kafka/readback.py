@@ -1,15 +1,13 @@
-"""Reading our own topics back: whole partitions (state) and partition tails (dedupe seed).
+"""Reading our own topics back: partition ranges (the state topic) and partition tails (the
+repeat filters' seed).
 
 Every reader here is `isolation.level=read_committed`, uses `assign()` (no consumer group,
-so no rebalance delay and no committed offsets), and decides where a partition ends by the
-high watermark that *fetch responses* report (`get_watermark_offsets(cached=True)` after
-polling, or librdkafka's partition-EOF event, which is derived from the same value). A
-ListOffsets answer alone is never trusted for the end: Tansu answers "latest" with the base
-offset of the last batch + 1 (design.md section 7). For read_committed consumers librdkafka
-stores the last stable offset as that high watermark, so "the end" excludes open
-transactions, and transaction control markers (which occupy offsets but are never delivered)
-are accounted for because the end is compared with the fetch position, not with the offset
-of the last record seen.
+so no rebalance delay and no committed offsets), and ends a partition where librdkafka's
+partition-EOF event says the fetch position reached the end a fetch response reported. For
+a read_committed reader that end is the last stable offset, so it excludes open
+transactions; and transaction control markers (which occupy offsets but are never
+delivered) are accounted for, because the end is compared with the fetch position, not
+with the offset of the last record seen.
 """
 
 from __future__ import annotations
@@ -25,17 +23,16 @@ from confluent_kafka import KafkaError as LibKafkaError
 from confluent_kafka import KafkaException as LibKafkaException
 
 from bridge.errors import KafkaError
+from bridge.kafka.client_log import client_log_config
 from bridge.kafka.metadata import cluster_metadata
+from bridge.records import STREAM_HEADER
 
 log = logging.getLogger(__name__)
 
-STREAM_HEADER = "polybridge.stream"
-"""Header naming the stream a record belongs to; every record the bridge writes has it."""
-
 READ_TIMEOUT_S = 30.0
-"""Upper bound for reading a partition range. A state topic holds one record per commit
-(Tansu never compacts), so on a busy bridge it can hold ~10^6 small records: read at
->100k records/s that is seconds; the rest is margin for a slow broker."""
+"""Upper bound for reading a partition range: a compacted state topic or a tail of
+`dedupe_window` records is read in well under a second; the rest is margin for a slow
+broker."""
 
 CONNECT_TIMEOUT_S = 10.0
 """How long to wait for the cluster to answer metadata before calling it unreachable."""
@@ -79,7 +76,7 @@ def reader_config(config: Mapping[str, Any]) -> dict[str, Any]:
             "auto.offset.reset": "earliest",
         }
     )
-    conf.setdefault("log_level", 3)
+    conf.update(client_log_config(conf))
     return conf
 
 
@@ -188,8 +185,9 @@ def _where(consumer: Consumer, topic: str, partitions: list[int]) -> str:
     return ", ".join(where)
 
 
-def low_high_estimate(consumer: Consumer, topic: str, partition: int) -> tuple[int, int]:
-    """(low, high) by ListOffsets: exact low; a high that is only an *estimate* (see module)."""
+def low_high(consumer: Consumer, topic: str, partition: int) -> tuple[int, int]:
+    """(low, high) by ListOffsets; for a read_committed reader `high` is the last stable
+    offset."""
     try:
         low, high = consumer.get_watermark_offsets(
             TopicPartition(topic, partition), timeout=CONNECT_TIMEOUT_S, cached=False
@@ -220,38 +218,21 @@ def recent_records(
     """The committed tail of every partition of `topic` that belongs to `stream_id`.
 
     For each partition, reads the offsets [max(low, end - per_partition), end) where `end` is
-    the fetch-reported end (control markers count as offsets, so a tail of N offsets holds
+    the last stable offset (control markers count as offsets, so a tail of N offsets holds
     at most N records), keeps those whose `polybridge.stream` header equals `stream_id`, and
-    returns them in partition order, then offset order. Used to seed the dedupe window at
-    startup.
+    returns them in partition order, then offset order. Seeds the repeat filters.
     """
     if per_partition <= 0:
         return []
     wanted = stream_id.encode()
     consumer = open_reader(config)
     try:
-        parts = partitions_of(consumer, topic, config)
-        lows: dict[int, int] = {}
-        starts: dict[int, int] = {}
-        for p in parts:
-            low, high = low_high_estimate(consumer, topic, p)
-            lows[p] = low
-            # On Tansu `high` may be below the real end (so we read a little more than
-            # needed, trimmed below); on Kafka it is the LSO. Either way start <= target.
+        starts = {}
+        for p in partitions_of(consumer, topic, config):
+            low, high = low_high(consumer, topic, p)
             starts[p] = max(low, high - per_partition)
-        records, ends = read_ranges(consumer, topic, starts, config)
-        # If an estimate overshot (start > target), re-read those partitions from the target.
-        targets = {p: max(lows[p], ends[p] - per_partition) for p in parts}
-        redo = {p: targets[p] for p in parts if starts[p] > targets[p]}
-        if redo:
-            again, _ = read_ranges(consumer, topic, redo, config)
-            records = [r for r in records if r.partition not in redo] + again
-            records.sort(key=lambda r: (r.partition, r.offset))
-        return [
-            r
-            for r in records
-            if r.offset >= targets[r.partition] and header(r.headers, STREAM_HEADER) == wanted
-        ]
+        records, _ = read_ranges(consumer, topic, starts, config)
+        return [r for r in records if header(r.headers, STREAM_HEADER) == wanted]
     finally:
         consumer.close()
 
@@ -263,7 +244,7 @@ def read_topic(
     consumer = open_reader(config)
     try:
         parts = partitions_of(consumer, topic, config)
-        starts = {p: low_high_estimate(consumer, topic, p)[0] for p in parts}
+        starts = {p: low_high(consumer, topic, p)[0] for p in parts}
         records, _ = read_ranges(consumer, topic, starts, config, timeout)
         return records
     finally:

@@ -10,7 +10,6 @@ records are written only inside the transaction that writes the data they cover.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -20,9 +19,8 @@ from typing import Any
 import fastavro
 
 from bridge.errors import KafkaError
-from bridge.kafka import readback
 from bridge.kafka.producer import ConfigValue, TransactionalProducer
-from bridge.records import Position
+from bridge.records import STREAM_HEADER, Position
 from bridge.serde.avro import SINGLE_OBJECT_MAGIC, Serializer, fingerprint, load_schema
 
 log = logging.getLogger(__name__)
@@ -131,39 +129,6 @@ def decode_state(value: bytes) -> StateEntry:
     return _entry(datum)
 
 
-class StateStore:
-    """Reads the state topic (read_committed, `assign()`, to the fetch-reported end)."""
-
-    def __init__(self, config: Mapping[str, ConfigValue], topic: str) -> None:
-        self.config = dict(config)
-        self.topic = topic
-
-    def load(self) -> dict[str, StateEntry]:
-        """Newest committed position per stream id; a stream whose newest is a tombstone
-        is absent."""
-        started = time.monotonic()
-        records = readback.read_topic(self.config, self.topic)
-        newest: dict[str, bytes | None] = {}
-        for rec in records:
-            if rec.key is None:
-                log.warning("state record without key topic=%s offset=%d", self.topic, rec.offset)
-                continue
-            newest[rec.key.decode()] = rec.value
-        entries = {k: decode_state(v) for k, v in newest.items() if v is not None}
-        log.info(
-            "state loaded topic=%s records=%d streams=%d ms=%.0f",
-            self.topic,
-            len(records),
-            len(entries),
-            (time.monotonic() - started) * 1e3,
-        )
-        return entries
-
-    def latest(self, stream_id: str) -> StateEntry | None:
-        """The newest committed position of one stream (None: none, or a tombstone)."""
-        return self.load().get(stream_id)
-
-
 async def write_state(
     config: Mapping[str, ConfigValue],
     topic: str,
@@ -181,9 +146,7 @@ async def write_state(
     try:
         await producer.init(timeout)
         producer.begin()
-        producer.produce(
-            topic, stream_id.encode(), value, [(readback.STREAM_HEADER, stream_id.encode())]
-        )
+        producer.produce(topic, stream_id.encode(), value, [(STREAM_HEADER, stream_id.encode())])
         await producer.commit(timeout)
     finally:
         producer.close()

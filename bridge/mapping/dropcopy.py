@@ -2,10 +2,12 @@
 
 One `DropCopyMapper` per stream turns each gRPC response into records. Values are the
 topic's wrapper schema (`polymarket.v1.dropcopy.*Record`): `event_id`, `stream_id`,
-`event_time`, `receive_time`, the upstream message with every field, and
+`event_time`, `receive_time`, the upstream message with every field,
 `unrecognized_enums` (raw numbers of enum values the schema does not know yet, by field
-path). They are written by the generated encoders of `bridge.serde.transcode`, straight from
-the protobuf message, prefixed by the wire format's prefix.
+path) and `unknown_fields` (null, or the wire bytes of the protobuf fields the compiled
+contract does not know, per message path: see `bridge.serde.transcode`). They are written
+by the generated encoders of `bridge.serde.transcode`, straight from the protobuf message,
+prefixed by the wire format's prefix.
 
 Keys, event ids and event times per stream (keys are UTF-8):
 
@@ -13,7 +15,7 @@ Keys, event ids and event times per stream (keys are UTF-8):
 - trade captures: key trade `id`; event_id `"{id}|{TradeState name}"` (the number when the
   state is unknown); event_time the later of the two executions' `transact_time`.
 - instruments: key `symbol`; event_id `"{symbol}|{first 16 hex of sha256 of the
-  deterministic serialization}"`; event_time null.
+  deterministic serialization}"` (unknown fields included); event_time null.
 - positions: key `"{account}|{symbol}"`; event_id `"{account}|{symbol}|{change_time in
   micros}"`; event_time `change_time`.
 
@@ -23,6 +25,12 @@ every state change, so its state is part of its identity; an instrument change c
 or id, so its content is (the pipeline drops an instrument identical to the last one written
 for that symbol); a position change is identified by when it changed. A position change
 without `change_time` falls back to the content hash in place of the time.
+
+The content hash covers unknown fields too: two instrument states that differ only in a field
+the compiled contract does not know are different states, and the second is written (with
+its unknown fields), not dropped as a repeat. The price: when the exchange starts sending a
+new field, or the bridge is upgraded to a contract that knows it (known fields serialize
+before unknown ones), each symbol's next state is written once more.
 
 A missing timestamp gives a null event time. A record whose identity field (execution id,
 trade id, instrument symbol, position symbol) is empty cannot be keyed or deduplicated: it
@@ -42,6 +50,7 @@ from bridge.records import DeadLetter, Record
 from bridge.serde.avro import load_schema
 from bridge.serde.transcode import (
     SchemaMismatch,
+    bytes_map_bytes,
     compile_encoder,
     int_map_bytes,
     long_bytes,
@@ -55,7 +64,8 @@ _HASH_HEX = 16
 """Hex digits of sha256 kept in instrument event ids: 64 bits, collisions negligible."""
 
 _WRAPPER_FIELDS = ("event_id", "stream_id", "event_time", "receive_time")
-"""The wrapper fields written before the payload; `unrecognized_enums` follows it."""
+"""The wrapper fields written before the payload; `unrecognized_enums` and `unknown_fields`
+follow it."""
 
 # Identity of one upstream message: (key, event_id, event_time_us).
 Identity = tuple[bytes, str, int | None]
@@ -66,12 +76,9 @@ def _time(message: Any, field: str) -> int | None:
 
 
 def _content_hash(message: Any) -> str:
-    # Known fields only: a field the exchange adds later must not change the identity of a
-    # state the bridge already wrote (the upgrade would otherwise repeat every key once).
-    known = type(message)()
-    known.CopyFrom(message)
-    known.DiscardUnknownFields()
-    digest = hashlib.sha256(known.SerializeToString(deterministic=True)).hexdigest()
+    # Unknown fields included (protobuf serializes them after the known ones): content the
+    # compiled contract cannot name is still content, and a state differing only there is new.
+    digest = hashlib.sha256(message.SerializeToString(deterministic=True)).hexdigest()
     return digest[:_HASH_HEX]
 
 
@@ -136,6 +143,8 @@ class DropCopyMapper:
 
     `prefix` is the wire format's prefix for the topic's schema (e.g.
     `SingleObjectFormat().prefix(kind.schema, topic)`); every value is prefix + Avro body.
+    `unknown_field_records` counts the records mapped that carry unknown fields (the metric
+    `polybridge_unknown_fields_total`).
     """
 
     def __init__(self, kind: StreamKind, stream_id: str, topic: str, prefix: bytes) -> None:
@@ -143,11 +152,12 @@ class DropCopyMapper:
         self.stream_id = stream_id
         self.topic = topic
         self.prefix = prefix
+        self.unknown_field_records = 0
         desc = _record_descriptor(kind)
         payload, self._identity = _PAYLOADS[desc.full_name]
         schema = load_schema(kind.schema)
         names = [f["name"] for f in schema["fields"]]
-        expected = [*_WRAPPER_FIELDS, payload, "unrecognized_enums"]
+        expected = [*_WRAPPER_FIELDS, payload, "unrecognized_enums", "unknown_fields"]
         if names != expected:
             raise SchemaMismatch(f"{kind.schema}: fields {names}, the mapper writes {expected}")
         self._encode = compile_encoder(
@@ -178,8 +188,15 @@ class DropCopyMapper:
                     out += long_bytes(event_time)
                 out += receive
                 unrecognized: dict[str, int] = {}
-                encode(message, out, unrecognized)
+                unknown: dict[str, bytes] = {}
+                encode(message, out, unrecognized, unknown)
                 out += int_map_bytes(unrecognized)
+                if unknown:  # ["null", map<bytes>]: branch 1, zig-zagged
+                    out += b"\x02"
+                    out += bytes_map_bytes(unknown)
+                    self.unknown_field_records += 1
+                else:
+                    out += b"\x00"
                 records.append(Record(topic, key, bytes(out), event_id, event_time))
             except Exception as exc:  # any failure is this message's, not the stream's
                 dead.append(

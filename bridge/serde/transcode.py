@@ -24,6 +24,19 @@ Mapping rules (the schemas in `bridge/avro/polymarket.v1.*.avsc` follow them):
   (sub-microsecond nanos are truncated; a value outside a signed 64-bit long raises).
 - `map<string, string>` -> Avro map, entries sorted by key so equal messages give equal bytes.
 - `map<int64, int64>` -> array of `{key, value}` records sorted by key.
+
+Unknown fields (fields the exchange added after the compiled `.proto`, seen by protobuf as
+unknown field numbers) are never dropped: for every message the encoder visits, at any depth,
+it asks protobuf whether the message holds unknown fields (`UnknownFieldSet`: one C call of
+about the cost of a `HasField`, which finds none in the common case) and, only when it does,
+records their wire bytes in the caller's `unknown` dict as `{message path: bytes}`, e.g.
+`execution`, `execution.order`, `trade.aggressor`, `instrument.trading_schedule[1]`
+(`unknown_field_bytes`). The bytes are the message's own unknown fields (not its children's),
+re-encoded in the order received: exactly what was on the wire for any canonical protobuf
+writer, and parseable by the newer `.proto`'s message type at that path (on their own, or
+appended to the known fields' bytes). Not looked at: protobuf's well-known types (Timestamp,
+Duration: frozen by protobuf, no exchange can add fields to them) and map entries (not
+messages in Python's protobuf API).
 """
 
 from __future__ import annotations
@@ -34,9 +47,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescriptor
+from google.protobuf.unknown_fields import UnknownFieldSet
 
-EncodeFn = Callable[[Any, bytearray, dict[str, int]], None]
-"""`fn(message, out, unrecognized)`: append the Avro encoding of `message` to `out`."""
+EncodeFn = Callable[[Any, bytearray, dict[str, int], dict[str, bytes]], None]
+"""`fn(message, out, unrecognized, unknown)`: append the Avro encoding of `message` to `out`;
+unrecognized enum numbers go to `unrecognized`, unknown fields' bytes to `unknown` (by path)."""
 
 _SMALL = 1 << 14
 """Unsigned values below this come from a table of ready-made varints (one or two bytes).
@@ -97,6 +112,11 @@ def long_bytes(v: int) -> bytes:
     return uvarint((v << 1) ^ (v >> 63))
 
 
+def bytes_bytes(b: bytes) -> bytes:
+    """Avro `bytes` encoding: length, then the bytes."""
+    return uvarint(len(b) << 1) + b
+
+
 def string_bytes(s: str) -> bytes:
     """Avro `string` encoding: byte length, then UTF-8."""
     b = s.encode()
@@ -113,6 +133,49 @@ def int_map_bytes(d: Mapping[str, int]) -> bytes:
         out += long_bytes(d[k])
     out += b"\x00"
     return bytes(out)
+
+
+def bytes_map_bytes(d: Mapping[str, bytes]) -> bytes:
+    """Avro `map<bytes>` encoding with entries sorted by key (one block)."""
+    if not d:
+        return b"\x00"
+    out = bytearray(long_bytes(len(d)))
+    for k in sorted(d):
+        out += string_bytes(k)
+        out += bytes_bytes(d[k])
+    out += b"\x00"
+    return bytes(out)
+
+
+_PACK_FIXED64 = struct.Struct("<Q").pack
+_PACK_FIXED32 = struct.Struct("<I").pack
+
+
+def unknown_set_bytes(fields: Any) -> bytes:
+    """The wire bytes of an `UnknownFieldSet` (see `unknown_field_bytes`)."""
+    out = bytearray()
+    for f in fields:
+        number, wire, data = f.field_number, f.wire_type, f.data
+        out += uvarint((number << 3) | wire)
+        if wire == 0:  # varint (an unsigned 64-bit value, as on the wire)
+            out += uvarint(data)
+        elif wire == 1:
+            out += _PACK_FIXED64(data)
+        elif wire == 2:
+            out += uvarint(len(data))
+            out += data
+        elif wire == 3:  # group: its fields, then the end-group tag
+            out += unknown_set_bytes(data)
+            out += uvarint((number << 3) | 4)
+        else:  # 5: fixed32
+            out += _PACK_FIXED32(data)
+    return bytes(out)
+
+
+def unknown_field_bytes(message: Any) -> bytes:
+    """The protobuf wire bytes of `message`'s own unknown fields (not those of its nested
+    messages), in the order they were received; empty when it has none."""
+    return unknown_set_bytes(UnknownFieldSet(message))
 
 
 # Timestamps a record may carry: years 1 to 9999. Avro's timestamp-micros long holds more,
@@ -150,6 +213,9 @@ uint64/fixed64 are absent on purpose: values >= 2**63 fit no Avro long.
 """
 
 TIMESTAMP = "google.protobuf.Timestamp"
+WELL_KNOWN = "google.protobuf."
+"""Protobuf's well-known types (Timestamp, Duration): frozen by protobuf itself, so they cannot
+carry fields an exchange added; the encoder does not look for unknown fields in them."""
 
 
 class SchemaMismatch(TypeError):
@@ -163,15 +229,27 @@ class CompiledEncoder:
     fn: EncodeFn
     source: str
 
-    def __call__(self, message: Any, out: bytearray, unrecognized: dict[str, int]) -> None:
-        self.fn(message, out, unrecognized)
+    def __call__(
+        self,
+        message: Any,
+        out: bytearray,
+        unrecognized: dict[str, int],
+        unknown: dict[str, bytes],
+    ) -> None:
+        self.fn(message, out, unrecognized, unknown)
 
     def encode(self, message: Any) -> tuple[bytes, dict[str, int]]:
         """The Avro body of `message` alone, and the unrecognized enum numbers it held."""
+        body, unrecognized, _ = self.encode_all(message)
+        return body, unrecognized
+
+    def encode_all(self, message: Any) -> tuple[bytes, dict[str, int], dict[str, bytes]]:
+        """The Avro body, the unrecognized enum numbers and the unknown fields' bytes."""
         out = bytearray()
         unrecognized: dict[str, int] = {}
-        self.fn(message, out, unrecognized)
-        return bytes(out), unrecognized
+        unknown: dict[str, bytes] = {}
+        self.fn(message, out, unrecognized, unknown)
+        return bytes(out), unrecognized, unknown
 
 
 def avro_type_name(avro: Any) -> str:
@@ -217,6 +295,8 @@ class _Generator:
             "SchemaOverflow": OverflowError,
             "TS_MIN_US": TS_MIN_US,
             "TS_MAX_US": TS_MAX_US,
+            "UFS": UnknownFieldSet,
+            "unknown_set_bytes": unknown_set_bytes,
         }
         self._n = 0
 
@@ -311,6 +391,15 @@ class _Generator:
             if field is None:
                 raise SchemaMismatch(f"{desc.full_name} has no field {name} (Avro {avro['name']})")
             self.field(ind, field, af["type"], m, _join(path, name))
+        if not desc.full_name.startswith(WELL_KNOWN):
+            self.unknown(ind, m, path)
+
+    def unknown(self, ind: int, m: str, path: str) -> None:
+        """Keep the unknown fields of message variable `m`: one C call when it has none."""
+        u = self.var("u")
+        self.emit(ind, f"{u} = UFS({m})")
+        self.emit(ind, f"if {u}:")
+        self.emit(ind + 1, f"ukf[{path}] = unknown_set_bytes({u})")
 
     def field(self, ind: int, field: FieldDescriptor, avro: Any, m: str, path: str) -> None:
         x = f"{m}.{field.name}"
@@ -414,12 +503,13 @@ def compile_encoder(
     """Generate and compile the encoder of `descriptor` messages as Avro type `avro`.
 
     `named` resolves named-type references (fastavro's `__named_schemas` of a parsed schema);
-    `path` prefixes the field paths recorded for unrecognized enum numbers (e.g. "execution").
+    `path` prefixes the field paths recorded for unrecognized enum numbers and unknown fields
+    (e.g. "execution").
     """
     gen = _Generator(named)
     gen.message(1, descriptor, avro, "m0", repr(path))
     body = "\n".join(gen.lines)
-    source = f"def encode(m0, buf, unk):\n{body}\n"
+    source = f"def encode(m0, buf, unk, ukf):\n{body}\n"
     namespace: dict[str, Any] = dict(gen.consts)
     exec(compile(source, f"<avro encoder {descriptor.full_name} as {path}>", "exec"), namespace)
     return CompiledEncoder(namespace["encode"], source)

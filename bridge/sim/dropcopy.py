@@ -32,6 +32,9 @@ Wire behaviour (see /work/shared/upstream/polymarket-dropcopy.md):
   stream (missing -> PERMISSION_DENIED), `x-participant-id` required on account-scoped streams
   (missing or malformed -> INVALID_ARGUMENT; a token bound to another participant ->
   PERMISSION_DENIED). Checked once, when the stream opens.
+- Server reflection (`grpc.reflection.v1alpha`, no auth) describes the contract served:
+  `SimConfig.contract` "current" (as compiled) or "newer" (fields the exchange added since,
+  also sent on the wire; see `bridge.sim.contract`).
 """
 
 from __future__ import annotations
@@ -59,6 +62,7 @@ from typing import Any, TypeVar
 import grpc
 from google.protobuf.message import Message
 
+from bridge.sim.contract import CONTRACTS, Contract
 from bridge.sim.journal import (
     InvalidToken,
     Journal,
@@ -167,6 +171,21 @@ class Faults:
     idle_disconnect_s: float | None = None
     """Close with UNAVAILABLE after this long without a data record (the exchange's load
     balancer does so after 10 minutes); heartbeats do not count as data."""
+    silent_after_responses: int | None = None
+    """Each call goes silent after sending this many responses: no records, no heartbeats,
+    yet the call stays open (and keepalive pings are answered) until the client cancels it.
+    A call that went silent stays silent; new calls send this many responses again."""
+    maintenance: tuple[tuple[float, float], ...] = ()
+    """Maintenance windows `(start, end)` in Unix seconds (simulator time, [start, end)):
+    inside one, new calls are refused with `maintenance_code` and open calls are closed
+    with it (within `heartbeat_s`); afterwards resume tokens are honoured as usual."""
+    maintenance_code: grpc.StatusCode = grpc.StatusCode.UNAVAILABLE
+    """Status of maintenance refusals (the exchange does not document it)."""
+
+    def in_maintenance(self, now_s: float | None = None) -> bool:
+        """True inside one of the `maintenance` windows (at `now_s`, default now)."""
+        moment = time.time() if now_s is None else now_s
+        return any(start <= moment < end for start, end in self.maintenance)
 
 
 @dataclass(frozen=True)
@@ -201,6 +220,10 @@ class SimConfig:
     """Initial fault settings (copied into `sim.faults`)."""
     secret: bytes | None = None
     """Signs resume and access tokens; None = random per instance."""
+    contract: str = "current"
+    """Wire contract served (`bridge.sim.contract`): "current" = `proto/` as compiled;
+    "newer" = with the fields the exchange added since, sent on the wire and described by
+    server reflection."""
 
 
 @dataclass
@@ -210,6 +233,25 @@ class SimStats:
     calls: dict[str, int] = field(default_factory=lambda: dict.fromkeys(STREAMS, 0))
     responses: dict[str, int] = field(default_factory=lambda: dict.fromkeys(STREAMS, 0))
     generated: int = 0
+    silenced: int = 0
+    """Calls that went silent (`Faults.silent_after_responses`)."""
+    maintenance_refusals: int = 0
+    """Calls refused or closed because of a maintenance window (`Faults.maintenance`)."""
+    call_spans: dict[str, list[list[float]]] = field(
+        default_factory=lambda: {stream: [] for stream in STREAMS}
+    )
+    """Per stream, [opened, closed] (monotonic seconds; closed = inf while open) of every
+    call that got past authorization: how many clients held the stream at once."""
+
+    def longest_overlap(self, stream: str) -> float:
+        """The longest stretch during which two or more calls of `stream` were open."""
+        spans = sorted((start, end) for start, end in self.call_spans[stream])
+        longest, horizon = 0.0, float("-inf")
+        for start, end in spans:
+            if start < horizon:  # overlaps an earlier call still open
+                longest = max(longest, min(end, horizon) - start)
+            horizon = max(horizon, end)
+        return longest
 
 
 class _Refusal(Exception):
@@ -243,6 +285,7 @@ class DropCopySimulator:
         retention = Retention(config.retention_records, config.retention_age_s)
         self._journals = {stream: Journal(stream, retention) for stream in STREAMS}
         self._market = MarketGenerator(config.seed, config.firms)
+        self.contract = Contract(config.contract)
         self._server: grpc.aio.Server | None = None
         self._endpoint: TokenEndpoint | None = None
         self._generator: asyncio.Task[None] | None = None
@@ -271,6 +314,7 @@ class DropCopySimulator:
             ]
         )
         server.add_generic_rpc_handlers((self._handlers(),))
+        self.contract.enable_reflection(server)
         bind = f"{config.host}:{config.port}"
         ssl_context = None
         if config.tls:
@@ -443,7 +487,10 @@ class DropCopySimulator:
         while produced < records:
             for record in self._market.step(clock(self.stats.generated + produced)):
                 journals[record.stream].append(
-                    record.time_us, record.symbol, record.firms, record.message.SerializeToString()
+                    record.time_us,
+                    record.symbol,
+                    record.firms,
+                    self.contract.serialize(record.stream, record.message, record.time_us),
                 )
                 produced += 1
         self.stats.generated += produced
@@ -585,10 +632,23 @@ class DropCopySimulator:
         self, stream: str, request: Any, context: grpc.aio.ServicerContext[Any, bytes]
     ) -> AsyncIterator[bytes]:
         faults = self.faults
+        if faults.maintenance and faults.in_maintenance():
+            self.stats.maintenance_refusals += 1
+            raise _Refusal(faults.maintenance_code, "the exchange is in scheduled maintenance")
         if faults.fail_next_calls > 0:
             faults.fail_next_calls -= 1
             raise _Refusal(faults.fail_code, "simulated failure (fault injection)")
         firms = self._authorize(stream, request, context)
+        span = [time.monotonic(), float("inf")]
+        self.stats.call_spans[stream].append(span)
+        try:
+            async for response in self._serve(stream, request, firms):
+                yield response
+        finally:
+            span[1] = time.monotonic()
+
+    async def _serve(self, stream: str, request: Any, firms: Any) -> AsyncIterator[bytes]:
+        faults = self.faults
         position, resumed = self._start_position(stream, request)
         symbols = frozenset(request.symbols)
         journal = self._journals[stream]
@@ -613,6 +673,11 @@ class DropCopySimulator:
             limit = faults.drop_after_responses
             if limit is not None and sent >= limit:
                 raise _Refusal(grpc.StatusCode.UNAVAILABLE, "simulated stream drop")
+            silent = faults.silent_after_responses
+            if silent is not None and sent >= silent:
+                # Open but silent until the client gives up on the call (cancels it).
+                self.stats.silenced += 1
+                await asyncio.Event().wait()
 
         if stream == INSTRUMENT_STATES:
             snapshot = journal.latest_per_symbol(position, symbols)
@@ -626,6 +691,9 @@ class DropCopySimulator:
                 await after_send()
 
         while True:
+            if faults.maintenance and faults.in_maintenance():
+                self.stats.maintenance_refusals += 1
+                raise _Refusal(faults.maintenance_code, "closed for scheduled maintenance")
             records, examined = journal.read(
                 position, symbols, firms, config.batch, _MAX_RESPONSE_BYTES
             )
@@ -770,6 +838,12 @@ class SimulatorThread:
     ) -> list[Message]:
         return self._on_loop(lambda: self.simulator.ground_truth(stream, symbols, firms))
 
+    def ground_truth_records(
+        self, stream: str, symbols: Collection[str] = (), firms: Collection[str] = ()
+    ) -> list[tuple[int, int, bytes]]:
+        """(sequence, event time us, the record's bytes as sent) of the journal's records."""
+        return self._on_loop(lambda: self.simulator.ground_truth_records(stream, symbols, firms))
+
 
 # -- CLI ---------------------------------------------------------------------------------------
 
@@ -779,6 +853,20 @@ def _parse_client(value: str) -> tuple[str, Path]:
     if not sep or not client_id or not path:
         raise argparse.ArgumentTypeError("expected CLIENT_ID=PUBLIC_KEY_PEM_PATH")
     return client_id, Path(path)
+
+
+def _parse_window(value: str) -> tuple[float, float]:
+    start, sep, end = value.partition("/")
+    try:
+        window = tuple(
+            (moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)).timestamp()
+            for moment in (dt.datetime.fromisoformat(t.strip()) for t in (start, end))
+        )
+    except ValueError:
+        window = ()
+    if not sep or len(window) != 2 or window[1] <= window[0]:
+        raise argparse.ArgumentTypeError("expected START/END, ISO-8601 times, END after START")
+    return window[0], window[1]
 
 
 class SimDropCopyCommand:
@@ -852,6 +940,33 @@ class SimDropCopyCommand:
             help="close with UNAVAILABLE after s without data records",
         )
         add(
+            "--silent-after",
+            type=int,
+            default=None,
+            help="calls go silent (open, no responses, no heartbeats) after N responses",
+        )
+        add(
+            "--maintenance",
+            action="append",
+            type=_parse_window,
+            default=[],
+            help="START/END (ISO-8601 times): refuse calls during this maintenance window "
+            "(repeatable)",
+        )
+        add(
+            "--maintenance-code",
+            choices=sorted(c.name for c in grpc.StatusCode if c != grpc.StatusCode.OK),
+            default="UNAVAILABLE",
+            help="status of maintenance refusals",
+        )
+        add(
+            "--contract",
+            choices=CONTRACTS,
+            default="current",
+            help="wire contract: current (proto/ as compiled) or newer (with the fields the "
+            "exchange added since; see bridge/sim/contract.py)",
+        )
+        add(
             "--ground-truth-out",
             type=Path,
             default=None,
@@ -872,6 +987,9 @@ class SimDropCopyCommand:
             duplicate_every=args.duplicate_every,
             resume_overlap=args.resume_overlap,
             idle_disconnect_s=args.idle_disconnect,
+            silent_after_responses=args.silent_after,
+            maintenance=tuple(args.maintenance),
+            maintenance_code=grpc.StatusCode[args.maintenance_code],
         )
         config = SimConfig(
             host=args.host,
@@ -892,6 +1010,7 @@ class SimDropCopyCommand:
             retention_records=args.retention_records,
             retention_age_s=args.retention_age,
             faults=faults,
+            contract=args.contract,
         )
         return asyncio.run(self._serve(config, args.ground_truth_out))
 

@@ -107,6 +107,11 @@ class SimConfig:
     """Generator period: events are produced in small bursts this often."""
     connected_delay_s: float = 0.0
     """Wait this long after the handshake before sending `connected` (a busy server)."""
+    drop_every_events: int = 0
+    """Drop a connection (with `drop_code`) once it has been sent this many events; 0: never.
+    A flaky server or load balancer, for the reconnect benchmark."""
+    drop_code: int = 1006
+    """Close code of `drop_every_events` drops (1006: abort TCP, see `drop_connections`)."""
 
 
 @dataclass(slots=True)
@@ -143,6 +148,7 @@ class SimConnection:
     idle_since: float = field(default_factory=time.monotonic)
     request_times: list[float] = field(default_factory=list)
     closed: bool = False
+    events_sent: int = 0
 
 
 MALFORMED_KINDS = ("invalid_json", "truncated", "oversized", "wrong_types", "unknown_type")
@@ -187,6 +193,10 @@ class PredexonSimulator:
         self.revoked: set[str] = set()
         self.handshakes: Counter[int] = Counter()
         """HTTP status of every handshake answered (101 = accepted)."""
+        self.handshake_log: list[tuple[float, int]] = []
+        """(monotonic time the handshake request arrived, HTTP status answered), in order."""
+        self.drop_log: list[tuple[float, int]] = []
+        """(monotonic time, close code) of every connection the fault knobs dropped."""
         self.port = 0
 
     # -- lifecycle ------------------------------------------------------------------
@@ -261,14 +271,18 @@ class PredexonSimulator:
             if key is not None and conn.key != key:
                 continue
             n += 1
-            conn.closed = True
-            if code == 1006:
-                conn.ws.transport.abort()
-            else:
-                task = asyncio.create_task(conn.ws.close(code, _CLOSE_REASONS.get(code, "")))
-                self._closing.add(task)
-                task.add_done_callback(self._closing.discard)
+            self._drop(conn, code)
         return n
+
+    def _drop(self, conn: SimConnection, code: int) -> None:
+        conn.closed = True
+        self.drop_log.append((time.monotonic(), code))
+        if code == 1006:
+            conn.ws.transport.abort()
+        else:
+            task = asyncio.create_task(conn.ws.close(code, _CLOSE_REASONS.get(code, "")))
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
 
     def stall(self, seconds: float, key: str | None = None) -> None:
         """Stop sending for `seconds`; events meanwhile are dropped (as for a slow client)."""
@@ -309,7 +323,7 @@ class PredexonSimulator:
         if key is None:
             if self.config.allow_keyless and parts.path.rstrip("/") == "/v1":
                 self._pending_keys[id(ws)] = (None, "pro")
-                self.handshakes[101] += 1
+                self._answered(101)
                 return None
             return self._refuse(ws, HTTPStatus.UNAUTHORIZED, "missing API key")
         plan = self.config.keys.get(key)
@@ -321,11 +335,15 @@ class PredexonSimulator:
         if open_for_key >= PLANS[plan].connections:
             return self._refuse(ws, HTTPStatus.TOO_MANY_REQUESTS, "connection limit for plan")
         self._pending_keys[id(ws)] = (key, plan)
-        self.handshakes[101] += 1
+        self._answered(101)
         return None
 
+    def _answered(self, status: int) -> None:
+        self.handshakes[status] += 1
+        self.handshake_log.append((time.monotonic(), status))
+
     def _refuse(self, ws: ServerConnection, status: HTTPStatus, message: str) -> Response:
-        self.handshakes[status.value] += 1
+        self._answered(status.value)
         body = json.dumps({"error": message}).encode()
         headers = Headers([("Content-Type", "application/json")])
         return Response(status.value, status.phrase, headers, body)
@@ -364,6 +382,11 @@ class PredexonSimulator:
             now = time.time()
             for sub, data in targets:
                 sub.sent.append(SentEvent(data, now, "sent"))
+            conn.events_sent += len(targets)
+            every = self.config.drop_every_events
+            if every and conn.events_sent >= every and not conn.closed:
+                self._drop(conn, self.config.drop_code)
+                return
 
     async def _idle_watch(self, conn: SimConnection) -> None:
         period = min(1.0, self.config.idle_timeout_s / 4)

@@ -18,15 +18,32 @@ the exchange's documentation:
   the exchange's Report API. Instrument states carry no event time, so for them a refused
   token goes straight to a live subscription (whose snapshot restores the current state of
   every instrument) and a gap record for the transitions in between.
+
+Two more rules from the exchange's documentation:
+
+- Silence: a stream that delivers nothing for `silence_timeout_s` (180 s; not even a
+  heartbeat, the empty response the exchange sends on idle streams) is dead although the
+  connection may be healthy (keepalive pings still answered): the call is cancelled and
+  resumed after the last yielded response, counted with reason `silence`. Only the wait
+  for the exchange counts: time the pipeline spends taking a batch (backpressure) does not.
+- Maintenance windows (`MaintenanceSchedule`): inside one, a refused call (a status in
+  `maintenance_codes`, a stream ended or silent) is expected. The first refusal in a
+  window is logged once; `maintenance` is True (the gauge, and /readyz says "maintenance"
+  instead of failing) until a response arrives or the window is over; attempts are made
+  every `maintenance_retry_s` and once more right at the window's end, then the stream
+  resumes from its token. Counted with reason `maintenance`. Outside a window every
+  status keeps its meaning above.
 """
 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 import logging
+import time
 from collections import Counter
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -40,6 +57,7 @@ from bridge.records import Batch, Gap, Position
 from bridge.sources.auth import TokenProvider
 from bridge.sources.backoff import Backoff
 from bridge.sources.dropcopy_kinds import StreamKind
+from bridge.sources.maintenance import MaintenanceSchedule, Window
 from bridge.timeutil import now_us
 from polymarket.v1 import dropcopy_pb2_grpc
 
@@ -67,6 +85,17 @@ CHANNEL_OPTIONS: Sequence[tuple[str, int]] = (
 KEEPALIVE_TIME_S = 60.0
 KEEPALIVE_TIMEOUT_S = 20.0
 """The exchange's recommended keepalive (fact sheet): ping every 60 s, wait 20 s for the ack."""
+_EOF: object = grpc.aio.EOF  # type: ignore[attr-defined]  # missing from grpc-stubs
+SILENCE_TIMEOUT_S = 180.0
+"""The exchange's documentation: 180 s without any message (not even a heartbeat) = dead."""
+MAINTENANCE_CODES = frozenset(grpc.StatusCode) - {
+    grpc.StatusCode.OK,
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.UNAUTHENTICATED,
+    grpc.StatusCode.PERMISSION_DENIED,
+}
+"""Statuses taken for a maintenance refusal inside a window (the exchange does not document
+which one it returns): all but those that point at our credentials or request."""
 SCOPES = {
     "executions": "read:dropcopy",
     "trade_captures": "read:dropcopy",
@@ -121,11 +150,27 @@ class DropCopySource:
         first_start_time_us: int | None = None,
         resume_margin_us: int = 5_000_000,
         backoff: Backoff | None = None,
+        silence_timeout_s: float = SILENCE_TIMEOUT_S,
+        maintenance: MaintenanceSchedule | None = None,
+        maintenance_retry_s: float = 30.0,
+        maintenance_codes: Collection[grpc.StatusCode] = MAINTENANCE_CODES,
+        clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
     ) -> None:
         self.stream_id = stream_id
         self.kind = kind
         self.reconnects: Counter[str] = Counter()
         self.connected = False
+        self.maintenance = False
+        """True while the exchange refuses this stream inside a maintenance window."""
+        self.maintenance_ended_at: float | None = None
+        """Monotonic time the stream last left the maintenance state (for /readyz)."""
+        self._maintenance_window: Window | None = None
+        self._maintenance_attempts = 0
+        self._schedule = maintenance
+        self._maintenance_retry_s = maintenance_retry_s
+        self._maintenance_codes = frozenset(maintenance_codes)
+        self._clock = clock
+        self._silence_timeout_s = silence_timeout_s
         self._call = getattr(dropcopy_pb2_grpc.DropCopyAPIStub(channel), kind.rpc)
         self._tokens = tokens
         self._mapper = mapper
@@ -150,8 +195,12 @@ class DropCopySource:
             try:
                 metadata = await self._metadata()
                 call = self._call(request, metadata=metadata)
-                async for response in call:
+                while True:
+                    response = await self._next_response(call)
+                    if response is None:
+                        break
                     self.connected = True
+                    self._leave_maintenance("the exchange accepts the stream again")
                     fresh_token_refusals = 0
                     self._backoff.success()
                     received = now_us()
@@ -185,6 +234,10 @@ class DropCopySource:
             except grpc.aio.AioRpcError as err:
                 self.connected = False
                 code = err.code()
+                if code in self._maintenance_codes and await self._maintenance_pause(
+                    f"{code.name}: {err.details()}"
+                ):
+                    continue
                 if code in TOKEN_REFUSED_CODES and request.resume_token:
                     covered = position.event_time_us or position.live_time_us
                     if self.kind.name == "instrument_states" or covered is None:
@@ -252,7 +305,84 @@ class DropCopySource:
                 self.connected = False
                 if not exc.retriable:
                     raise
+                if await self._maintenance_pause(str(exc)):
+                    continue
                 await self._retry_later(exc.reason, str(exc))
+
+    @property
+    def unknown_fields(self) -> int:
+        """Records mapped so far that carry unknown protobuf fields (fields the exchange added
+        after the compiled contract); /metrics shows it as polybridge_unknown_fields_total."""
+        return self._mapper.unknown_field_records
+
+    @property
+    def maintenance_until(self) -> str | None:
+        """End of the maintenance window the stream waits out (ISO, UTC), else None."""
+        window = self._maintenance_window
+        return window.end.isoformat(timespec="seconds") if self.maintenance and window else None
+
+    async def _next_response(self, call: Any) -> Any:
+        """The call's next response, None at its end; UpstreamError(reason="silence") when
+        the exchange sends nothing for `silence_timeout_s`. Only this wait is timed."""
+        try:
+            async with asyncio.timeout(self._silence_timeout_s):
+                response = await call.read()
+        except TimeoutError:
+            call.cancel()
+            raise UpstreamError(
+                f"no message (not even a heartbeat) for {self._silence_timeout_s:g}s: "
+                "the stream is dead",
+                reason="silence",
+            ) from None
+        return None if response is _EOF else response
+
+    async def _maintenance_pause(self, detail: str) -> bool:
+        """Inside a maintenance window: wait calmly (see module docstring) and return True;
+        outside one: leave the maintenance state and return False."""
+        if self._schedule is None:
+            return False
+        now = self._clock()
+        window = self._schedule.window_at(now)
+        if window is None:
+            self._leave_maintenance(f"the window is over, yet the exchange still fails ({detail})")
+            return False
+        self._maintenance_attempts += 1
+        self.reconnects["maintenance"] += 1
+        entered = self._maintenance_window is None
+        self._maintenance_window = window
+        if entered:
+            # One line per window, not one per attempt.
+            log.warning(
+                "stream=%s the exchange refuses connections during its %s maintenance window "
+                "%s .. %s (%s); expected, retrying every %gs until it ends",
+                self.stream_id,
+                window.kind,
+                window.start.isoformat(timespec="seconds"),
+                window.end.isoformat(timespec="seconds"),
+                detail,
+                self._maintenance_retry_s,
+            )
+        else:
+            log.debug("stream=%s still in maintenance (%s)", self.stream_id, detail)
+        self.maintenance = True
+        remaining = (window.end - now).total_seconds()
+        # Attempt again after the interval, or right at the window's end if that is sooner.
+        await asyncio.sleep(max(0.0, min(self._maintenance_retry_s, remaining)))
+        return True
+
+    def _leave_maintenance(self, how: str) -> None:
+        if self._maintenance_window is None:
+            return
+        log.info(
+            "stream=%s maintenance over: %s (%d refused attempt(s) in the window)",
+            self.stream_id,
+            how,
+            self._maintenance_attempts,
+        )
+        self.maintenance = False
+        self.maintenance_ended_at = time.monotonic()
+        self._maintenance_window = None
+        self._maintenance_attempts = 0
 
     async def _retry_later(self, reason: str, detail: str) -> None:
         self.reconnects[reason] += 1

@@ -19,7 +19,8 @@ Predexon cannot replay, so the source's job besides mapping is to account for ti
 
 Errors: `AuthError` / `UpstreamError(retriable=False)` from the connection manager are
 raised from `stream()` with a message naming the subscription and never the API key;
-everything retriable is retried by the manager with `Backoff` and shows up only as gaps.
+everything retriable is retried by the manager (`ReconnectPolicy`: fast after a healthy
+connection drops, backoff while attempts fail) and shows up only as gaps.
 """
 
 from __future__ import annotations

@@ -4,10 +4,13 @@
 room under the plan's limits (subscriptions per connection, no wildcard/regular mix on a
 channel) and opens connections as needed. Each connection:
 
-- connects (retrying with `Backoff` on 429/503/network errors/1001/1006/4002...), waits
-  for `connected`, then subscribes every subscription placed on it, one request at a time:
-  the protocol has no request id, so replies are matched by arrival order, and keeping a
-  single request in flight makes that matching unambiguous;
+- connects, waits for `connected`, then subscribes every subscription placed on it, one
+  request at a time: the protocol has no request id, so replies are matched by arrival
+  order, and keeping a single request in flight makes that matching unambiguous;
+- when the connection ends (429/503/network errors/1001/1006/4002...), tries again after
+  the delay its `ReconnectPolicy` gives: within 100 ms after losing a healthy (acked)
+  connection, since Predexon cannot replay what a delay misses; exponential backoff only
+  while attempts fail (see `predexon_reconnect`);
 - reads every frame at once into the owning subscription's bounded buffer (`Handle`),
   never waiting for the pipeline: Predexon silently drops events for slow readers, so
   the socket is always drained. A full buffer marks that subscription overflowed: it is
@@ -50,6 +53,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketExce
 from bridge.errors import AuthError, BridgeError, ConfigError, UpstreamError
 from bridge.mapping.predexon import CHANNELS, CONTROL_TYPES, WILDCARD, dumps, loads, matches
 from bridge.sources.backoff import Backoff
+from bridge.sources.predexon_reconnect import ReconnectPolicy, failing_backoff
 
 log = logging.getLogger(__name__)
 
@@ -278,7 +282,8 @@ class PredexonConnectionManager:
         plan: str = "dev",
         *,
         buffer_frames: int = BUFFER_FRAMES,
-        backoff: Callable[[], Backoff] = Backoff,
+        backoff: Callable[[], Backoff] = failing_backoff,
+        reconnect: Callable[[], ReconnectPolicy] | None = None,
         ping_interval_s: float = 1.0,
         ping_timeout_s: float = 10.0,
         request_timeout_s: float = 10.0,
@@ -290,6 +295,9 @@ class PredexonConnectionManager:
         self.limits = PLAN_LIMITS[plan]
         self.buffer_frames = buffer_frames
         self.backoff = backoff
+        """Delays while attempts fail (reconnects, and requests refused with RETRY_CODES)."""
+        self.reconnect = reconnect or (lambda: ReconnectPolicy(self.backoff()))
+        """Each connection's reconnect policy (fast after a healthy drop, else `backoff`)."""
         # Our own ping every second bounds how stale the live time can be (gaps start at
         # the last pong); 10 s without a pong is far above loopback/WAN round trips yet
         # well under Predexon's 60 s rule.
@@ -374,6 +382,8 @@ class _Connection:
         """Set by the reader after `PING_EARLY_BYTES`: the heartbeat pings at once."""
         self.task: asyncio.Task[None] | None = None
         self.ws: ClientConnection | None = None
+        self.policy = manager.reconnect()
+        """When to try again after the connection ends (told of every subscribe ack)."""
 
     # -- placement ------------------------------------------------------------------
     def has_room_for(self, spec: SubscriptionSpec) -> bool:
@@ -421,7 +431,6 @@ class _Connection:
     # -- connection loop ------------------------------------------------------------
     async def _run(self) -> None:
         manager = self.manager
-        backoff = manager.backoff()
         while self.handles:
             manager.connection_attempts += 1
             reason = "cancelled"
@@ -436,7 +445,7 @@ class _Connection:
                     logger=_RedactingLogger(logging.getLogger(__name__ + ".ws"), manager.secret),
                 ) as ws:
                     self.ws = ws
-                    await self._session(ws, backoff)
+                    await self._session(ws)
                 reason = "closed"
             except _Fatal as fatal:
                 self._fail_all(fatal.error)
@@ -473,12 +482,13 @@ class _Connection:
             finally:
                 self.ws = None
                 self._lose_all(reason)
-            delay = backoff.next_delay()
+            delay = self.policy.next_delay(reason)
             log.warning(
-                "predexon connection %s lost reason=%s retry_in=%.2fs subscriptions=%s",
+                "predexon connection %s lost reason=%s retry_in=%.3fs (%s) subscriptions=%s",
                 self.number,
                 reason,
                 delay,
+                self.policy.last,
                 len(self.handles),
             )
             await asyncio.sleep(delay)
@@ -504,7 +514,7 @@ class _Connection:
         # Requests of the old session are void: subscriptions are renewed on connect.
         self.requests = asyncio.Queue()
 
-    async def _session(self, ws: ClientConnection, backoff: Backoff) -> None:
+    async def _session(self, ws: ClientConnection) -> None:
         first = await asyncio.wait_for(ws.recv(), self.manager.open_timeout_s)
         self.last_alive_us = now_us()
         message = _parse(first)
@@ -514,7 +524,7 @@ class _Connection:
             self.request(("subscribe", handle))
         tasks = [
             asyncio.create_task(self._reader(ws)),
-            asyncio.create_task(self._control(ws, backoff)),
+            asyncio.create_task(self._control(ws)),
             asyncio.create_task(self._heartbeat(ws)),
         ]
         try:
@@ -542,6 +552,9 @@ class _Connection:
             try:
                 await asyncio.wait_for(waiter, self.manager.ping_timeout_s)
             except TimeoutError:
+                # A dead link would hold a polite close for `close_timeout` (2 s) more
+                # before the reconnect: abort the TCP connection instead.
+                ws.transport.abort()
                 raise _Retry("pong_timeout") from None
             if self.bytes_received - self.ping_bytes >= SERVER_DROP_BYTES:
                 self._lagged(window_from, sent)
@@ -581,6 +594,9 @@ class _Connection:
                     self._overflow(handle, received)
                 else:
                     handle.push(Frame(raw, message, received, self.last_alive_us))
+        # A clean close (1000, 1001) ends the iteration without raising: raise it here, so
+        # the session ends now rather than when the next ping fails (up to a second later).
+        raise ws.close_exc
 
     def _on_reply(self, message: dict[str, Any], received: int) -> None:
         if self.reply is not None and not self.reply.done():
@@ -644,7 +660,7 @@ class _Connection:
             self.request(("unsubscribe", handle, handle.subscription_id))
             handle.subscription_id = None
 
-    async def _control(self, ws: ClientConnection, backoff: Backoff) -> None:
+    async def _control(self, ws: ClientConnection) -> None:
         retry_backoff = self.manager.backoff()
         while True:
             req = await self.requests.get()
@@ -688,9 +704,7 @@ class _Connection:
             reply, _ = await self._ask(ws, body, handle if action == "subscribe" else None)
             if reply.get("type") == "ack":
                 retry_backoff.reset()
-                if action == "subscribe":
-                    backoff.success()  # registered by `_on_reply` already
-                elif action == "update":
+                if action == "update":  # a subscribe was registered by `_on_reply` already
                     handle.spec = SubscriptionSpec(spec.stream_id, spec.channel, body["filters"])
                 continue
             code = str(reply.get("code"))
@@ -724,6 +738,7 @@ class _Connection:
                 self.handles.remove(handle)
 
     def _register(self, handle: Handle, sub_id: str, received: int) -> None:
+        self.policy.subscribed()  # the connection is healthy: a drop now reconnects fast
         handle.subscription_id = sub_id
         self.by_sub_id[sub_id] = handle
         handle.push(Acked(sub_id, received))

@@ -22,6 +22,37 @@ class InstrumentState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     INSTRUMENT_STATE_HALTED: _ClassVar[InstrumentState]
     INSTRUMENT_STATE_MATCH_AND_CLOSE_AUCTION: _ClassVar[InstrumentState]
     INSTRUMENT_STATE_PENDING: _ClassVar[InstrumentState]
+
+class InstrumentType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    INSTRUMENT_TYPE_UNSET: _ClassVar[InstrumentType]
+    INSTRUMENT_TYPE_DEFAULT: _ClassVar[InstrumentType]
+    INSTRUMENT_TYPE_FUTURE: _ClassVar[InstrumentType]
+    INSTRUMENT_TYPE_OPTION: _ClassVar[InstrumentType]
+    INSTRUMENT_TYPE_MULTILEG: _ClassVar[InstrumentType]
+    INSTRUMENT_TYPE_IRS: _ClassVar[InstrumentType]
+    INSTRUMENT_TYPE_FRA: _ClassVar[InstrumentType]
+    INSTRUMENT_TYPE_FSIRS: _ClassVar[InstrumentType]
+    INSTRUMENT_TYPE_BASIS: _ClassVar[InstrumentType]
+    INSTRUMENT_TYPE_EVENT: _ClassVar[InstrumentType]
+    INSTRUMENT_TYPE_OIS: _ClassVar[InstrumentType]
+    INSTRUMENT_TYPE_SPS: _ClassVar[InstrumentType]
+    INSTRUMENT_TYPE_NDF: _ClassVar[InstrumentType]
+    INSTRUMENT_TYPE_FOREX: _ClassVar[InstrumentType]
+    INSTRUMENT_TYPE_ZCIS: _ClassVar[InstrumentType]
+    INSTRUMENT_TYPE_XCCY: _ClassVar[InstrumentType]
+
+class SportsDataProvider(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    SPORTS_DATA_PROVIDER_UNSPECIFIED: _ClassVar[SportsDataProvider]
+    SPORTS_DATA_PROVIDER_SPORTSDATAIO: _ClassVar[SportsDataProvider]
+    SPORTS_DATA_PROVIDER_SPORTRADAR: _ClassVar[SportsDataProvider]
+
+class TradableFilter(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    TRADABLE_FILTER_UNSET: _ClassVar[TradableFilter]
+    TRADABLE_FILTER_NON_TRADABLE: _ClassVar[TradableFilter]
+    TRADABLE_FILTER_TRADABLE: _ClassVar[TradableFilter]
 INSTRUMENT_STATE_CLOSED: InstrumentState
 INSTRUMENT_STATE_OPEN: InstrumentState
 INSTRUMENT_STATE_PREOPEN: InstrumentState
@@ -31,6 +62,28 @@ INSTRUMENT_STATE_TERMINATED: InstrumentState
 INSTRUMENT_STATE_HALTED: InstrumentState
 INSTRUMENT_STATE_MATCH_AND_CLOSE_AUCTION: InstrumentState
 INSTRUMENT_STATE_PENDING: InstrumentState
+INSTRUMENT_TYPE_UNSET: InstrumentType
+INSTRUMENT_TYPE_DEFAULT: InstrumentType
+INSTRUMENT_TYPE_FUTURE: InstrumentType
+INSTRUMENT_TYPE_OPTION: InstrumentType
+INSTRUMENT_TYPE_MULTILEG: InstrumentType
+INSTRUMENT_TYPE_IRS: InstrumentType
+INSTRUMENT_TYPE_FRA: InstrumentType
+INSTRUMENT_TYPE_FSIRS: InstrumentType
+INSTRUMENT_TYPE_BASIS: InstrumentType
+INSTRUMENT_TYPE_EVENT: InstrumentType
+INSTRUMENT_TYPE_OIS: InstrumentType
+INSTRUMENT_TYPE_SPS: InstrumentType
+INSTRUMENT_TYPE_NDF: InstrumentType
+INSTRUMENT_TYPE_FOREX: InstrumentType
+INSTRUMENT_TYPE_ZCIS: InstrumentType
+INSTRUMENT_TYPE_XCCY: InstrumentType
+SPORTS_DATA_PROVIDER_UNSPECIFIED: SportsDataProvider
+SPORTS_DATA_PROVIDER_SPORTSDATAIO: SportsDataProvider
+SPORTS_DATA_PROVIDER_SPORTRADAR: SportsDataProvider
+TRADABLE_FILTER_UNSET: TradableFilter
+TRADABLE_FILTER_NON_TRADABLE: TradableFilter
+TRADABLE_FILTER_TRADABLE: TradableFilter
 
 class TradingHours(_message.Message):
     __slots__ = ("days_of_week", "time_of_day", "duration", "state", "hide_market_data", "expire_all_orders")

@@ -78,10 +78,17 @@ def test_all_ok_against_simulators_and_kafka(kafka_bootstrap: str, tmp_path: Pat
         "kafka",
         "dropcopy channel",
         "dropcopy token",
+        "dropcopy contract",
         "predexon plan",
         "predexon handshake",
     }, result.stdout
     assert all(line.startswith("OK") for line in lines.values()), result.stdout
+    # The simulator serves reflection of the compiled contract: no drift, no drift lines.
+    assert lines["dropcopy contract"] == (
+        "OK   dropcopy contract: the exchange's descriptors (server reflection) match the "
+        "compiled contract"
+    ), result.stdout
+    assert not [line for line in result.stdout.splitlines() if line.startswith("     - ")]
 
 
 def test_unreachable_broker_fails_within_bounded_time(tmp_path: Path, sims) -> None:

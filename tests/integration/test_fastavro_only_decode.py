@@ -3,7 +3,7 @@ bridge wrote in single-object format (no polybridge code in the decode path).
 
 The bridge runs as a process (`tests/bridge_harness.py`) against the DropCopy simulator;
 the schemas are the exported self-contained `.avsc` files (`polybridge schemas export`,
-the same as `bridge/avro/history/<name>/v1.avsc`), read as plain JSON files.
+the same as the newest `bridge/avro/history/<name>/v<N>.avsc`), read as plain JSON files.
 """
 
 from __future__ import annotations
@@ -67,7 +67,8 @@ def test_bridge_output_decodes_with_fastavro_and_the_avsc_files_alone(
         finally:
             assert bridge.terminate() == 0, bridge.log()
     for kind in ALL_KINDS:
-        text = (HISTORY / SCHEMAS[kind] / "v1.avsc").read_text()
+        newest = max((HISTORY / SCHEMAS[kind]).glob("v*.avsc"), key=lambda p: int(p.stem[1:]))
+        text = newest.read_text()
         schema = fastavro.parse_schema(json.loads(text))
         expected = bytes.fromhex(fingerprint(to_parsing_canonical_form(schema), "CRC-64-AVRO"))
         values = read_values(kafka_bootstrap, setup.topic(kind))

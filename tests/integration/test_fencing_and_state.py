@@ -26,7 +26,11 @@ def test_a_second_bridge_fences_the_first_and_nothing_is_doubled(
         setup = write_setup(tmp_path, kafka_bootstrap, sim, unique_name("fence") + ".", kinds=KINDS)
         first = BridgeProcess(setup, tmp_path / "first.log")
         wait_until(lambda: setup.count("executions") > 500, 60, "the first bridge to write")
-        second = BridgeProcess(setup, tmp_path / "second.log")
+        # Outside the stream group (as a misconfigured second deployment would be), the
+        # second bridge runs the stream at once: fencing is the safety net.
+        second = BridgeProcess(
+            setup, tmp_path / "second.log", env={"POLYBRIDGE_CLUSTER__ENABLED": "false"}
+        )
         try:
             code = first.wait(60)
             assert code != 0

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from bridge.eos.pipeline import PipelineStats
 from bridge.health import HealthServer, not_ready
 from bridge.metrics import StreamView
-from bridge.pipeline import PipelineStats
 from bridge.sim.dropcopy import Faults, SimConfig, SimulatorThread
 from tests.bridge_harness import BridgeProcess, wait_until, write_setup
 from tests.integration.test_metrics import free_port, get, metrics_config, scrape, value
@@ -62,11 +62,12 @@ def test_readiness_rules() -> None:
     views = [StreamView("s", stats, None)]
     assert not_ready(views, 10, now=100.0) == {"s": "pipeline not running"}
     stats.running = True
-    stats.commits = 1  # the claim only
-    stats.last_commit_at = 99.0
     assert not_ready(views, 10, now=100.0) == {"s": "no upstream progress committed yet"}
-    stats.commits = 2
+    stats.commits = 1
+    stats.first_commit_at = stats.last_commit_at = 99.0
     assert not_ready(views, 10, now=100.0) == {}
+    standby = StreamView("t", PipelineStats(), None, owned=False)  # another instance runs it
+    assert not_ready([*views, standby], 10, now=100.0) == {}
     assert "last commit 11.0s ago" in not_ready(views, 10, now=110.0)["s"]
     server = HealthServer(lambda: views, 10)
     assert server.respond("/healthz").status == 200

@@ -7,9 +7,10 @@ import time
 from collections.abc import Callable
 
 import pytest
+from confluent_kafka import KafkaException as LibKafkaException
 
 from bridge.errors import FencedError, KafkaError
-from bridge.kafka.producer import TransactionalProducer
+from bridge.kafka.producer import TransactionalProducer, TxnState
 from tests.kafka_fixture import Row, read_all
 
 HEADERS = [("polybridge.stream", b"s1")]
@@ -147,7 +148,7 @@ def test_a_second_producer_with_the_same_id_fences_the_first(
         else:
             raise AssertionError("a fenced producer committed")
         took = time.monotonic() - started
-        assert zombie.broken
+        assert zombie.state is TxnState.FENCED
 
         successor.begin()
         successor.produce(topic, b"k", b"successor", HEADERS)
@@ -189,3 +190,33 @@ def test_a_fenced_idle_producer_commit_ends_within_its_timeout(
     assert took < 5
     assert isinstance(error, FencedError), repr(error)
     assert read_all(kafka_bootstrap, topic) == []
+
+
+def test_a_fence_learnt_in_the_background_is_still_reported_as_fencing(
+    kafka_bootstrap: str, make_topic: Callable[..., str], unique_name: Callable[[str], str]
+) -> None:
+    """Once librdkafka has raised the fence (`_FENCED`) from one call, it answers every
+    later call with a bare `_FATAL`; the producer still reports that as fencing."""
+    topic, txn_id = make_topic(), unique_name("txn")
+
+    async def run() -> BaseException:
+        zombie = _producer(kafka_bootstrap, txn_id)
+        await zombie.init()
+        zombie.begin()
+        zombie.produce(topic, b"k", b"zombie-1", HEADERS)
+        await asyncio.to_thread(zombie._producer.flush, 5)
+        successor = _producer(kafka_bootstrap, txn_id)
+        await successor.init(timeout=30)
+        zombie._producer.produce(topic, b"zombie-2", b"k")
+        with pytest.raises(LibKafkaException):  # the fence, raised where nobody reads it
+            await asyncio.to_thread(zombie._producer.flush, 10)
+        zombie._txn_error = None  # as if its delivery report had been served elsewhere
+        with pytest.raises(KafkaError) as info:
+            zombie.produce(topic, b"k", b"zombie-3", HEADERS)
+        successor.close()
+        zombie.close()
+        return info.value
+
+    error = asyncio.run(run())
+    assert isinstance(error, FencedError), repr(error)
+    assert [r[1] for r in read_all(kafka_bootstrap, topic)] == []

@@ -6,7 +6,8 @@ import asyncio
 from collections.abc import Callable
 
 from bridge.kafka.producer import TransactionalProducer
-from bridge.kafka.readback import STREAM_HEADER, read_topic, recent_records
+from bridge.kafka.readback import read_topic, recent_records
+from bridge.records import STREAM_HEADER
 
 
 def _fill(

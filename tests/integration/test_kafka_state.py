@@ -8,11 +8,12 @@ from collections.abc import Callable
 
 import pytest
 
+from bridge.eos.positions import PositionStore
 from bridge.errors import ConfigError, KafkaError
 from bridge.kafka import admin, readback
 from bridge.kafka.admin import TopicSpec, check_state_topic, ensure_topics, topic_config
 from bridge.kafka.producer import TransactionalProducer
-from bridge.kafka.state import STATE_SCHEMA, StateStore, encode_state, write_state
+from bridge.kafka.state import STATE_SCHEMA, encode_state, write_state
 from bridge.records import Position
 from bridge.serde.avro import Serializer, SingleObjectFormat
 
@@ -44,8 +45,8 @@ def test_load_returns_the_newest_committed_position_per_stream(
         producer.close()
 
     asyncio.run(run())
-    store = StateStore(config, topic)
-    loaded = store.load()
+    store = PositionStore(config, topic)
+    loaded = store.refresh()
     assert set(loaded) == {"a", "c"}
     assert loaded["a"].position.resume_token == b"a2"
     assert loaded["c"].position.resume_token == b"c0"
@@ -59,7 +60,7 @@ def test_load_of_an_empty_state_topic_is_empty(
 ) -> None:
     topic = make_topic(config={"cleanup.policy": "compact"})
     started = time.monotonic()
-    assert StateStore({"bootstrap.servers": kafka_bootstrap}, topic).load() == {}
+    assert PositionStore({"bootstrap.servers": kafka_bootstrap}, topic).refresh() == {}
     assert time.monotonic() - started < 5
 
 
@@ -69,11 +70,49 @@ def test_write_state_replaces_and_resets_a_position(
     topic = make_topic(config={"cleanup.policy": "compact"})
     config = {"bootstrap.servers": kafka_bootstrap}
     txn = unique_name("app") + ".s"
+    store = PositionStore(config, topic)
     asyncio.run(write_state(config, topic, txn, "s", _value("s", b"t1", owner="reset")))
-    entry = StateStore(config, topic).latest("s")
+    entry = store.latest("s")
     assert entry is not None and entry.owner == "reset" and entry.position.resume_token == b"t1"
     asyncio.run(write_state(config, topic, txn, "s", None))
-    assert StateStore(config, topic).latest("s") is None
+    assert store.latest("s") is None  # the same store follows the topic: no re-read
+
+
+def test_the_position_store_follows_the_topic_and_hides_open_transactions(
+    kafka_bootstrap: str, make_topic: Callable[..., str], unique_name: Callable[[str], str]
+) -> None:
+    """Each refresh reads only what was appended since the last; a transaction still open
+    (or aborted) is not a position."""
+    topic = make_topic(config={"cleanup.policy": "compact"})
+    config = {"bootstrap.servers": kafka_bootstrap}
+    store = PositionStore(config, topic)
+
+    async def run() -> None:
+        producer = TransactionalProducer(config, unique_name("txn"), "s")
+        await producer.init()
+        for token in (b"t1", b"t2"):
+            producer.begin()
+            producer.produce(topic, b"s", _value("s", token))
+            await producer.commit()
+            latest = await asyncio.to_thread(store.latest, "s")
+            assert latest is not None and latest.position.resume_token == token
+        producer.begin()
+        producer.produce(topic, b"s", _value("s", b"aborted"))
+        await producer.abort()
+        producer.begin()
+        producer.produce(topic, b"s", _value("s", b"open"))
+        await asyncio.to_thread(producer._producer.flush, 5)
+        latest = await asyncio.to_thread(store.latest, "s")
+        assert latest is not None and latest.position.resume_token == b"t2"
+        await producer.commit()
+        latest = await asyncio.to_thread(store.latest, "s")
+        assert latest is not None and latest.position.resume_token == b"open"
+        producer.close()
+
+    try:
+        asyncio.run(run())
+    finally:
+        store.close()
 
 
 def test_ensure_topics_creates_missing_topics_once(
@@ -113,10 +152,27 @@ def test_unreachable_broker_gives_clear_bounded_errors(monkeypatch: pytest.Monke
     expected = r"cannot reach Kafka at 127\.0\.0\.1:1 within 2 s"
     started = time.monotonic()
     with pytest.raises(KafkaError, match=expected) as info:
-        StateStore(config, "polybridge.state").load()
+        PositionStore(config, "polybridge.state").refresh()
     assert info.value.retriable
     with pytest.raises(KafkaError, match=expected):
         ensure_topics(config, [TopicSpec("x")])
     with pytest.raises(KafkaError, match=expected):
         check_state_topic(config, "polybridge.state")
     assert time.monotonic() - started < 10
+
+
+def test_a_store_asked_before_its_topic_exists_reads_it_once_created(
+    kafka_bootstrap: str, make_topic: Callable[..., str], unique_name: Callable[[str], str]
+) -> None:
+    name = unique_name("later")
+    config = {"bootstrap.servers": kafka_bootstrap}
+    store = PositionStore(config, name)
+    try:
+        with pytest.raises(KafkaError, match=name):
+            store.refresh()
+        make_topic(name, config={"cleanup.policy": "compact"})
+        asyncio.run(write_state(config, name, unique_name("txn"), "s", _value("s", b"t1")))
+        entry = store.latest("s")
+        assert entry is not None and entry.position.resume_token == b"t1"
+    finally:
+        store.close()

@@ -1,9 +1,11 @@
 """PredexonSource against the simulator: acks before live, one gap per lost window,
-restart gaps, non-retriable auth/plan errors without reconnect storms, overflow -> gap."""
+restart gaps, non-retriable auth/plan errors without reconnect storms, overflow -> gap,
+fast reconnects after a healthy connection drops and backoff while handshakes fail."""
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
@@ -18,6 +20,7 @@ from bridge.sim.predexon import PredexonSimulator, SimConfig
 from bridge.sources.backoff import Backoff
 from bridge.sources.predexon import PredexonSource
 from bridge.sources.predexon_conn import PredexonConnectionManager
+from bridge.sources.predexon_reconnect import FAIL_JITTER, ReconnectPolicy
 from tests.bridge_harness import until
 
 T = TypeVar("T")
@@ -100,11 +103,14 @@ def test_every_missed_event_falls_in_a_gap_and_positions_advance() -> None:
     async def body() -> None:
         sim = await started(SimConfig(rate=200))
         # Frequent pings: the live time (and so the checked window) follows the last pong.
-        # Each reconnect waits exactly 0.2 s, so every drop loses ~40 events for certain.
+        # Each reconnect waits 0.2 s (not the fast path's few ms), so every drop loses ~40
+        # events for certain.
         mgr = PredexonConnectionManager(
             sim.url_for(PRO),
             "pro",
-            backoff=lambda: Backoff(0.2, 0.2, 60.0, rng=lambda: 0.999),
+            reconnect=lambda: ReconnectPolicy(
+                Backoff(0.2, 0.2, 60.0, rng=lambda: 0.999), fast_jitter_s=0.2, rng=lambda: 0.999
+            ),
             ping_interval_s=0.1,
         )
         source = make_source(mgr, "crypto-all", "crypto", {"feeds": ["*"]})
@@ -323,6 +329,98 @@ def test_a_subscription_added_while_the_connection_opens_is_subscribed_once() ->
             await take_until(it, lambda b: sum(len(x.records) for x in b) >= 5)
         feeds = sorted(s.filters["feeds"][0] for s in sim.subscriptions())
         assert feeds == ["BTC/USD", "ETH/USD"]
+        await mgr.close()
+        await sim.stop()
+
+    arun(body)
+
+
+FAST_RECONNECT_S = 0.25
+"""The promise: after a healthy connection drops, the next handshake arrives within this."""
+
+
+def handshake_after(sim: PredexonSimulator, at: float) -> float | None:
+    """Seconds from `at` (monotonic) to the first handshake the simulator got after it."""
+    return next((t - at for t, _ in sim.handshake_log if t > at), None)
+
+
+async def drop_and_time_reconnect(
+    sim: PredexonSimulator, it: AsyncIterator[Batch], code: int
+) -> float:
+    """Drop the (healthy, delivering) connection with `code`; return the time from the
+    server-side close to the next handshake, once the new subscription is acked."""
+    await take_until(it, lambda b: sum(len(x.records) for x in b) >= 5)
+    assert sim.drop_connections(code) == 1
+    dropped_at, _ = sim.drop_log[-1]
+    await take_until(it, lambda b: bool(b and b[-1].gaps))  # acked again: the gap batch
+    delay = handshake_after(sim, dropped_at)
+    assert delay is not None
+    return delay
+
+
+def test_a_healthy_connection_dropped_reconnects_within_250ms_but_4002_backs_off() -> None:
+    """The production policy (no injected delays): Predexon cannot replay, so every ms
+    between the drop and the next handshake is lost data."""
+
+    async def body() -> None:
+        sim = await started(SimConfig(rate=100))
+        mgr = PredexonConnectionManager(sim.url_for(PRO), "pro")
+        source = make_source(mgr, "crypto-fast", "crypto", {"feeds": ["*"]})
+        it = source.stream(None).__aiter__()
+        await take_until(it, lambda b: len(b) >= 1)
+        policy = mgr.connections[0].policy
+        delays = {}
+        for code in (1006, 1001, 1000, 1011, 1006):
+            delays[code] = await drop_and_time_reconnect(sim, it, code)
+            assert policy.last == "fast", code
+            assert delays[code] < FAST_RECONNECT_S, (code, delays)
+        # 4002 (limit exceeded) asks us to wait, healthy connection or not: backoff.
+        limit_delay = await drop_and_time_reconnect(sim, it, 4002)
+        assert policy.last == "backoff"
+        assert limit_delay >= FAST_RECONNECT_S, limit_delay  # [0.25 s, 0.5 s) + handshake
+        assert mgr.connection_attempts == 7 and sim.handshakes[101] == 7
+        await mgr.close()
+        await sim.stop()
+
+    arun(body)
+
+
+def test_failing_handshakes_back_off_with_growing_jittered_delays_then_fast_again() -> None:
+    """After a healthy drop the first attempt is fast; while the server refuses (503) the
+    delays double with equal jitter (each in [ceiling/2, ceiling)); once a subscription is
+    acked again, the next drop is fast again. The schedule is scaled down (0.1 s doubling)
+    to keep the test short; the code path is the production one."""
+    initial = 0.1
+    slack = 0.25  # the refusal's round trip and the client's loop on a loaded 2-core machine
+
+    async def body() -> None:
+        sim = await started(SimConfig(rate=50))
+        mgr = PredexonConnectionManager(
+            sim.url_for(PRO),
+            "pro",
+            backoff=lambda: Backoff(initial, 16 * initial, 60.0, jitter=FAIL_JITTER),
+        )
+        source = make_source(mgr, "crypto-503", "crypto", {"feeds": ["BTC/USD"]})
+        it = source.stream(None).__aiter__()
+        await take_until(it, lambda b: sum(len(x.records) for x in b) >= 5)
+        policy = mgr.connections[0].policy
+        sim.config.capacity_full = True
+        sim.drop_connections(1006)
+        dropped_at, _ = sim.drop_log[-1]
+        await until(lambda: sim.handshakes[503] >= 6, 15)
+        refused = [t for t, status in sim.handshake_log if status == 503]
+        assert refused[0] - dropped_at < FAST_RECONNECT_S  # the first attempt: fast
+        intervals = [b - a for a, b in itertools.pairwise(refused[:6])]
+        for k, interval in enumerate(intervals):
+            ceiling = initial * 2**k
+            assert ceiling / 2 <= interval <= ceiling + slack, (k, intervals)
+        assert intervals[-1] > 2 * intervals[0]  # growing: >= 0.8 s vs <= 0.35 s
+        assert policy.last == "backoff" and policy.backoff.attempt >= 5
+        sim.config.capacity_full = False
+        await take_until(it, lambda b: bool(b and b[-1].gaps))  # recovered: acked again
+        delay = await drop_and_time_reconnect(sim, it, 1006)
+        assert policy.last == "fast" and delay < FAST_RECONNECT_S, delay
+        assert policy.backoff.attempt == 0  # the failures were forgotten
         await mgr.close()
         await sim.stop()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -143,5 +144,59 @@ def test_idle_stream_is_closed_like_the_load_balancer_does() -> None:
         assert failure.value.code() == grpc.StatusCode.UNAVAILABLE
         assert "idle" in (failure.value.details() or "")
         assert heartbeats >= 2  # heartbeats do not keep an idle stream open
+
+    run(test)
+
+
+def test_silent_call_stays_open_without_responses_or_heartbeats() -> None:
+    async def test(sim: DropCopySimulator, stub: Any) -> None:
+        sim.faults.silent_after_responses = 3
+        call = stub.CreateDropCopySubscription(REPLAY, metadata=md(sim))
+        received = [await call.read() for _ in range(3)]
+        pending = asyncio.ensure_future(call.read())
+        # 20 heartbeat intervals (heartbeat_s = 0.05) pass without a response...
+        done, _ = await asyncio.wait({pending}, timeout=1.0)
+        assert not done, "a silent call must send nothing, not even a heartbeat"
+        assert not call.done(), "a silent call stays open"
+        assert sim.stats.silenced == 1
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await pending
+        # ...and a new call resumed from the last token is served (then silent again).
+        request = dropcopy_pb2.CreateDropCopySubscriptionRequest(
+            resume_token=received[-1].resume_token, firms=ALL_FIRMS
+        )
+        again = stub.CreateDropCopySubscription(request, metadata=md(sim))
+        more = [await again.read() for _ in range(3)]
+        again.cancel()
+        truth = [e.id for e in sim.ground_truth("executions")]
+        assert ids(received + more) == truth[: len(ids(received + more))]
+
+    run(test)
+
+
+def test_maintenance_window_closes_open_calls_refuses_new_ones_then_tokens_resume() -> None:
+    async def test(sim: DropCopySimulator, stub: Any) -> None:
+        call = stub.CreateDropCopySubscription(REPLAY, metadata=md(sim))
+        first = [await call.read() for _ in range(2)]
+        now = time.time()
+        sim.faults.maintenance = ((now - 1, now + 3600),)
+        with pytest.raises(grpc.aio.AioRpcError) as closed:
+            while True:
+                first.append(await call.read())
+        assert closed.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "maintenance" in (closed.value.details() or "")
+        sim.faults.maintenance_code = grpc.StatusCode.INTERNAL  # any code is possible
+        resume = dropcopy_pb2.CreateDropCopySubscriptionRequest(
+            resume_token=first[-1].resume_token, firms=ALL_FIRMS
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await stub.CreateDropCopySubscription(resume, metadata=md(sim)).read()
+        assert refused.value.code() == grpc.StatusCode.INTERNAL
+        assert sim.stats.maintenance_refusals == 2
+        sim.faults.maintenance = ((now - 3600, now - 1),)  # the window is over
+        rest = await read_all(stub.CreateDropCopySubscription(resume, metadata=md(sim)))
+        assert ids(first) + ids(rest) == [e.id for e in sim.ground_truth("executions")]
+        assert sim.stats.maintenance_refusals == 2
 
     run(test)

@@ -64,3 +64,14 @@ def test_rejects_nonsense_bounds() -> None:
         Backoff(initial_s=0)
     with pytest.raises(ValueError):
         Backoff(initial_s=5, cap_s=1)
+
+
+def test_equal_jitter_keeps_a_floor_under_every_delay() -> None:
+    lows = Backoff(1.0, 8.0, jitter=0.5, rng=lambda: 0.0, clock=FakeClock())
+    highs = Backoff(1.0, 8.0, jitter=0.5, rng=lambda: 0.999999, clock=FakeClock())
+    assert [lows.next_delay() for _ in range(5)] == [0.5, 1.0, 2.0, 4.0, 4.0]
+    assert [round(highs.next_delay(), 3) for _ in range(5)] == [1.0, 2.0, 4.0, 8.0, 8.0]
+    exact = Backoff(1.0, 8.0, jitter=0.0, rng=lambda: 0.3, clock=FakeClock())
+    assert [exact.next_delay() for _ in range(3)] == [1.0, 2.0, 4.0]
+    with pytest.raises(ValueError):
+        Backoff(jitter=1.5)

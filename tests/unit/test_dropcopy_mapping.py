@@ -172,5 +172,6 @@ def test_values_equal_fastavro_on_the_reference_record(data: st.DataObject) -> N
         "receive_time": RECEIVED,
         PAYLOAD[name]: payload,
         "unrecognized_enums": dict(sorted(unrecognized.items())),
+        "unknown_fields": None,
     }
     assert rec.value == ser(datum)

@@ -3,8 +3,8 @@ unusable message becomes a dead letter carrying its raw bytes, and every record 
 produce decodes with the topic's schema.
 
 DropCopy: random bytes parsed as each record type (protobuf accepts many), bit-flipped
-serializations of valid messages, unknown fields appended, random enum numbers, extreme
-integers and timestamps. Predexon: random bytes, random JSON, and valid simulator events
+serializations of valid messages, unknown fields appended (kept raw), random enum numbers,
+extreme integers and timestamps. Predexon: random bytes, random JSON, and valid simulator events
 with bits flipped, keys dropped, values replaced by random JSON, or frames truncated.
 """
 
@@ -23,6 +23,7 @@ from bridge.mapping.dropcopy import DropCopyMapper
 from bridge.mapping.predexon import CHANNELS, CONTROL_TYPES, PredexonMapper, dumps, loads
 from bridge.records import DeadLetter, Record
 from bridge.serde.avro import Serializer, SingleObjectFormat
+from bridge.serde.transcode import bytes_map_bytes, string_bytes
 from bridge.sim.predexon_events import EventFactory
 from bridge.sources.dropcopy_kinds import KINDS, StreamKind
 from tests.unit.test_transcode import messages
@@ -163,6 +164,14 @@ def unknown_field(number: int, payload: bytes) -> bytes:
     return varint(number << 3 | 2) + varint(len(payload)) + payload
 
 
+PAYLOADS = {
+    "executions": "execution",
+    "trade_captures": "trade",
+    "instrument_states": "instrument",
+    "position_changes": "position_change",
+}
+
+
 @pytest.mark.parametrize("kind_name", KIND_NAMES)
 @FUZZ
 @given(
@@ -170,19 +179,32 @@ def unknown_field(number: int, payload: bytes) -> bytes:
     number=st.integers(1000, 2**29 - 1),
     payload=st.binary(max_size=40),
 )
-def test_dropcopy_unknown_fields_are_ignored(
+def test_dropcopy_unknown_fields_are_kept_and_change_nothing_else(
     kind_name: str, data: st.DataObject, number: int, payload: bytes
 ) -> None:
-    """A newer exchange adding fields must not change what the bridge writes."""
+    """A newer exchange adding a field: the record keeps it raw in `unknown_fields` and is
+    otherwise byte-identical to the record of the message without it, but for the event id
+    when that is a content hash (instrument states; position changes without a time)."""
     cls = record_class(KINDS[kind_name])
     valid = data.draw(messages(cls.DESCRIPTOR))
-    extended = cls.FromString(valid.SerializeToString() + unknown_field(number, payload))
+    extra = unknown_field(number, payload)
+    extended = cls.FromString(valid.SerializeToString() + extra)
     records_new, dead_new = check_dropcopy(kind_name, [extended])
     records_old, dead_old = check_dropcopy(kind_name, [valid])
     assert len(dead_new) == len(dead_old)
-    # Ids come from the exchange's own fields or from a hash of the known fields only, so
-    # what the bridge writes is byte-identical.
-    assert [r.value for r in records_new] == [r.value for r in records_old]
+    if not records_old:
+        return
+    (new,), (old,) = records_new, records_old
+    hashed = kind_name == "instrument_states" or (
+        kind_name == "position_changes" and not valid.HasField("change_time")
+    )
+    assert (new.event_id != old.event_id) == hashed
+    assert (new.key, new.event_time_us) == (old.key, old.event_time_us)
+    prefix = dropcopy(kind_name)[0].prefix
+    old_rest = old.value[len(prefix) + len(string_bytes(old.event_id)) :]
+    assert old_rest.endswith(b"\x00")  # unknown_fields: null
+    kept = b"\x02" + bytes_map_bytes({PAYLOADS[kind_name]: extra})
+    assert new.value == prefix + string_bytes(new.event_id) + old_rest[:-1] + kept
 
 
 def enum_and_int_paths(desc: Any, prefix: str = "", depth: int = 0) -> list[tuple[str, Any]]:

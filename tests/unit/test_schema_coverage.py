@@ -111,12 +111,14 @@ def test_every_proto_field_is_in_the_topic_schema(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", sorted(KINDS))
-def test_wrapper_has_identity_times_and_unrecognized_enums(name: str) -> None:
+def test_wrapper_has_identity_times_unrecognized_enums_and_unknown_fields(name: str) -> None:
     schema = load_schema(KINDS[name].schema)
     fields = {f["name"]: f for f in schema["fields"]}
     assert fields["event_id"]["type"] == "string"
     assert fields["event_time"]["type"][0] == "null"
     assert fields["unrecognized_enums"]["default"] == {}
+    assert fields["unknown_fields"]["type"] == ["null", {"type": "map", "values": "bytes"}]
+    assert fields["unknown_fields"]["default"] is None
     assert all(f.get("doc") for f in schema["fields"])
 
 

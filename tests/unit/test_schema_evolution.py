@@ -36,12 +36,29 @@ def test_current_schema_is_backward_compatible_with_every_kept_version(name: str
     assert check_history() == []
 
 
-def test_v1_is_the_current_schema() -> None:
-    # Nothing has changed since the first release: v1 must equal what the bridge writes, so
-    # old records and the fingerprint in README-documented consumers stay valid.
+def test_the_latest_released_version_is_the_current_schema() -> None:
+    # Every change is released: the newest kept version must equal what the bridge writes,
+    # so its records decode by fingerprint and the exported `.avsc` files are the released ones.
     for name in VALUE_SCHEMAS:
-        (_, v1), *_ = released_versions(name)
-        assert v1 == expanded_schema(name), name
+        *_, (_, latest) = released_versions(name)
+        assert latest == expanded_schema(name), name
+
+
+DROPCOPY_RECORDS = sorted(k.schema for k in KINDS.values())
+
+
+@pytest.mark.parametrize("name", DROPCOPY_RECORDS)
+def test_v2_of_the_dropcopy_records_only_adds_unknown_fields_with_a_null_default(
+    name: str,
+) -> None:
+    (_, v1), (_, v2), *_ = released_versions(name)
+    added = v2["fields"][-1]
+    assert added["name"] == "unknown_fields"
+    assert added["type"] == ["null", {"type": "map", "values": "bytes"}]
+    assert added["default"] is None
+    assert {**v2, "fields": v2["fields"][:-1]} == v1
+    # New readers read v1 data (the field takes its default); v1 readers skip the new field.
+    assert check("FULL", v2, [v1]) == []
 
 
 def _fields(schema: dict[str, Any], path: str) -> list[dict[str, Any]]:

@@ -1,4 +1,4 @@
-"""A stop signal ends the bridge within the grace period, even if a pipeline is stuck."""
+"""A stop ends a stream within its grace period, even if its pipeline is stuck."""
 
 from __future__ import annotations
 
@@ -8,45 +8,63 @@ import time
 
 import pytest
 
-from bridge.app import stopped_within
+from bridge.cluster.runner import StreamRunner
+from bridge.eos.pipeline import PipelineStats
 
 
-async def _honours(stop: asyncio.Event) -> None:
-    await stop.wait()
+class _Pipeline:
+    def __init__(self, honours_stop: bool) -> None:
+        self.honours_stop = honours_stop
+
+    async def run(self, stop: asyncio.Event) -> None:
+        if self.honours_stop:
+            await stop.wait()
+        else:
+            await _ignores()
 
 
-async def _ignores(stop: asyncio.Event) -> None:
+async def _ignores() -> None:
     await asyncio.Event().wait()  # a defect: waits on something that never happens
+
+
+def _runner(name: str, honours_stop: bool) -> StreamRunner:
+    return StreamRunner(name, lambda stats: _Pipeline(honours_stop))  # type: ignore[arg-type,return-value]
 
 
 def test_a_stuck_pipeline_is_cancelled_after_the_grace_period_and_its_place_logged(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    async def body() -> tuple[list[asyncio.Task[None]], float]:
-        stop = asyncio.Event()
-        tasks = [
-            asyncio.create_task(_honours(stop), name="stream=good"),
-            asyncio.create_task(_ignores(stop), name="stream=stuck"),
-        ]
-        asyncio.get_running_loop().call_later(0.05, stop.set)
+    async def body() -> tuple[BaseException | None, BaseException | None, float]:
+        good, stuck = _runner("good", True), _runner("stuck", False)
+        good.start()
+        stuck.start()
+        await asyncio.sleep(0)
         started = time.monotonic()
-        await stopped_within(stop, tasks, grace=0.3)
-        return tasks, time.monotonic() - started
+        errors = await asyncio.gather(good.stop(timeout=0.3), stuck.stop(timeout=0.3))
+        return errors[0], errors[1], time.monotonic() - started
 
     with caplog.at_level(logging.ERROR):
-        (good, stuck), took = asyncio.run(body())
-    assert good.done() and not good.cancelled()
-    assert stuck.cancelled()
+        good_error, stuck_error, took = asyncio.run(body())
+    assert good_error is None
+    assert isinstance(stuck_error, TimeoutError)
     assert 0.3 <= took < 2.0
     (message,) = [r.getMessage() for r in caplog.records]
     assert message.startswith("stream=stuck did not stop within 0.3 s")
     assert "_ignores" in message  # where it was stuck
 
 
-def test_without_a_stop_it_returns_when_every_pipeline_ends() -> None:
-    async def body() -> None:
-        stop = asyncio.Event()
-        done = asyncio.create_task(asyncio.sleep(0.01))
-        await asyncio.wait_for(stopped_within(stop, [done], grace=0.1), 2)  # type: ignore[list-item]
+def test_counters_and_hand_overs_outlive_each_pipeline() -> None:
+    async def body() -> StreamRunner:
+        runner = _runner("s", True)
+        for _ in range(3):
+            runner.start()
+            runner.stats.commits += 1
+            assert runner.owned
+            assert await runner.stop() is None
+            assert not runner.owned
+        return runner
 
-    asyncio.run(body())
+    runner = asyncio.run(body())
+    assert runner.stats.commits == 3
+    assert runner.handovers.acquired == runner.handovers.released == 3
+    assert isinstance(runner.stats, PipelineStats)

@@ -1,19 +1,19 @@
 """One stream into Kafka, exactly once: batches and their position in one transaction.
 
-The loop, for one stream:
-1. `init_transactions()` fences any older owner of the stream's transactional id; then the
-   stream's committed position is read (read_committed) and a state record naming this
-   instance as owner is committed, so a fenced zombie can tell it lost the stream.
+The loop, for one stream (Kafka Connect's exactly-once source task, in this shape):
+1. `init_transactions()` fences any older owner of the stream's transactional id and
+   settles its open transaction; then the stream's committed position is read from the
+   state topic, and the repeat filter is seeded from the stream's recent records.
 2. The source streams batches from that position into a bounded queue (when Kafka is slow
    the queue fills, the source stops reading, and upstream flow control pushes back).
 3. Each batch's records (minus upstream repeats), dead letters and gaps are produced into
    the open transaction; the state record carrying the newest batch's position is produced
-   last, and the transaction commits when it holds `max_batch_records`, when its oldest
-   record has waited `max_latency_ms`, or, with only heartbeats, every
-   `heartbeat_commit_interval_s`.
+   last, and the transaction commits when `CommitPolicy` says so.
 4. A retriable Kafka error aborts the transaction and restarts the source from the last
    *committed* position: nothing after it reached Kafka, so nothing is lost or doubled.
-   Fencing and other fatal errors end the pipeline with a clear message.
+   A producer left in an unknown state (a commit that kept timing out, a fatal error) is
+   replaced: the new one's `init_transactions()` settles the last transaction either way,
+   and step 1 reads back which. Fencing and other fatal errors end the pipeline.
 """
 
 from __future__ import annotations
@@ -23,22 +23,30 @@ import contextlib
 import hashlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from bridge.config import PipelineSettings
-from bridge.dedupe import RepeatFilter, Visible
-from bridge.errors import BridgeError, FencedError, KafkaError
-from bridge.kafka.producer import CommitPending, Headers, TransactionalProducer
-from bridge.kafka.state import StateStore, encode_state
-from bridge.records import Batch, DeadLetter, Gap, Position, Source
+from bridge.eos.commit_policy import CommitPolicy
+from bridge.eos.repeats import RepeatFilter
+from bridge.errors import FencedError, KafkaError
+from bridge.kafka.producer import CommitPending, Headers
+from bridge.kafka.state import StateEntry, encode_state
+from bridge.records import (
+    EVENT_ID_HEADER,
+    STREAM_HEADER,
+    Batch,
+    DeadLetter,
+    Gap,
+    Position,
+    Record,
+    Source,
+)
 from bridge.serde.avro import Serializer
 from bridge.timeutil import now_us
 
 log = logging.getLogger(__name__)
-
-STREAM_HEADER = "polybridge.stream"
-EVENT_ID_HEADER = "polybridge.event_id"
 
 # After a retriable Kafka error, wait this long before resuming: long enough not to spin
 # against a broker that is restarting, short enough to keep the stream's lag small.
@@ -75,8 +83,12 @@ class PipelineStats:
     aborts: int = 0
     commit_seconds: list[float] = field(default_factory=list)
     last_commit_at: float | None = None
+    first_commit_at: float | None = None
+    """The first commit since the stream (re)started on this instance (hand-over time)."""
     last_event_time_us: int | None = None
     running: bool = False
+    fenced: int = 0
+    """1 once the stream ended because another instance took it over."""
 
 
 class _OpenTransaction:
@@ -89,11 +101,39 @@ class _OpenTransaction:
         self.dead_letters = 0
         self.gaps = 0
         self.first_at: float | None = None
+        """When its first record, dead letter or gap was produced (None: heartbeats only)."""
         self.position: Position | None = None
 
+
+class Producer(Protocol):
+    """What the loop needs of a transactional producer (`bridge.kafka.producer`)."""
+
+    transactional_id: str
+
     @property
-    def has_data(self) -> bool:
-        return self.first_at is not None
+    def broken(self) -> bool: ...
+
+    async def init(self) -> None: ...
+
+    def begin(self) -> None: ...
+
+    def produce(
+        self, topic: str, key: bytes | None, value: bytes | None, headers: Headers | None = None
+    ) -> None: ...
+
+    async def commit(self) -> None: ...
+
+    def give_up(self) -> None: ...
+
+    async def abort(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class Positions(Protocol):
+    """Where the loop reads its stream's committed position (`bridge.eos.positions`)."""
+
+    def latest(self, stream_id: str) -> StateEntry | None: ...
 
 
 class Pipeline:
@@ -105,33 +145,39 @@ class Pipeline:
         stream_id: str,
         upstream: str,
         source: Source,
-        producer: Callable[[], TransactionalProducer],
-        state_store: StateStore,
+        producer: Callable[[], Producer],
+        positions: Positions,
         side: SideTopics,
         settings: PipelineSettings,
         repeats: Callable[[], RepeatFilter],
-        read_back: Callable[[], Sequence[Visible]],
+        read_back: Callable[[], Sequence[Record]],
         instance_id: str,
+        pending_commit_limit_s: float = 60.0,
+        stats: PipelineStats | None = None,
     ) -> None:
         self.stream_id = stream_id
         self.upstream = upstream
-        self.stats = PipelineStats()
+        self.stats = stats if stats is not None else PipelineStats()
         self._source = source
         self._new_producer = producer
         self._producer = producer()
-        # What to redo before streaming again after a Kafka error (see _after_kafka_error).
-        self._recover: Callable[[], Awaitable[None]] | None = None
-        self._state_store = state_store
+        self._fresh_producer = True
+        self._started = False
+        self._has_committed = False
+        self._positions = positions
         self._side = side
-        self._settings = settings
+        self._policy = CommitPolicy.of(settings)
+        self._queue_max = settings.queue_max_batches
         self._new_repeats = repeats
         self._repeats = repeats()
         self._read_back = read_back
         self._instance_id = instance_id
+        self._pending_commit_limit_s = pending_commit_limit_s
+        """How long a commit may stay pending (broker away) before the producer is
+        replaced: the transaction timeout, after which the broker has aborted it anyway."""
         self._headers: Headers = [(STREAM_HEADER, stream_id.encode())]
         self._key = stream_id.encode()
         self._committed: Position | None = None
-        self._committed_at_us: int | None = None
         self._txn: _OpenTransaction | None = None
         self._queue: asyncio.Queue[Batch | BaseException] | None = None
 
@@ -141,63 +187,54 @@ class Pipeline:
         return self._queue.qsize() if self._queue is not None else 0
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Run until `stop` is set (then commit what is complete) or a fatal error."""
+        """Run until `stop` is set (then commit what is complete) or a fatal error. Kafka
+        being away is not fatal: every step, the first included, is retried."""
         try:
-            await self._producer.init()
-            await self._load_committed()
-            log.info("stream=%s starting from %s", self.stream_id, _describe(self._committed))
-            await self._claim()
-            self.stats.running = True
             while not stop.is_set():
                 try:
-                    if self._recover is not None:
-                        await self._recover()
-                        self._recover = None
+                    if not self._started:
+                        await self._start()
                     await self._run_from(self._committed, stop)
                 except KafkaError as exc:
                     await self._after_kafka_error(exc)
                     await _sleep_unless(stop, _RETRY_DELAY_S)
+        except FencedError:
+            self.stats.fenced += 1  # polybridge_fenced_total
+            raise
         finally:
             self.stats.running = False
             self._producer.close()
 
-    async def _load_committed(self) -> None:
-        """The stream's committed position from the state topic, and a repeat filter that
-        knows what Kafka shows for the stream."""
-        entry = await asyncio.to_thread(self._state_store.latest, self.stream_id)
-        if self.stats.commits and entry is not None and entry.owner != self._instance_id:
-            raise self._fenced_error(None)
-        self._committed = entry.position if entry else None
-        self._committed_at_us = entry.committed_at_us if entry else None
-        await self._reseed()
+    async def _start(self) -> None:
+        """Step 1: fence, settle, read the committed position, seed the repeat filter.
 
-    async def _reopen(self) -> None:
-        """Replace a producer left in an unknown state (a commit that timed out, e.g. while
-        the broker was unreachable). Whether that commit happened is read back from the
-        state topic: the new producer's init_transactions has settled it either way."""
-        self._producer.close()
-        self._producer = self._new_producer()
+        A producer that was used already (it broke, or its start failed half-way) is
+        replaced first. If meanwhile another instance committed this stream, it owns the
+        stream now: stop rather than fence it back."""
+        if not self._fresh_producer:
+            self._producer.close()
+            if self._has_committed:
+                entry = await asyncio.to_thread(self._positions.latest, self.stream_id)
+                if entry is not None and entry.owner not in ("", self._instance_id):
+                    raise FencedError(
+                        f"stream {self.stream_id}: another polybridge instance "
+                        f"({entry.owner}) now owns this stream (transactional.id "
+                        f"{self._producer.transactional_id}); this one stops"
+                    )
+            self._producer = self._new_producer()
+        self._fresh_producer = False
         await self._producer.init()
-        await self._load_committed()
-
-    async def _reseed(self) -> None:
-        """A fresh repeat filter that knows what Kafka shows for this stream."""
+        entry = await asyncio.to_thread(self._positions.latest, self.stream_id)
+        self._committed = entry.position if entry else None
         repeats = self._new_repeats()
-        repeats.seed(await asyncio.to_thread(self._read_back), self._committed_at_us)
+        repeats.seed(await asyncio.to_thread(self._read_back))
         self._repeats = repeats
-
-    async def _claim(self) -> None:
-        """Commit our ownership right after fencing the previous owner. The position and
-        its commit time stay as they were: records written after that time are still
-        unclaimed (see bridge.dedupe) until this instance moves the position past them."""
-        self._producer.begin()
-        self._txn = _OpenTransaction()
-        await self._commit(self._committed or Position(), self._committed_at_us)
+        self._started = True
+        self.stats.running = True
+        log.info("stream=%s starting from %s", self.stream_id, _describe(self._committed))
 
     async def _run_from(self, start: Position | None, stop: asyncio.Event) -> None:
-        queue: asyncio.Queue[Batch | BaseException] = asyncio.Queue(
-            self._settings.queue_max_batches
-        )
+        queue: asyncio.Queue[Batch | BaseException] = asyncio.Queue(self._queue_max)
         self._queue = queue
         reader = asyncio.create_task(self._read(start, queue), name=f"read {self.stream_id}")
         try:
@@ -211,17 +248,12 @@ class Pipeline:
                 if item is not None:
                     self._add(item)
                 if self._commit_due():
-                    assert self._txn is not None and self._txn.position is not None
-                    await self._commit(self._txn.position)
+                    await self._commit_open()
             await self._commit_open()
         finally:
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await reader
-
-    async def _commit_open(self) -> None:
-        if self._txn is not None and self._txn.position is not None:
-            await self._commit(self._txn.position)
 
     async def _read(
         self, start: Position | None, queue: asyncio.Queue[Batch | BaseException]
@@ -249,13 +281,11 @@ class Pipeline:
         txn = self._txn
         if txn is None or txn.position is None:
             return _IDLE_WAKE_S
-        now = time.monotonic()
-        if txn.first_at is not None:
-            deadline = txn.first_at + self._settings.max_latency_ms / 1000
-        else:
-            last = self.stats.last_commit_at or now
-            deadline = last + self._settings.heartbeat_commit_interval_s
-        return max(0.0, min(_IDLE_WAKE_S, deadline - now))
+        deadline = self._policy.deadline(txn.first_at, self._last_commit_at())
+        return max(0.0, min(_IDLE_WAKE_S, deadline - time.monotonic()))
+
+    def _last_commit_at(self) -> float:
+        return self.stats.last_commit_at or 0.0
 
     def _add(self, batch: Batch) -> None:
         txn = self._txn
@@ -294,25 +324,20 @@ class Pipeline:
         txn = self._txn
         if txn is None or txn.position is None:
             return False
-        now = time.monotonic()
-        if txn.first_at is not None:
-            return (
-                txn.records >= self._settings.max_batch_records
-                or now - txn.first_at >= self._settings.max_latency_ms / 1000
-            )
-        last = self.stats.last_commit_at or 0.0
-        return now - last >= self._settings.heartbeat_commit_interval_s
+        return self._policy.due(txn.records, txn.first_at, self._last_commit_at(), time.monotonic())
 
-    async def _commit(self, position: Position, committed_at_us: int | None = None) -> None:
+    async def _commit_open(self) -> None:
+        """Commit the open transaction with the state record for its newest position."""
         txn = self._txn
-        assert txn is not None
-        committed_at = committed_at_us if committed_at_us is not None else now_us()
+        if txn is None or txn.position is None:
+            return
+        position = txn.position
         state = encode_state(
             self.stream_id,
             self.upstream,
             position,
             self._instance_id,
-            committed_at,
+            now_us(),
             self._side.state_serializer,
         )
         self._producer.produce(self._side.state, self._key, state, self._headers)
@@ -322,15 +347,16 @@ class Pipeline:
                 await self._producer.commit()
                 break
             except CommitPending as exc:
-                # The broker is slow or away (or, on brokers that report fencing as
-                # timeouts, another owner took over): resume the same commit unless fenced.
-                if await self._fenced():
-                    raise self._fenced_error(exc) from exc
+                # The broker is slow or away: librdkafka goes on committing, so resume the
+                # same commit; past the transaction timeout its outcome is the broker's.
+                if time.monotonic() - started > self._pending_commit_limit_s:
+                    self._producer.give_up()
+                    raise KafkaError(str(exc), retriable=True) from exc
                 log.warning("stream=%s commit still pending, resuming it: %s", self.stream_id, exc)
         finished = time.monotonic()
+        self._has_committed = True
         self._repeats.commit()
         self._committed = position
-        self._committed_at_us = committed_at
         self._txn = None
         stats = self.stats
         stats.records += txn.records
@@ -340,49 +366,34 @@ class Pipeline:
         stats.commit_seconds.append(finished - started)
         del stats.commit_seconds[:-1000]  # keep the recent window for percentiles
         stats.last_commit_at = finished
+        if stats.first_commit_at is None:
+            stats.first_commit_at = finished
         if position.event_time_us is not None:
             stats.last_event_time_us = position.event_time_us
 
     async def _after_kafka_error(self, exc: KafkaError) -> None:
-        """Abort and decide: resume from the committed position, or end as fenced/fatal.
-
-        Recovery work that needs Kafka (a new producer, reading back what is visible) is
-        left to the loop (`self._recover`), so that a broker outage retries it instead of
-        ending the pipeline."""
+        """Abort and decide: resume from the committed position (replacing a BROKEN
+        producer first), or end the stream (fenced, or not retriable)."""
         self._repeats.abort()
         self._txn = None
         self.stats.aborts += 1
-        if isinstance(exc, FencedError):
-            raise exc
-        if await self._fenced():
-            raise self._fenced_error(exc)
-        if not exc.retriable:
+        if isinstance(exc, FencedError) or not exc.retriable:
             raise exc
         if not self._producer.broken:
-            with contextlib.suppress(BridgeError):
+            try:
                 await self._producer.abort()
-        # Some brokers show aborted records anyway: learn what is visible again.
-        self._recover = self._reopen if self._producer.broken else self._reseed
+            except FencedError:
+                raise
+            except KafkaError as failed:
+                log.warning("stream=%s abort failed: %s", self.stream_id, failed)
+        if self._producer.broken:
+            self._started = False  # step 1 again, with a new producer
         log.warning(
-            "stream=%s kafka error, resuming from the last committed position: %s",
+            "stream=%s kafka error, resuming from the last committed position%s: %s",
             self.stream_id,
+            "" if self._started else " with a new producer",
             exc,
         )
-
-    def _fenced_error(self, cause: BaseException | None) -> FencedError:
-        error = FencedError(
-            f"stream {self.stream_id}: another polybridge instance now owns this stream "
-            f"(transactional.id {self._producer.transactional_id}); this one stops"
-        )
-        error.__cause__ = cause
-        return error
-
-    async def _fenced(self) -> bool:
-        try:
-            entry = await asyncio.to_thread(self._state_store.latest, self.stream_id)
-        except BridgeError:
-            return False
-        return entry is not None and entry.owner not in ("", self._instance_id)
 
     def _produce_dead_letter(self, letter: DeadLetter) -> None:
         raw, error = letter.raw, letter.error

@@ -1,0 +1,268 @@
+"""Which streams this instance runs: Kafka's group protocol decides, nothing else.
+
+Every `polybridge run` with the same `app_id` joins the consumer group `<app_id>` and
+subscribes to the coordination topic (`<topic_prefix>polybridge.streams`), which has one
+partition per configured stream: partition i stands for the i-th stream id in sorted order.
+An assigned partition means "run this stream". Nothing is ever produced to that topic: the
+group coordinator's assignment is the only election, the way Kafka Connect's distributed
+workers share tasks. Cooperative-sticky assignment moves only the streams that must move,
+so a joining or leaving instance never stops the others' streams.
+
+Hand-over: on revocation the callback stops the stream (commit or abort, then close) before
+it returns, so the next owner starts after the previous one ended. A member that dies is
+removed after `session_timeout_ms` and its streams move then. Safety never rests on the
+assignment: the stream's transactional id fences any overlapping owner.
+
+Instances must agree on the stream set. Each member's `client.id` carries the fingerprint of
+its sorted stream ids; an instance refuses to join a group whose members carry another one,
+and checks again once it has joined (two instances started at the same instant).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka import KafkaError as LibKafkaError
+from confluent_kafka.admin import AdminClient
+
+from bridge.errors import ConfigError, KafkaError
+from bridge.kafka.client_log import client_log_config
+
+log = logging.getLogger(__name__)
+
+POLL_S = 0.2
+"""One poll of the group consumer: how promptly a rebalance callback or a close is served."""
+
+DESCRIBE_TIMEOUT_S = 10.0
+
+
+def fingerprint(stream_ids: Sequence[str]) -> str:
+    """A short digest of the sorted stream set: equal on instances that agree."""
+    return hashlib.sha256("\n".join(sorted(stream_ids)).encode()).hexdigest()[:12]
+
+
+def client_id(fp: str, instance_id: str) -> str:
+    return f"polybridge-{fp}-{instance_id}"
+
+
+def fingerprint_of(member_client_id: str) -> str | None:
+    parts = member_client_id.split("-", 2)
+    return parts[1] if len(parts) == 3 and parts[0] == "polybridge" else None
+
+
+_COORDINATOR_STARTING = frozenset(
+    {
+        LibKafkaError.NOT_COORDINATOR,
+        LibKafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+        LibKafkaError.COORDINATOR_NOT_AVAILABLE,
+    }
+)
+
+
+def describe_group(config: Mapping[str, Any], group_id: str) -> Any:
+    """The group's description (members, their client ids and assignments), waiting out
+    the coordinator's start (NOT_COORDINATOR, COORDINATOR_LOAD_IN_PROGRESS) within
+    `DESCRIBE_TIMEOUT_S`."""
+    admin = AdminClient({**config, **client_log_config(config)})
+    deadline = time.monotonic() + DESCRIBE_TIMEOUT_S
+    while True:
+        remaining = deadline - time.monotonic()
+        try:
+            futures = admin.describe_consumer_groups([group_id], request_timeout=remaining)
+            return futures[group_id].result(timeout=remaining + 1)
+        except KafkaException as exc:
+            error = exc.args[0]
+            if error.code() not in _COORDINATOR_STARTING or time.monotonic() + 0.2 > deadline:
+                raise KafkaError(
+                    f"cannot describe consumer group {group_id}: {error}", retriable=True
+                ) from exc
+            time.sleep(0.2)  # the coordinator is loading: ask again shortly
+        except TimeoutError as exc:
+            raise KafkaError(
+                f"cannot describe consumer group {group_id} within {DESCRIBE_TIMEOUT_S:.0f} s",
+                retriable=True,
+            ) from exc
+
+
+def current_owners(
+    config: Mapping[str, Any], group_id: str, topic: str, stream_ids: Sequence[str]
+) -> dict[str, str]:
+    """Stream id -> the group member running it now (`instance id @ host`)."""
+    streams = sorted(stream_ids)
+    owners: dict[str, str] = {}
+    for member in describe_group(config, group_id).members:
+        instance = member.client_id.split("-", 2)[-1]
+        for tp in member.assignment.topic_partitions if member.assignment else []:
+            if tp.topic == topic and tp.partition < len(streams):
+                owners[streams[tp.partition]] = f"{instance}@{member.host.lstrip('/')}"
+    return owners
+
+
+class Membership:
+    """This instance's membership of the stream group.
+
+    `on_assign(stream_ids)`, `on_revoke(stream_ids)` and `on_lost(stream_ids)` (the
+    session expired: another instance may run them already) are called from the
+    membership's own thread and must not return before the streams have started / stopped.
+    `close()` revokes every owned stream."""
+
+    def __init__(
+        self,
+        config: Mapping[str, Any],
+        *,
+        group_id: str,
+        topic: str,
+        stream_ids: Sequence[str],
+        instance_id: str,
+        session_timeout_ms: int,
+        on_assign: Callable[[list[str]], None],
+        on_revoke: Callable[[list[str]], None],
+        on_lost: Callable[[list[str]], None],
+        on_fatal: Callable[[BaseException], None],
+    ) -> None:
+        self.group_id = group_id
+        self.topic = topic
+        self.streams = sorted(stream_ids)
+        self.fingerprint = fingerprint(self.streams)
+        self.client_id = client_id(self.fingerprint, instance_id)
+        self._config = dict(config)
+        self._session_timeout_ms = session_timeout_ms
+        self._on_assign = on_assign
+        self._on_revoke = on_revoke
+        self._on_lost = on_lost
+        self._on_fatal = on_fatal
+        self.owned: set[str] = set()
+        self.joined = False
+        """True once the group has given this instance an assignment (maybe empty)."""
+        self.rebalances = 0
+        self._checked = False
+        self._closing = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._consumer: Consumer | None = None
+
+    # -- agreement ---------------------------------------------------------------------
+
+    def check_agreement(self) -> None:
+        """Refuse (ConfigError) when the group has members with another stream set."""
+        description = describe_group(self._config, self.group_id)
+        others = {
+            m.client_id
+            for m in description.members
+            if m.client_id != self.client_id
+            and fingerprint_of(m.client_id) not in (None, self.fingerprint)
+        }
+        if others:
+            raise ConfigError(
+                f"instances of app_id {self.group_id!r} run a different set of streams "
+                f"(members {sorted(others)}; this one's stream set {self.fingerprint}: "
+                f"{', '.join(self.streams)}). Give every instance the same streams, or stop "
+                "the others first, or use another app_id"
+            )
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Check agreement, join the group, and serve it from a thread until `close()`."""
+        self.check_agreement()
+        conf = {
+            **self._config,
+            "group.id": self.group_id,
+            "client.id": self.client_id,
+            "partition.assignment.strategy": "cooperative-sticky",
+            "session.timeout.ms": self._session_timeout_ms,
+            # Heartbeats a third of the session, as Kafka recommends.
+            "heartbeat.interval.ms": max(100, self._session_timeout_ms // 3),
+            "enable.auto.commit": False,
+            "auto.offset.reset": "latest",
+        }
+        conf.update(client_log_config(conf))
+        consumer = Consumer(conf)
+        consumer.subscribe(
+            [self.topic],
+            on_assign=self._assigned,
+            on_revoke=self._revoked,
+            on_lost=self._lost,
+        )
+        self._consumer = consumer
+        self._thread = threading.Thread(target=self._serve, name="stream-group", daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        consumer = self._consumer
+        assert consumer is not None
+        try:
+            while not self._closing.is_set():
+                msg = consumer.poll(POLL_S)
+                err = msg.error() if msg is not None else None
+                if err is not None:
+                    if err.fatal():
+                        raise KafkaError(f"stream group {self.group_id}: {err.str()}")
+                    log.debug("stream group error=%s", err.str())
+        except BaseException as exc:
+            log.error("stream group %s failed: %s", self.group_id, exc)
+            self._on_fatal(exc)
+        finally:
+            # Leaves the group: owned streams are revoked first (their pipelines stop), so
+            # the others take them over at once instead of after the session timeout.
+            try:
+                consumer.close()
+            except (KafkaException, RuntimeError) as exc:
+                log.warning("stream group close error=%s", exc)
+
+    def close(self, timeout: float = 60.0) -> None:
+        """Stop owned streams, leave the group, and join the thread."""
+        self._closing.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    # -- rebalance callbacks (the membership thread) -----------------------------------
+
+    def _ids(self, partitions: Sequence[TopicPartition]) -> list[str]:
+        return [
+            self.streams[tp.partition]
+            for tp in partitions
+            if tp.topic == self.topic and tp.partition < len(self.streams)
+        ]
+
+    def _assigned(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self.rebalances += 1
+        started = time.monotonic()
+        try:
+            if not self._checked:
+                self._checked = True
+                self.check_agreement()  # the instances that joined with us agree too
+            ids = [i for i in self._ids(partitions) if i not in self.owned]
+            self.joined = True
+            if ids:
+                log.info("stream group assigned streams=%s", ",".join(ids))
+                self.owned.update(ids)
+                self._on_assign(ids)
+        except BaseException as exc:
+            self._on_fatal(exc)
+            self._closing.set()
+        log.debug("assignment served in %.0f ms", (time.monotonic() - started) * 1e3)
+
+    def _revoked(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._release(self._ids(partitions), "revoked", self._on_revoke)
+
+    def _lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._release(self._ids(partitions), "lost", self._on_lost)
+
+    def _release(self, ids: list[str], why: str, stop: Callable[[list[str]], None]) -> None:
+        self.rebalances += 1
+        ids = [i for i in ids if i in self.owned]
+        if not ids:
+            return
+        log.info("stream group %s streams=%s", why, ",".join(ids))
+        try:
+            stop(ids)
+        except BaseException as exc:
+            self._on_fatal(exc)
+        finally:
+            self.owned.difference_update(ids)

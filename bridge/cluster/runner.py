@@ -1,0 +1,105 @@
+"""One configured stream on this instance: a pipeline while the group assigns it, none
+while another instance runs it. Counters outlive the pipelines, so /metrics and /readyz see
+one stream whatever its hand-overs."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import io
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from bridge.eos.pipeline import Pipeline, PipelineStats
+
+log = logging.getLogger(__name__)
+
+STOP_TIMEOUT_S = 30.0
+"""How long a revoked stream may take to commit what is complete and stop; every Kafka
+call of the pipeline is bounded well below it."""
+
+
+@dataclass(slots=True)
+class Handovers:
+    """Hand-over counters and durations of one stream on this instance (for /metrics)."""
+
+    acquired: int = 0
+    released: int = 0
+    start_seconds: float | None = None
+    """Last assignment -> the stream's first commit on this instance."""
+    stop_seconds: float | None = None
+    """Last revocation -> the stream's pipeline stopped (what the next owner waited)."""
+
+
+class StreamRunner:
+    def __init__(self, stream_id: str, build: Callable[[PipelineStats], Pipeline]) -> None:
+        self.stream_id = stream_id
+        self.stats = PipelineStats()
+        self._moves = Handovers()
+        self.pipeline: Pipeline | None = None
+        self._build = build
+        self._stop: asyncio.Event | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._acquired_at = 0.0
+
+    @property
+    def owned(self) -> bool:
+        return self._task is not None
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    @property
+    def task(self) -> asyncio.Task[None] | None:
+        return self._task
+
+    def start(self) -> asyncio.Task[None]:
+        """Build a pipeline for the stream and run it (on the event loop)."""
+        assert self._task is None, f"{self.stream_id} already running"
+        self._acquired_at = time.monotonic()
+        self.stats.first_commit_at = None
+        self._moves.acquired += 1
+        self.pipeline = self._build(self.stats)
+        self._stop = asyncio.Event()
+        self._task = asyncio.create_task(
+            self.pipeline.run(self._stop), name=f"stream={self.stream_id}"
+        )
+        return self._task
+
+    @property
+    def handovers(self) -> Handovers:
+        """The counters, with the running pipeline's start time once it committed."""
+        first = self.stats.first_commit_at
+        if first is None or self._task is None:
+            return self._moves
+        return dataclasses.replace(self._moves, start_seconds=first - self._acquired_at)
+
+    async def stop(self, timeout: float = STOP_TIMEOUT_S) -> BaseException | None:
+        """Stop the pipeline (it commits what is complete); its error, if it failed."""
+        task, stop = self._task, self._stop
+        if task is None or stop is None:
+            return None
+        started = time.monotonic()
+        stop.set()
+        done, _ = await asyncio.wait([task], timeout=timeout)
+        if not done:
+            # Only a defect gets here (every Kafka call is bounded): say where it waits.
+            where = io.StringIO()
+            task.print_stack(file=where)
+            log.error(
+                "stream=%s did not stop within %g s of the stop signal; cancelling it. %s",
+                self.stream_id,
+                timeout,
+                where.getvalue().strip(),
+            )
+            task.cancel()
+            await asyncio.wait([task], timeout=5.0)
+        self._moves = dataclasses.replace(self.handovers, released=self._moves.released + 1)
+        self._moves.stop_seconds = time.monotonic() - started
+        self._task = self._stop = None
+        if task.cancelled():
+            return TimeoutError(f"stream {self.stream_id} did not stop within {timeout:g} s")
+        return task.exception()

@@ -1,0 +1,265 @@
+"""High availability: several instances with one configuration share the streams through
+Kafka's group protocol, and a killed or restarted instance's streams move to the others.
+
+Hand-over time is read from the state topic: a stream has moved when a state record by
+another instance (`owner`, whose middle part is its pid) is committed after the fault; the
+time is that record's `committed_at` minus the instant of the fault. The simulator records
+every call's open interval, so the tests also check how long two instances ever held the
+same DropCopy stream at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+from bridge.eos.positions import PositionStore
+from bridge.kafka.state import StateEntry
+from bridge.sim.dropcopy import STREAMS
+from tests.bridge_harness import ALL_KINDS, BridgeProcess, wait_until
+from tests.fault.test_broker_faults import (
+    SUBS,
+    Both,
+    assert_dropcopy_equal,
+    assert_predexon_covered,
+    now_us,
+    simulators,
+    start_both,
+)
+
+log = logging.getLogger(__name__)
+
+KILL_TARGET_S = 15.0
+"""SIGKILL of the owner -> its streams commit on a survivor (default session timeout 10 s)."""
+GRACEFUL_TARGET_S = 5.0
+"""SIGTERM (a rolling restart) -> the streams commit on another instance."""
+
+STREAM_IDS = [f"dropcopy.{kind}" for kind in ALL_KINDS] + [s.stream_id for s in SUBS]
+
+
+def pid_of(owner: str) -> int:
+    """The process id inside an instance id (`host.pid.random`)."""
+    return int(owner.rsplit(".", 2)[1])
+
+
+class Cluster:
+    """N bridge processes on one configuration, restartable, and the state topic's view."""
+
+    def __init__(self, both: Both, tmp_path: Path, size: int) -> None:
+        self.both = both
+        self.tmp_path = tmp_path
+        self.started = 0
+        self.bridges: list[BridgeProcess] = [self._start() for _ in range(size)]
+        self.positions = PositionStore(both.dc.kafka, both.dc.prefix + "polybridge.state")
+
+    def _start(self) -> BridgeProcess:
+        self.started += 1
+        return BridgeProcess(self.both, self.tmp_path / f"bridge-{self.started}.log")
+
+    def owners(self) -> dict[str, StateEntry]:
+        entries = self.positions.refresh()
+        return {s: entries[s] for s in STREAM_IDS if s in entries}
+
+    def streams_of(self, bridge: BridgeProcess) -> list[str]:
+        return [s for s, e in self.owners().items() if pid_of(e.owner) == bridge.process.pid]
+
+    def wait_moved(self, streams: list[str], gone_pid: int, since_us: int, limit: float) -> float:
+        """Wait until each of `streams` has a state record by another process committed
+        after `since_us`; the seconds from `since_us` to the last of those records."""
+        moved: dict[str, int] = {}
+
+        def all_moved() -> bool:
+            for stream, entry in self.owners().items():
+                if (
+                    stream in streams
+                    and pid_of(entry.owner) != gone_pid
+                    and entry.committed_at_us > since_us
+                ):
+                    moved.setdefault(stream, entry.committed_at_us)
+            return set(moved) == set(streams)
+
+        wait_until(all_moved, limit + 30, f"{streams} committing on another instance", 0.1)
+        return (max(moved.values()) - since_us) / 1e6
+
+    def replace(self, index: int) -> None:
+        self.bridges[index] = self._start()
+
+    def stop_all(self) -> list[int]:
+        codes = [b.terminate(60) for b in self.bridges]
+        self.positions.close()
+        return codes
+
+
+def _wait_balanced(cluster: Cluster, instances: int) -> None:
+    """Every stream committing, spread over `instances` processes."""
+    try:
+        wait_until(
+            lambda: (
+                len(cluster.owners()) == len(STREAM_IDS)
+                and len({pid_of(e.owner) for e in cluster.owners().values()}) == instances
+            ),
+            90,
+            f"streams spread over {instances} instances",
+            0.3,
+        )
+    except AssertionError as exc:
+        owners = {s: (pid_of(e.owner), e.committed_at_us) for s, e in cluster.owners().items()}
+        pids = [b.process.pid for b in cluster.bridges]
+        raise AssertionError(f"{exc}: owners {owners}, instances {pids}") from None
+
+
+def _assert_state_show_names_the_running_instances(cluster: Cluster) -> None:
+    shown = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bridge",
+            "state",
+            "show",
+            "--config",
+            str(cluster.both.config_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert shown.returncode == 0, shown.stderr
+    pids = {str(b.process.pid) for b in cluster.bridges}
+    lines = {line.split()[0]: line for line in shown.stdout.splitlines()[1:]}
+    assert set(lines) == set(STREAM_IDS), shown.stdout
+    for stream, line in lines.items():
+        running_on = line.split()[-1]  # instance id (host.pid.random) @ host
+        assert running_on.split("@")[0].split(".")[-2] in pids, (stream, line)
+
+
+def _assert_one_holder_at_a_time(both: Both, limit: float) -> dict[str, float]:
+    overlaps = {s: both.dsim.simulator.stats.longest_overlap(s) for s in STREAMS}
+    assert all(o <= limit for o in overlaps.values()), overlaps
+    return overlaps
+
+
+def test_sigkilled_owners_hand_their_streams_over_within_15_s(
+    tmp_path: Path, kafka_bootstrap: str, unique_name
+) -> None:
+    """Three instances, ten SIGKILLs of an instance that owns streams (each restarted),
+    over 210,000 DropCopy records with two Predexon subscriptions live."""
+    kills = 10
+    with simulators(total=210_000, rate=1_500) as (dsim, psim):
+        both = start_both(
+            tmp_path,
+            kafka_bootstrap,
+            dsim,
+            psim,
+            unique_name("ha") + ".",
+            pipeline="heartbeat_commit_interval_s = 0.5",
+        )
+        cluster = Cluster(both, tmp_path, 3)
+        handovers: list[float] = []
+        try:
+            _wait_balanced(cluster, 3)
+            for round_ in range(kills):
+                victim = next(i for i, b in enumerate(cluster.bridges) if cluster.streams_of(b))
+                bridge = cluster.bridges[victim]
+                streams = cluster.streams_of(bridge)
+                killed_at = now_us()
+                os.kill(bridge.process.pid, signal.SIGKILL)
+                bridge.wait(10)
+                took = cluster.wait_moved(streams, bridge.process.pid, killed_at, KILL_TARGET_S)
+                handovers.append(took)
+                log.info("kill %d: %s moved in %.1f s", round_ + 1, streams, took)
+                cluster.replace(victim)
+                _wait_balanced(cluster, 3)
+            end_us = now_us()
+            assert_dropcopy_equal(both, timeout=180)
+            missed = assert_predexon_covered(both, end_us)
+        finally:
+            codes = cluster.stop_all()
+        overlaps = _assert_one_holder_at_a_time(both, KILL_TARGET_S)
+    log.info(
+        "hand-overs after SIGKILL (s): %s; overlaps %s; predexon missed %s",
+        [round(t, 1) for t in handovers],
+        overlaps,
+        missed,
+    )
+    assert len(handovers) == kills
+    assert max(handovers) <= KILL_TARGET_S, handovers
+    assert codes == [0, 0, 0]
+
+
+def test_a_rolling_restart_loses_and_doubles_nothing(
+    tmp_path: Path, kafka_bootstrap: str, unique_name
+) -> None:
+    """Each of three instances in turn gets SIGTERM and is started again; its streams
+    commit on another instance within 5 s each time."""
+    with simulators(total=60_000, rate=1_000) as (dsim, psim):
+        both = start_both(
+            tmp_path,
+            kafka_bootstrap,
+            dsim,
+            psim,
+            unique_name("roll") + ".",
+            pipeline="heartbeat_commit_interval_s = 0.5",
+        )
+        cluster = Cluster(both, tmp_path, 3)
+        handovers: list[float] = []
+        try:
+            _wait_balanced(cluster, 3)
+            _assert_state_show_names_the_running_instances(cluster)
+            for index in range(3):
+                bridge = cluster.bridges[index]
+                streams = cluster.streams_of(bridge)
+                stopped_at = now_us()
+                bridge.process.send_signal(signal.SIGTERM)
+                if streams:
+                    took = cluster.wait_moved(
+                        streams, bridge.process.pid, stopped_at, GRACEFUL_TARGET_S
+                    )
+                    handovers.append(took)
+                assert bridge.wait(60) == 0, bridge.log()[-2000:]
+                cluster.replace(index)
+                _wait_balanced(cluster, 3)
+            end_us = now_us()
+            assert_dropcopy_equal(both)
+            assert_predexon_covered(both, end_us)
+        finally:
+            codes = cluster.stop_all()
+        overlaps = _assert_one_holder_at_a_time(both, GRACEFUL_TARGET_S)
+    log.info("rolling restart hand-overs (s): %s; overlaps %s", handovers, overlaps)
+    assert handovers and max(handovers) <= GRACEFUL_TARGET_S, handovers
+    assert codes == [0, 0, 0]
+
+
+def test_an_instance_with_another_stream_set_is_refused(
+    tmp_path: Path, kafka_bootstrap: str, unique_name
+) -> None:
+    with simulators(total=5_000, rate=200) as (dsim, psim):
+        both = start_both(tmp_path, kafka_bootstrap, dsim, psim, unique_name("mix") + ".")
+        first = BridgeProcess(both, tmp_path / "first.log")
+        try:
+            wait_until(both.flowing, 60, "the first instance's streams flowing", 0.3)
+            other = tmp_path / "other"
+            other.mkdir()
+            text = both.config_path.read_text()
+            # The same app_id, one DropCopy stream fewer.
+            cut = text.index("[[dropcopy.streams]]")
+            (other / "bridge.toml").write_text(
+                text[:cut] + text[text.index("[[dropcopy.streams]]", cut + 1) :]
+            )
+            refused = BridgeProcess(
+                SimpleNamespace(config_path=other / "bridge.toml"),  # type: ignore[arg-type]
+                tmp_path / "refused.log",
+            )
+            started = time.monotonic()
+            assert refused.wait(60) == 2
+            assert time.monotonic() - started < 60
+            message = refused.log()
+            assert "run a different set of streams" in message, message[-2000:]
+            assert first.process.poll() is None  # the running instance is untouched
+        finally:
+            assert first.terminate() == 0, first.log()[-2000:]

@@ -1,0 +1,327 @@
+"""The exactly-once loop on its own: a fake transactional producer over an in-memory log
+with Kafka's transaction rules (commit or nothing; a newer init fences the older), and a
+fake source that resumes after a position and re-sends a little, as the exchange does."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import pytest
+
+from bridge.config import PipelineSettings
+from bridge.eos.pipeline import Pipeline, SideTopics
+from bridge.eos.repeats import RecentIds
+from bridge.errors import FencedError, KafkaError
+from bridge.kafka.producer import CommitPending
+from bridge.kafka.state import StateEntry, decode_state
+from bridge.records import EVENT_ID_HEADER, Batch, Position, Record
+from bridge.serde.avro import Serializer, SingleObjectFormat
+
+STREAM = "dropcopy.executions"
+STATE = "state"
+
+
+def _serializer(schema: str) -> Serializer:
+    return Serializer(schema, SingleObjectFormat().prefix(schema, "t"))
+
+
+SIDE = SideTopics(
+    STATE,
+    "dlq",
+    "gaps",
+    _serializer("polybridge.State"),
+    _serializer("polybridge.DeadLetter"),
+    _serializer("polybridge.Gap"),
+)
+
+Produced = tuple[str, bytes | None, bytes | None, list[tuple[str, bytes]]]
+
+
+@dataclass
+class FakeKafka:
+    """Committed records, transactional epochs, and failures to inject into commits."""
+
+    committed: list[Produced] = field(default_factory=list)
+    epochs: Counter[str] = field(default_factory=Counter)
+    commit_failures: list[BaseException] = field(default_factory=list)
+    pending_outcome: list[Produced] | None = None
+    """A transaction whose commit timed out; the next init of its id commits it."""
+    producers: int = 0
+    transactions: list[int] = field(default_factory=list)
+    """Data records per committed transaction."""
+
+    def data(self) -> list[str]:
+        return [dict(h)[EVENT_ID_HEADER].decode() for t, _, _, h in self.committed if t == "data"]
+
+
+class FakeProducer:
+    def __init__(self, kafka: FakeKafka, transactional_id: str) -> None:
+        self.kafka = kafka
+        self.transactional_id = transactional_id
+        self.epoch = 0
+        self.broken = False
+        self.open: list[Produced] | None = None
+        kafka.producers += 1
+
+    def _check_epoch(self) -> None:
+        if self.kafka.epochs[self.transactional_id] != self.epoch:
+            raise FencedError("fenced (fake)")
+
+    async def init(self) -> None:
+        if self.kafka.pending_outcome is not None:  # init settles the earlier transaction
+            self.kafka.committed.extend(self.kafka.pending_outcome)
+            self.kafka.pending_outcome = None
+        self.kafka.epochs[self.transactional_id] += 1
+        self.epoch = self.kafka.epochs[self.transactional_id]
+
+    def begin(self) -> None:
+        assert self.open is None, "begin inside an open transaction"
+        self.open = []
+
+    def produce(
+        self, topic: str, key: bytes | None, value: bytes | None, headers: object = None
+    ) -> None:
+        assert self.open is not None, "produce outside a transaction"
+        self.open.append((topic, key, value, list(headers or [])))  # type: ignore[call-overload]
+
+    async def commit(self) -> None:
+        assert self.open is not None
+        self._check_epoch()
+        if self.kafka.commit_failures:
+            failure = self.kafka.commit_failures.pop(0)
+            if isinstance(failure, CommitPending):
+                self.kafka.pending_outcome = self.open
+                await asyncio.sleep(0.02)  # a commit call that runs into its timeout
+            elif isinstance(failure, KafkaError) and failure.args[0] == "fatal":
+                self.broken = True
+            raise failure
+        self.kafka.pending_outcome = None  # a resumed commit that went through
+        self.kafka.committed.extend(self.open)
+        self.kafka.transactions.append(sum(1 for p in self.open if p[0] == "data"))
+        self.open = None
+
+    def give_up(self) -> None:
+        self.broken = True
+
+    async def abort(self) -> None:
+        self.open = None
+
+    def close(self) -> None:
+        self.open = None
+
+
+class FakePositions:
+    def __init__(self, kafka: FakeKafka) -> None:
+        self.kafka = kafka
+
+    def latest(self, stream_id: str) -> StateEntry | None:
+        values = [
+            v
+            for t, k, v, _ in self.kafka.committed
+            if t == STATE and k == b"%s" % stream_id.encode()
+        ]
+        return decode_state(values[-1]) if values and values[-1] else None
+
+
+class FakeSource:
+    """Records 0..total-1, `per_batch` a batch; resumes after the position's token (the
+    index of the last record), re-sending `resend` records before it (at least once)."""
+
+    stream_id = STREAM
+
+    def __init__(self, total: int, per_batch: int = 1, resend: int = 0, pause_s: float = 0.0):
+        self.total, self.per_batch, self.resend, self.pause_s = total, per_batch, resend, pause_s
+        self.starts: list[int] = []
+
+    async def stream(self, start: Position | None) -> AsyncIterator[Batch]:
+        after = int(start.resume_token or b"-1") if start else -1
+        first = max(0, after + 1 - self.resend) if start else 0
+        self.starts.append(first)
+        for i in range(first, self.total, self.per_batch):
+            ids = range(i, min(i + self.per_batch, self.total))
+            records = [Record("data", b"k", b"v", str(n), None) for n in ids]
+            yield Batch(records, Position(resume_token=str(ids[-1]).encode()))
+            if self.pause_s:
+                await asyncio.sleep(self.pause_s)
+        while True:  # live: nothing more, as a quiet upstream
+            await asyncio.sleep(3600)
+
+
+def _pipeline(
+    kafka: FakeKafka, source: object, **settings: float
+) -> tuple[Pipeline, list[FakeProducer]]:
+    made: list[FakeProducer] = []
+
+    def producer() -> FakeProducer:
+        made.append(FakeProducer(kafka, "app." + STREAM))
+        return made[-1]
+
+    pipeline = Pipeline(
+        stream_id=STREAM,
+        upstream="dropcopy",
+        source=source,  # type: ignore[arg-type]
+        producer=producer,
+        positions=FakePositions(kafka),
+        side=SIDE,
+        settings=PipelineSettings(**settings),  # type: ignore[arg-type]
+        repeats=lambda: RecentIds(1_000),
+        read_back=lambda: [
+            Record("data", k, v or b"", dict(h)[EVENT_ID_HEADER].decode(), None)
+            for t, k, v, h in kafka.committed
+            if t == "data"
+        ],
+        instance_id="me",
+        pending_commit_limit_s=0.2,
+    )
+    return pipeline, made
+
+
+async def _run_until(pipeline: Pipeline, done: object, timeout: float = 10.0) -> None:
+    stop = asyncio.Event()
+    task = asyncio.create_task(pipeline.run(stop))
+    deadline = time.monotonic() + timeout
+    try:
+        while not done():  # type: ignore[operator]
+            if task.done():
+                task.result()
+                raise AssertionError("the pipeline ended early")
+            assert time.monotonic() < deadline, "condition not reached"
+            await asyncio.sleep(0.005)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+
+
+def _all_once(kafka: FakeKafka, total: int) -> bool:
+    return sorted(kafka.data(), key=int) == [str(i) for i in range(total)]
+
+
+def test_commits_when_the_transaction_holds_max_batch_records() -> None:
+    kafka = FakeKafka()
+    pipeline, _ = _pipeline(kafka, FakeSource(95), max_batch_records=10, max_latency_ms=60_000)
+    asyncio.run(_run_until(pipeline, lambda: len(kafka.data()) >= 90))
+    assert kafka.transactions[:9] == [10] * 9
+    assert _all_once(kafka, 95)  # the last 5 committed on stop
+
+
+def test_commits_when_the_oldest_record_waited_max_latency() -> None:
+    kafka = FakeKafka()
+    pipeline, _ = _pipeline(kafka, FakeSource(1), max_batch_records=1_000, max_latency_ms=50)
+    started = time.monotonic()
+    asyncio.run(_run_until(pipeline, lambda: kafka.data() == ["0"]))
+    assert 0.04 <= time.monotonic() - started < 2.0
+
+
+def test_heartbeats_alone_commit_at_most_every_interval() -> None:
+    class Heartbeats(FakeSource):
+        async def stream(self, start: Position | None) -> AsyncIterator[Batch]:
+            for n in range(10_000):
+                yield Batch([], Position(resume_token=str(n).encode()))
+                await asyncio.sleep(0.002)
+
+    kafka = FakeKafka()
+    pipeline, _ = _pipeline(kafka, Heartbeats(0), heartbeat_commit_interval_s=0.1)
+    started = time.monotonic()
+    asyncio.run(_run_until(pipeline, lambda: pipeline.stats.commits >= 4))
+    elapsed = time.monotonic() - started
+    # the first heartbeat commits at once, the next ones one interval apart
+    assert elapsed >= 0.3
+    assert pipeline.stats.commits <= elapsed / 0.1 + 2
+
+
+def test_a_retriable_commit_error_aborts_and_resumes_after_the_last_committed_record() -> None:
+    kafka = FakeKafka(commit_failures=[KafkaError("broker hiccup", retriable=True)] * 2)
+    source = FakeSource(200, per_batch=7, resend=3)
+    pipeline, made = _pipeline(kafka, source, max_batch_records=20, max_latency_ms=1)
+    asyncio.run(_run_until(pipeline, lambda: len(kafka.data()) >= 200))
+    assert _all_once(kafka, 200)
+    assert len(made) == 1 and pipeline.stats.aborts == 2
+    assert source.starts[:3] == [0, 0, 0]  # nothing was committed before the failures
+
+
+def test_a_broken_producer_is_replaced_and_the_stream_goes_on() -> None:
+    kafka = FakeKafka()
+    source = FakeSource(300, per_batch=10, resend=5, pause_s=0.001)
+    pipeline, made = _pipeline(kafka, source, max_batch_records=50, max_latency_ms=1)
+
+    def inject() -> bool:
+        if len(kafka.data()) >= 100 and not made[-1].broken and len(made) == 1:
+            kafka.commit_failures.append(KafkaError("fatal", retriable=True))
+        return len(kafka.data()) >= 300
+
+    asyncio.run(_run_until(pipeline, inject))
+    assert _all_once(kafka, 300)
+    assert len(made) == 2
+    assert source.starts[1] > 0  # resumed from the committed position, not the start
+
+
+def test_a_commit_pending_past_the_limit_is_settled_by_the_next_producer() -> None:
+    """The commit kept timing out, then succeeded inside the broker: the new producer's
+    init settles it, the committed position is read back, and nothing is written twice."""
+    kafka = FakeKafka()
+    source = FakeSource(200, per_batch=10, resend=10, pause_s=0.001)
+    pipeline, made = _pipeline(kafka, source, max_batch_records=40, max_latency_ms=1)
+
+    injected = False
+
+    def inject() -> bool:
+        nonlocal injected
+        if len(kafka.data()) >= 80 and not injected:
+            # 15 x 20 ms: past the 0.2 s limit, so the producer is given up and replaced
+            kafka.commit_failures += [CommitPending("slow", retriable=True)] * 15
+            injected = True
+        return len(kafka.data()) >= 200
+
+    asyncio.run(_run_until(pipeline, inject))
+    assert _all_once(kafka, 200)
+    assert len(made) == 2
+
+
+def test_fencing_ends_the_stream_and_its_open_transaction_never_lands() -> None:
+    kafka = FakeKafka()
+    pipeline, made = _pipeline(
+        kafka, FakeSource(10_000, pause_s=0.001), max_batch_records=5, max_latency_ms=1
+    )
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        task = asyncio.create_task(pipeline.run(stop))
+        while len(kafka.data()) < 20:
+            await asyncio.sleep(0.005)
+        successor = FakeProducer(kafka, "app." + STREAM)
+        await successor.init()
+        with pytest.raises(FencedError):
+            await asyncio.wait_for(task, 10)
+
+    asyncio.run(run())
+    committed = kafka.data()
+    assert committed == [str(i) for i in range(len(committed))]
+    assert len(made) == 1
+
+
+def test_a_non_retriable_error_ends_the_stream() -> None:
+    kafka = FakeKafka(commit_failures=[KafkaError("authorization failed", retriable=False)])
+    pipeline, _ = _pipeline(kafka, FakeSource(10), max_latency_ms=1)
+
+    async def run() -> None:
+        with pytest.raises(KafkaError, match="authorization"):
+            await asyncio.wait_for(pipeline.run(asyncio.Event()), 10)
+
+    asyncio.run(run())
+    assert kafka.data() == []
+
+
+def test_a_restart_resumes_after_the_committed_position_and_drops_resent_repeats() -> None:
+    kafka = FakeKafka()
+    first, _ = _pipeline(kafka, FakeSource(50), max_latency_ms=1)
+    asyncio.run(_run_until(first, lambda: len(kafka.data()) >= 50))
+    source = FakeSource(120, resend=10)
+    second, _ = _pipeline(kafka, source, max_latency_ms=1)
+    asyncio.run(_run_until(second, lambda: len(kafka.data()) >= 120))
+    assert _all_once(kafka, 120)
+    assert source.starts == [40]  # after token 49, ten re-sent: all dropped as repeats
+    assert second.stats.repeats_dropped == 10
