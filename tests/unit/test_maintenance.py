@@ -186,7 +186,7 @@ def _view(
     stats = PipelineStats()
     stats.running = True
     stats.commits = commits
-    stats.last_commit_at = last_commit_at
+    stats.first_commit_at = stats.last_commit_at = last_commit_at
     return StreamView(stream_id, stats, source)
 
 
