@@ -5,7 +5,7 @@ Run: `.venv/bin/python -m bench.mapping_throughput [--seconds S]`
 For each stream it measures, on realistic fully populated messages (every field set, as the
 exchange sends them):
 - naive: a generic descriptor-walking proto -> dict conversion + `fastavro.schemaless_writer`
-  (what a straightforward implementation costs; design.md section 9);
+  (what a straightforward implementation costs);
 - transcoder: the generated direct encoder of `bridge.serde.transcode` (payload only);
 - mapper: `DropCopyMapper.map_response`, everything a record needs (key, event id, event
   time, wrapper fields, prefix, `Record`), on 100-record responses.
@@ -33,7 +33,7 @@ from bridge.sources.dropcopy_kinds import KINDS, StreamKind
 from polymarket.v1 import dropcopy_pb2, orders_pb2, refdata_pb2, trading_pb2
 
 RESPONSE_SIZE = 100
-"""Records per gRPC response: what the exchange batches under load (see design.md section 9)."""
+"""Records per gRPC response: what the exchange batches under load."""
 
 SAMPLES = 500
 """Distinct messages cycled through, enough to defeat any per-object caching."""

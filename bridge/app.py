@@ -15,6 +15,9 @@ from typing import Any
 
 import grpc
 
+from bridge.backfill.rest_clients import RestClients
+from bridge.backfill.streams import BackfillStream, RestHistories
+from bridge.backfill.wiring import task_factory
 from bridge.cluster.group import Failures, run_alone, run_in_group
 from bridge.cluster.membership import Membership
 from bridge.cluster.runner import StreamRunner
@@ -46,7 +49,7 @@ from bridge.sources.backoff import Backoff
 from bridge.sources.dropcopy import DropCopySource, open_channel
 from bridge.sources.dropcopy_kinds import KINDS
 from bridge.sources.predexon import PredexonSource
-from bridge.sources.predexon_conn import PredexonConnectionManager
+from bridge.sources.predexon_placement import PredexonConnectionManager
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +57,12 @@ log = logging.getLogger(__name__)
 class Bridge:
     """All configured pipelines of one bridge process."""
 
-    def __init__(self, settings: Settings, wire_format: WireFormat | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        wire_format: WireFormat | None = None,
+        rest_histories: RestHistories | None = None,
+    ) -> None:
         if not settings.dropcopy.streams and not settings.predexon.subscriptions:
             raise ConfigError(
                 "nothing to run: configure at least one [[dropcopy.streams]] or "
@@ -71,6 +79,9 @@ class Bridge:
         self._channels: list[Any] = []
         self._predexon: PredexonConnectionManager | None = None
         self.positions: PositionStore | None = None
+        self._rest = rest_histories
+        self._own_rest: RestClients | None = None
+        """REST history clients for `[backfill]` (default: the build's own, if any)."""
 
     def topics(self) -> list[TopicSpec]:
         kafka = self.settings.kafka
@@ -187,9 +198,20 @@ class Bridge:
         )
         window = settings.pipeline.dedupe_window
         repeats: Callable[[], RepeatFilter] = (
-            LatestPerKey if kind.name == "instrument_states" else lambda: RecentIds(window)
+            LatestPerKey if kind.latest_per_key else lambda: RecentIds(window)
         )
-        return self._pipeline(stream_id, "dropcopy", source, topic, repeats, side, positions)
+        backfill = BackfillStream(
+            stream_id,
+            "dropcopy",
+            stream.kind,
+            topic,
+            mapper.prefix,
+            {"symbols": list(stream.symbols), "firms": list(stream.firms)},
+            settings.backfill,
+        )
+        return self._pipeline(
+            stream_id, "dropcopy", source, topic, repeats, side, positions, backfill
+        )
 
     def _predexon_pipeline(
         self, sub: PredexonSubscriptionSettings, side: SideTopics, positions: PositionStore
@@ -210,8 +232,24 @@ class Bridge:
             prefix=self._format.prefix(schema, topic),
         )
         window = self.settings.pipeline.dedupe_window
+        backfill = BackfillStream(
+            stream_id,
+            "predexon",
+            sub.channel,
+            topic,
+            self._format.prefix(schema, topic),
+            dict(sub.filters),
+            self.settings.backfill,
+        )
         return self._pipeline(
-            stream_id, "predexon", source, topic, lambda: RecentIds(window), side, positions
+            stream_id,
+            "predexon",
+            source,
+            topic,
+            lambda: RecentIds(window),
+            side,
+            positions,
+            backfill,
         )
 
     def _pipeline(
@@ -223,9 +261,24 @@ class Bridge:
         repeats: Callable[[], RepeatFilter],
         side: SideTopics,
         positions: PositionStore,
+        backfill: BackfillStream | None = None,
     ) -> StreamRunner:
         settings = self.settings
         self.sources[stream_id] = source
+        runners: list[StreamRunner] = []  # the runner below, for the pipeline's gap hook
+        build_backfill = None
+        if backfill is not None and settings.backfill.enabled:
+            build_backfill = task_factory(
+                stream=backfill,
+                kafka=self._kafka,
+                app_id=settings.app_id,
+                transaction_timeout_ms=settings.kafka.transaction_timeout_ms,
+                positions=positions,
+                side=side,
+                wire_format=self._format,
+                instance_id=self.instance_id,
+                rest=self._rest_histories(),
+            )
         build = functools.partial(
             Pipeline,
             stream_id=stream_id,
@@ -243,8 +296,21 @@ class Bridge:
             repeats=repeats,
             read_back=self._read_back(topic, stream_id),
             instance_id=self.instance_id,
+            on_gaps=(lambda gaps: runners[0].notify_gaps(gaps)) if build_backfill else None,
         )
-        return StreamRunner(stream_id, lambda stats: build(stats=stats))
+        runners.append(StreamRunner(stream_id, lambda stats: build(stats=stats), build_backfill))
+        return runners[0]
+
+    def _rest_histories(self) -> RestHistories:
+        """The REST history clients `[backfill]` uses (one set per process)."""
+        if self._rest is None:
+            settings = self.settings
+            self._rest = self._own_rest = RestClients(
+                settings,
+                lambda: token_provider(settings.dropcopy.auth),
+                lambda: predexon_key(settings.predexon),
+            )
+        return self._rest
 
     def _read_back(self, topic: str, stream_id: str) -> Callable[[], Sequence[Record]]:
         """The stream's recent committed records (they seed its repeat filter)."""
@@ -305,6 +371,8 @@ class Bridge:
                 await channel.close()
             if self._predexon is not None:
                 await self._predexon.close()
+            if self._own_rest is not None:
+                await self._own_rest.aclose()
             if self.positions is not None:
                 self.positions.close()
         if isinstance(failures.fatal, ConfigError):

@@ -31,6 +31,7 @@ COMMANDS: list[tuple[tuple[str, ...], str, str]] = [
     (("broker",), "bridge.commands.broker", "run a local Apache Kafka broker (tests, demo)"),
     (("state", "show"), "bridge.commands.state", "print every stream's committed position"),
     (("state", "reset"), "bridge.commands.state", "rewind or clear one stream's position"),
+    (("backfill",), "bridge.commands.backfill", "fill one stream's window from REST history"),
     (("tail",), "bridge.commands.tail", "print a topic's records as JSON lines (either format)"),
     (("schemas", "export"), "bridge.commands.schemas", "write every value schema to a folder"),
     (("schemas", "check"), "bridge.commands.schemas", "check schemas against history + registry"),

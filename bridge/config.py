@@ -297,6 +297,35 @@ class ClusterSettings(_Section):
     """The coordination topic (one partition per stream; nothing is written to it)."""
 
 
+class BackfillSettings(_Section):
+    """Filling gaps from the upstreams' REST history (`docs/backfill.md`)."""
+
+    enabled: bool = False
+    """Fill the gaps the streams write. Needs the `read:reports` / `read:positions` scopes
+    (DropCopy) and Predexon REST access, so it is off unless asked for."""
+    exchange_url: str = "https://api.prod.polymarketexchange.com"
+    """The exchange's REST base URL (Report API, position ledger)."""
+    predexon_url: str = "https://api.predexon.com"
+    """Predexon's REST base URL."""
+    page_size: int = Field(500, ge=1, le=1000)
+    """Rows asked per REST page (Predexon allows at most 500, the ledger 1000)."""
+    max_records_per_transaction: int = Field(1_000, ge=1)
+    """Records written per backfill transaction: bounds the work between two yields."""
+    retry_interval_s: float = Field(60.0, gt=0)
+    """After a REST or Kafka error, try the gap again this much later."""
+    accounts: tuple[str, ...] = ()
+    """`firms/<firm>/accounts/<id>`: the accounts whose position ledger fills position
+    change gaps (the ledger is per account)."""
+    exchange_retention_s: float = Field(0.0, ge=0)
+    """Windows starting longer ago than this are unfillable without asking (the exchange
+    publishes no retention); 0: always ask."""
+    reconcile_interval_s: float = Field(0.0, ge=0)
+    """Predexon trades (`orders` subscriptions): every this many seconds, check the recent
+    past against REST history and write what the stream missed; 0: off."""
+    reconcile_lag_s: float = Field(120.0, ge=0)
+    """How far behind now a reconciliation window ends (REST history lags the chain)."""
+
+
 class Settings(_Section):
     app_id: str = "polybridge"
     """Prefix of every transactional.id (`<app_id>.<stream id>`): one owner per stream; also
@@ -308,6 +337,7 @@ class Settings(_Section):
     metrics: MetricsSettings = MetricsSettings()
     cluster: ClusterSettings = ClusterSettings()
     schema_registry: SchemaRegistrySettings = SchemaRegistrySettings()
+    backfill: BackfillSettings = BackfillSettings()
 
     def stream_ids(self) -> list[str]:
         """Every configured stream's id, sorted (the stream group's partition order)."""
@@ -360,7 +390,9 @@ def _describe(error: ValidationError, source: str) -> str:
     for item in error.errors():
         key = ".".join(str(part) for part in item["loc"])
         if item["type"] == "extra_forbidden":
-            lines.append(f"{source}: unknown key '{key}' (check the spelling against the README)")
+            lines.append(
+                f"{source}: unknown key '{key}' (check the spelling against docs/configuration.md)"
+            )
         else:
             value = item.get("input")
             shown = "" if isinstance(value, dict | list) else f" (got {value!r})"

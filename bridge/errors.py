@@ -3,15 +3,13 @@
     BridgeError                  root; `retriable` tells reconnect logic what to do
     ├── ConfigError              bad configuration: which key, which value, what to do
     ├── UpstreamError            an upstream call failed (gRPC status, WebSocket close/error)
-    │   ├── AuthError            credentials refused or missing scope / plan: not retriable
-    │   ├── TokenRefused         the exchange would not resume from our resume_token
-    │   └── ReplayUnavailable    the exchange cannot replay from the requested time either
+    │   └── AuthError            credentials refused or missing scope / plan: not retriable
     ├── KafkaError               a Kafka operation failed
     │   └── FencedError          another instance owns this stream's transactional id
     └── MappingError             one upstream message could not be mapped: a dead letter
 
 Third-party exceptions are translated into these at one boundary each (grpc in
-`sources/dropcopy.py`, websockets in `sources/predexon.py`, librdkafka in
+`sources/dropcopy.py`, websockets in `sources/predexon_connection.py`, librdkafka in
 `kafka/producer.py`) with `raise ... from`, so callers never see library types.
 """
 
@@ -47,14 +45,6 @@ class AuthError(UpstreamError):
     """Credentials were refused or lack a scope or plan; retrying will not help."""
 
     retriable = False
-
-
-class TokenRefused(UpstreamError):
-    """The exchange refused our resume_token (expired): fall back to resume_time."""
-
-
-class ReplayUnavailable(UpstreamError):
-    """The exchange cannot replay from the requested time: subscribe live, record a gap."""
 
 
 class KafkaError(BridgeError):

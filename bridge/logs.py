@@ -61,3 +61,6 @@ def configure_logging(level: str, fmt: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    from bridge.kafka.client_log import flush_at_exit
+
+    flush_at_exit()

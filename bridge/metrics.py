@@ -25,6 +25,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from bridge.backfill.task import BackfillStats, lag_seconds
 from bridge.cluster.runner import Handovers, StreamRunner
 from bridge.eos.pipeline import PipelineStats
 
@@ -48,7 +49,7 @@ COMMIT_LATENCY_BUCKETS: tuple[float, ...] = (
 """Commit latency buckets, seconds: 1 ms (an idle local broker) to 10 s (a managed
 cluster under stress; above that the transaction timeout is the better alarm)."""
 
-# (exposed sample name, type, help). The single list the README table, the Grafana
+# (exposed sample name, type, help). The single list the docs/operations.md table, the Grafana
 # dashboard test and `BridgeCollector` agree on.
 METRICS: tuple[tuple[str, str, str], ...] = (
     ("polybridge_up", "gauge", "1 while the stream's pipeline is running"),
@@ -108,6 +109,23 @@ METRICS: tuple[tuple[str, str, str], ...] = (
         "gauge",
         "batches waiting between source and Kafka (when the pipeline exposes it)",
     ),
+    ("polybridge_backfill_open_gaps", "gauge", "gaps the stream's backfill has not closed yet"),
+    (
+        "polybridge_backfill_lag_seconds",
+        "gauge",
+        "age of the oldest gap not closed yet, seconds (0: none)",
+    ),
+    ("polybridge_backfill_records_total", "counter", "records backfilled from REST history"),
+    (
+        "polybridge_backfill_gaps_closed_total",
+        "counter",
+        "gaps closed by the backfill, by status (filled, partially_filled, unfillable)",
+    ),
+    (
+        "polybridge_backfill_rest_errors_total",
+        "counter",
+        "REST history calls that failed for good, by HTTP status (other: no status)",
+    ),
     (
         "polybridge_predexon_connection_attempts_total",
         "counter",
@@ -127,6 +145,8 @@ class StreamView:
     owned: bool = True
     """False on a standby: another instance of the stream group runs the stream."""
     handovers: Handovers | None = None
+    backfill: BackfillStats | None = None
+    """The stream's backfill counters (None: `[backfill]` is off)."""
 
 
 @dataclass(slots=True)
@@ -219,6 +239,15 @@ class BridgeCollector(Collector):
             GaugeMetricFamily, "polybridge_handover_seconds", labels=("stream", "phase")
         )
         attempts = family(CounterMetricFamily, "polybridge_predexon_connection_attempts", labels=())
+        open_gaps = family(GaugeMetricFamily, "polybridge_backfill_open_gaps")
+        backfill_lag = family(GaugeMetricFamily, "polybridge_backfill_lag_seconds")
+        backfilled = family(CounterMetricFamily, "polybridge_backfill_records")
+        gaps_closed = family(
+            CounterMetricFamily, "polybridge_backfill_gaps_closed", labels=("stream", "status")
+        )
+        rest_errors = family(
+            CounterMetricFamily, "polybridge_backfill_rest_errors", labels=("stream", "status")
+        )
 
         now = self._wall_clock()
         mono = self._monotonic()
@@ -238,6 +267,15 @@ class BridgeCollector(Collector):
                 ):
                     if seconds is not None:
                         handover_s.add_metric([view.stream_id, phase], seconds)
+            if view.backfill is not None:
+                b = view.backfill
+                open_gaps.add_metric(label, b.open_gaps)
+                backfill_lag.add_metric(label, lag_seconds(b, now))
+                backfilled.add_metric(label, b.written)
+                for status, count in sorted(b.gaps_closed.items()):
+                    gaps_closed.add_metric([view.stream_id, status], count)
+                for status, count in sorted(b.rest_errors.items()):
+                    rest_errors.add_metric([view.stream_id, status], count)
             records.add_metric(label, s.records)
             size.add_metric(label, s.bytes)
             commits.add_metric(label, s.commits)
@@ -295,6 +333,11 @@ class BridgeCollector(Collector):
             handovers,
             handover_s,
             attempts,
+            open_gaps,
+            backfill_lag,
+            backfilled,
+            gaps_closed,
+            rest_errors,
         )
 
 
@@ -350,6 +393,14 @@ def exposed_names() -> set[str]:
 def streams_of(runners: Iterable[StreamRunner], sources: Mapping[str, object]) -> list[StreamView]:
     """StreamViews for `Bridge.runners` and `Bridge.sources` (keyed by stream id)."""
     return [
-        StreamView(r.stream_id, r.stats, sources.get(r.stream_id), r.pipeline, r.owned, r.handovers)
+        StreamView(
+            r.stream_id,
+            r.stats,
+            sources.get(r.stream_id),
+            r.pipeline,
+            r.owned,
+            r.handovers,
+            r.backfill_stats if r.backfills else None,
+        )
         for r in runners
     ]

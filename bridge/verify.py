@@ -107,4 +107,4 @@ def expected_dropcopy_rows(kind_name: str, stream_id: str, messages: Sequence[An
     getattr(response, kind.list_field).extend(messages)
     records, _ = DropCopyMapper(kind, stream_id, "verify", b"").map_response(response, 0)
     rows = [(record.key, record.event_id) for record in records]
-    return collapse_repeats_per_key(rows) if kind_name == "instrument_states" else rows
+    return collapse_repeats_per_key(rows) if kind.latest_per_key else rows

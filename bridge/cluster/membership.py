@@ -140,7 +140,6 @@ class Membership:
         self.owned: set[str] = set()
         self.joined = False
         """True once the group has given this instance an assignment (maybe empty)."""
-        self.rebalances = 0
         self._checked = False
         self._closing = threading.Event()
         self._thread: threading.Thread | None = None
@@ -231,7 +230,6 @@ class Membership:
         ]
 
     def _assigned(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        self.rebalances += 1
         started = time.monotonic()
         try:
             if not self._checked:
@@ -255,7 +253,6 @@ class Membership:
         self._release(self._ids(partitions), "lost", self._on_lost)
 
     def _release(self, ids: list[str], why: str, stop: Callable[[list[str]], None]) -> None:
-        self.rebalances += 1
         ids = [i for i in ids if i in self.owned]
         if not ids:
             return

@@ -12,7 +12,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from bridge.backfill.task import BackfillStats, BackfillTask
 from bridge.eos.pipeline import Pipeline, PipelineStats
+from bridge.records import Gap
 
 log = logging.getLogger(__name__)
 
@@ -34,15 +36,30 @@ class Handovers:
 
 
 class StreamRunner:
-    def __init__(self, stream_id: str, build: Callable[[PipelineStats], Pipeline]) -> None:
+    def __init__(
+        self,
+        stream_id: str,
+        build: Callable[[PipelineStats], Pipeline],
+        backfill: Callable[[BackfillStats], BackfillTask] | None = None,
+    ) -> None:
         self.stream_id = stream_id
         self.stats = PipelineStats()
+        self.backfill_stats = BackfillStats()
+        self.backfill: BackfillTask | None = None
+        """The stream's gap filler, running beside its pipeline (`[backfill] enabled`)."""
+        self._build_backfill = backfill
+        self._backfill_task: asyncio.Task[None] | None = None
         self._moves = Handovers()
         self.pipeline: Pipeline | None = None
         self._build = build
         self._stop: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
         self._acquired_at = 0.0
+
+    @property
+    def backfills(self) -> bool:
+        """True when the stream fills its gaps (`[backfill] enabled`)."""
+        return self._build_backfill is not None
 
     @property
     def owned(self) -> bool:
@@ -62,12 +79,25 @@ class StreamRunner:
         self._acquired_at = time.monotonic()
         self.stats.first_commit_at = None
         self._moves.acquired += 1
+        if self._build_backfill is not None:
+            self.backfill = self._build_backfill(self.backfill_stats)
         self.pipeline = self._build(self.stats)
-        self._stop = asyncio.Event()
+        self._stop = stop = asyncio.Event()
         self._task = asyncio.create_task(
             self.pipeline.run(self._stop), name=f"stream={self.stream_id}"
         )
+        if self.backfill is not None:
+            self._backfill_task = asyncio.create_task(
+                self.backfill.run(stop), name=f"backfill={self.stream_id}"
+            )
+            # The backfill runs only while the stream does.
+            self._task.add_done_callback(lambda _: stop.set())
         return self._task
+
+    def notify_gaps(self, gaps: list[Gap]) -> None:
+        """The pipeline committed `gaps`: hand them to the backfill task, if any."""
+        if self.backfill is not None:
+            self.backfill.notify(gaps)
 
     @property
     def handovers(self) -> Handovers:
@@ -97,6 +127,13 @@ class StreamRunner:
             )
             task.cancel()
             await asyncio.wait([task], timeout=5.0)
+        backfill, self._backfill_task = self._backfill_task, None
+        if backfill is not None:
+            # Between two transactions it sees the stop; a REST page in flight is dropped.
+            done, _ = await asyncio.wait([backfill], timeout=timeout)
+            if not done:
+                backfill.cancel()
+                await asyncio.wait([backfill], timeout=5.0)
         self._moves = dataclasses.replace(self.handovers, released=self._moves.released + 1)
         self._moves.stop_seconds = time.monotonic() - started
         self._task = self._stop = None

@@ -47,8 +47,9 @@ from bridge.errors import BridgeError
 from bridge.kafka.admin import check_state_topic
 from bridge.kafka.client_log import client_log_config
 from bridge.sources.auth import TokenProvider
-from bridge.sources.dropcopy import SCOPES
-from bridge.sources.predexon_conn import PLAN_LIMITS, SubscriptionSpec
+from bridge.sources.dropcopy_kinds import KINDS
+from bridge.sources.predexon_placement import PLAN_LIMITS
+from bridge.sources.predexon_subscription import SubscriptionSpec
 
 CONNECT_TIMEOUT_S = 10.0
 """Bound for each connectivity check (Kafka metadata, gRPC channel, WebSocket handshake):
@@ -167,7 +168,7 @@ async def _check_token(settings: Settings) -> str:
     if isinstance(expires, int | float) and expires <= time.time():
         raise _Failed(f"{where}: the token expired {int(time.time() - expires)} s ago")
     granted = set(str(claims.get("scope", "")).split())
-    needed = {SCOPES[stream.kind] for stream in settings.dropcopy.streams}
+    needed = {KINDS[stream.kind].scope for stream in settings.dropcopy.streams}
     if "scope" in claims and needed - granted:
         raise _Failed(
             f"{where}: the token lacks scope(s) {', '.join(sorted(needed - granted))} "

@@ -11,10 +11,13 @@ import argparse
 import asyncio
 import datetime as dt
 
+from bridge.backfill.cursor import GapRecord, cursor_key, cursor_of, gap_record, still_open
+from bridge.backfill.wiring import decoder_of
 from bridge.cluster.membership import current_owners
 from bridge.config import Settings, load_settings, parse_time
 from bridge.eos.positions import PositionStore
-from bridge.errors import ConfigError
+from bridge.errors import BridgeError, ConfigError
+from bridge.kafka.readback import read_topic
 from bridge.kafka.state import StateEntry, encode_state, write_state
 from bridge.records import Position
 from bridge.serde.avro import Serializer
@@ -22,6 +25,7 @@ from bridge.serde.registry import wire_format_of
 from bridge.timeutil import now_us
 
 RESET_OWNER = "polybridge-state-reset"
+BACKFILL_SUFFIX = "/backfill"
 
 
 def _when(micros: int | None) -> str:
@@ -53,11 +57,52 @@ def show(settings: Settings) -> str:
         f"{'token':10} {'committed by':32} running on"
     )
     lines = [header]
-    for stream_id in sorted(set(entries) | set(running)):
+    streams = {k for k in entries if not k.endswith(BACKFILL_SUFFIX)} | set(running)
+    for stream_id in sorted(streams):
         lines.append(_line(stream_id, entries.get(stream_id), running.get(stream_id, "-")))
     if len(lines) == 1:
         lines.append("(no stored positions)")
-    return "\n".join(lines)
+    return "\n".join(lines + open_gap_lines(settings, entries))
+
+
+def open_gap_lines(settings: Settings, entries: dict[str, StateEntry]) -> list[str]:
+    """The gaps not closed yet (no follow-up on the gaps topic), per stream, and where a
+    backfill of each stands."""
+    kafka = settings.kafka.librdkafka()
+    fmt = wire_format_of(settings)
+    decoder = decoder_of(fmt)
+    by_stream: dict[str, list[GapRecord]] = {}
+    for found in read_topic(kafka, settings.kafka.topic(settings.kafka.gaps_topic)):
+        if found.key is None or found.value is None:
+            continue
+        try:
+            record = gap_record(decoder.decode(found.value).datum)
+        except (BridgeError, KeyError, TypeError):
+            continue
+        by_stream.setdefault(found.key.decode(), []).append(record)
+    lines = ["", f"{'open gaps':32} {'from':25} {'to':25} {'reason':26} backfill"]
+    for stream_id in sorted(
+        set(by_stream)
+        | {k[: -len(BACKFILL_SUFFIX)] for k in entries if k.endswith(BACKFILL_SUFFIX)}
+    ):
+        cursor = cursor_of(entries.get(cursor_key(stream_id)))
+        gaps = list(cursor.gaps)
+        known = {g.identity for g in gaps}
+        gaps += [g for g in still_open(by_stream.get(stream_id, [])) if g.identity not in known]
+        for index, gap in enumerate(gaps):
+            if gap.identity in known and index == 0:
+                where = f"filling: {cursor.records} written"
+            elif gap.identity in known:
+                where = "queued"
+            else:
+                where = "not started"
+            lines.append(
+                f"{stream_id:32} {_when(gap.from_us):25} {_when(gap.to_us):25} "
+                f"{gap.reason:26} {where}"
+            )
+    if len(lines) == 2:
+        lines.append("(none)")
+    return lines
 
 
 def _line(stream_id: str, entry: StateEntry | None, running_on: str) -> str:

@@ -94,12 +94,13 @@ class PipelineStats:
 class _OpenTransaction:
     """What the open transaction holds so far."""
 
-    __slots__ = ("dead_letters", "first_at", "gaps", "position", "records")
+    __slots__ = ("dead_letters", "first_at", "gap_list", "gaps", "position", "records")
 
     def __init__(self) -> None:
         self.records = 0
         self.dead_letters = 0
         self.gaps = 0
+        self.gap_list: list[Gap] = []
         self.first_at: float | None = None
         """When its first record, dead letter or gap was produced (None: heartbeats only)."""
         self.position: Position | None = None
@@ -154,8 +155,11 @@ class Pipeline:
         instance_id: str,
         pending_commit_limit_s: float = 60.0,
         stats: PipelineStats | None = None,
+        on_gaps: Callable[[list[Gap]], None] | None = None,
     ) -> None:
         self.stream_id = stream_id
+        self._on_gaps = on_gaps
+        """Told the gaps of each transaction once it committed (the backfill task)."""
         self.upstream = upstream
         self.stats = stats if stats is not None else PipelineStats()
         self._source = source
@@ -318,6 +322,7 @@ class Pipeline:
         txn.records += written
         txn.dead_letters += len(batch.dead_letters)
         txn.gaps += len(batch.gaps)
+        txn.gap_list.extend(batch.gaps)
         txn.position = batch.position
 
     def _commit_due(self) -> bool:
@@ -370,6 +375,8 @@ class Pipeline:
             stats.first_commit_at = finished
         if position.event_time_us is not None:
             stats.last_event_time_us = position.event_time_us
+        if txn.gap_list and self._on_gaps is not None:
+            self._on_gaps(txn.gap_list)
 
     async def _after_kafka_error(self, exc: KafkaError) -> None:
         """Abort and decide: resume from the committed position (replacing a BROKEN

@@ -145,7 +145,12 @@ class ClientLog:
 
 
 _shared = ClientLog(log)
-atexit.register(_shared.flush)
+
+
+def flush_at_exit() -> None:
+    """Log the open windows' summaries when the process exits (the CLI registers this:
+    a library must not write to streams its host may have closed by then)."""
+    atexit.register(_shared.flush)
 
 
 def client_log_config(conf: Mapping[str, Any]) -> dict[str, Any]:

@@ -21,13 +21,17 @@ import fastavro
 from bridge.errors import KafkaError
 from bridge.kafka.producer import ConfigValue, TransactionalProducer
 from bridge.records import STREAM_HEADER, Position
-from bridge.serde.avro import SINGLE_OBJECT_MAGIC, Serializer, fingerprint, load_schema
+from bridge.serde.avro import (
+    CONFLUENT_MAGIC,
+    SINGLE_OBJECT_MAGIC,
+    Serializer,
+    fingerprint,
+    load_schema,
+)
 
 log = logging.getLogger(__name__)
 
 STATE_SCHEMA = "polybridge.State"
-CONFLUENT_MAGIC = b"\x00"
-"""Confluent wire format: magic byte 0, 4-byte big-endian schema id, Avro body."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +44,9 @@ class StateEntry:
     """Instance id of the bridge that committed it; not ours means we were fenced."""
     committed_at_us: int
     position: Position
+    backfill: Mapping[str, Any] | None = None
+    """Only under key `<stream id>/backfill`: the backfill cursor datum
+    (`bridge.backfill.cursor` reads it)."""
 
 
 def state_datum(
@@ -82,6 +89,7 @@ def _entry(datum: Mapping[str, Any]) -> StateEntry:
             live_time_us=_micros(datum.get("live_time")),
             detail=dict(datum.get("detail") or {}),
         ),
+        backfill=datum.get("backfill"),
     )
 
 

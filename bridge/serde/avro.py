@@ -19,6 +19,8 @@ from fastavro.schema import to_parsing_canonical_form
 
 SINGLE_OBJECT_MAGIC = b"\xc3\x01"
 """Avro single-object encoding marker (Avro spec, 'Single-object encoding')."""
+CONFLUENT_MAGIC = b"\x00"
+"""Confluent wire format: magic byte 0, 4-byte big-endian schema id, Avro body."""
 
 _CRC64_EMPTY = 0xC15D213AA4D7A795
 _CRC64_TABLE: list[int] = []

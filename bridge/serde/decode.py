@@ -30,8 +30,7 @@ from fastavro.schema import to_parsing_canonical_form
 
 from bridge.errors import KafkaError
 from bridge.serde import compat
-from bridge.serde.avro import SINGLE_OBJECT_MAGIC, crc64_avro, expanded_schema
-from bridge.serde.registry import CONFLUENT_MAGIC
+from bridge.serde.avro import CONFLUENT_MAGIC, SINGLE_OBJECT_MAGIC, crc64_avro, expanded_schema
 
 
 @dataclass(frozen=True, slots=True)

@@ -34,18 +34,12 @@ from urllib.parse import urlsplit, urlunsplit
 from bridge.config import SchemaRegistrySettings, Settings
 from bridge.errors import ConfigError, KafkaError
 from bridge.serde import compat
-from bridge.serde.avro import SingleObjectFormat, WireFormat, expanded_schema
+from bridge.serde.avro import CONFLUENT_MAGIC, SingleObjectFormat, WireFormat, expanded_schema
 
 log = logging.getLogger(__name__)
 
-CONFLUENT_MAGIC = b"\x00"
-"""Confluent wire format magic byte; the 4-byte big-endian schema id follows."""
-
 DEFAULT_LEVEL = "BACKWARD"
 """The registry's own default compatibility level, used when it does not tell us one."""
-
-_NOT_FOUND = (40401, 40402, 40403, 40400)
-"""Registry error codes for subject / version / schema not found."""
 
 _MOCK_CLIENTS: dict[str, Any] = {}
 """`mock://` registries by URL. confluent-kafka gives every mock client its own store; one

@@ -14,7 +14,7 @@ Python API (tests, benchmarks, the demo)::
 `SimulatorThread(config)` runs the same simulator on its own event loop in a background
 thread, for synchronous tests (e.g. beside a bridge subprocess).
 
-Wire behaviour (see /work/shared/upstream/polymarket-dropcopy.md):
+Wire behaviour (as the exchange documents it):
 - `resume_token` -> every journal record after it, then live; `resume_time` -> every record with
   event time >= it, then live; neither -> live only; both -> INVALID_ARGUMENT.
 - Every response carries a resume token = the position after the last journal record
@@ -63,6 +63,7 @@ import grpc
 from google.protobuf.message import Message
 
 from bridge.sim.contract import CONTRACTS, Contract
+from bridge.sim.exchange_rest import ExchangeRest, RestConfig
 from bridge.sim.journal import (
     InvalidToken,
     Journal,
@@ -91,6 +92,7 @@ from bridge.sim.tokens import (
     TokenEndpoint,
     generate_client_key,
 )
+from bridge.timeutil import now_us as _now_us
 from polymarket.v1 import dropcopy_pb2, orders_pb2, refdata_pb2, trading_pb2
 
 log = logging.getLogger(__name__)
@@ -220,6 +222,8 @@ class SimConfig:
     """Initial fault settings (copied into `sim.faults`)."""
     secret: bytes | None = None
     """Signs resume and access tokens; None = random per instance."""
+    rest: RestConfig = field(default_factory=RestConfig)
+    """The REST history (Report API searches, position ledger): `bridge.sim.exchange_rest`."""
     contract: str = "current"
     """Wire contract served (`bridge.sim.contract`): "current" = `proto/` as compiled;
     "newer" = with the fields the exchange added since, sent on the wire and described by
@@ -261,10 +265,6 @@ class _Refusal(Exception):
         self.details = details
 
 
-def _now_us() -> int:
-    return time.time_ns() // 1_000
-
-
 def _iso(time_us: int) -> str:
     return dt.datetime.fromtimestamp(time_us / 1e6, dt.UTC).isoformat(timespec="microseconds")
 
@@ -288,6 +288,8 @@ class DropCopySimulator:
         self.contract = Contract(config.contract)
         self._server: grpc.aio.Server | None = None
         self._endpoint: TokenEndpoint | None = None
+        self.rest: ExchangeRest | None = None
+        """REST history endpoints (`rest.url`, `rest.faults`); set by `start()`."""
         self._generator: asyncio.Task[None] | None = None
         self._port = 0
         self._tls: TlsFiles | None = None
@@ -328,6 +330,16 @@ class DropCopySimulator:
         self._server = server
         self._endpoint = TokenEndpoint(self._grant, config.host, config.token_port, ssl_context)
         self._endpoint.start()
+        if config.rest.enabled:
+            self.rest = ExchangeRest(
+                self._journals,
+                self._access,
+                auth=config.auth,
+                host=config.host,
+                config=config.rest,
+                now_us=_now_us,
+            )
+            await self.rest.start()
         if config.rate > 0:
             self._generator = asyncio.create_task(self._generate_live(), name="sim-generator")
         log.info(
@@ -347,6 +359,9 @@ class DropCopySimulator:
         if self._server is not None:
             await self._server.stop(grace_s)
             self._server = None
+        if self.rest is not None:
+            await self.rest.stop()
+            self.rest = None
         if self._endpoint is not None:
             await asyncio.to_thread(self._endpoint.stop)
             self._endpoint = None

@@ -1,4 +1,4 @@
-"""A faithful simulator of Predexon's WebSocket API (see upstream/predexon-websocket.md).
+"""A faithful simulator of Predexon's WebSocket API, as Predexon documents it.
 
 It speaks the documented protocol: key in the URL path (`/v1/<KEY>`, or `?api_key=`),
 handshake refusals (401 unknown key, 403 Free plan, 429 connection limit, 503 capacity),
@@ -48,6 +48,7 @@ from websockets.http11 import Request, Response
 
 from bridge.mapping.predexon import CHANNELS, WILDCARD, dumps, matches
 from bridge.sim.predexon_events import EventFactory
+from bridge.sim.predexon_rest import PredexonRest, PredexonRestConfig
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -112,6 +113,8 @@ class SimConfig:
     A flaky server or load balancer, for the reconnect benchmark."""
     drop_code: int = 1006
     """Close code of `drop_every_events` drops (1006: abort TCP, see `drop_connections`)."""
+    rest: PredexonRestConfig = field(default_factory=PredexonRestConfig)
+    """REST history (`/v2/polymarket/trades`, `/activity`): `bridge.sim.predexon_rest`."""
 
 
 @dataclass(slots=True)
@@ -198,6 +201,8 @@ class PredexonSimulator:
         self.drop_log: list[tuple[float, int]] = []
         """(monotonic time, close code) of every connection the fault knobs dropped."""
         self.port = 0
+        self.rest: PredexonRest | None = None
+        """REST history endpoints (`rest.url`, `rest.faults`); set by `start()`."""
 
     # -- lifecycle ------------------------------------------------------------------
     async def start(self) -> None:
@@ -214,6 +219,11 @@ class PredexonSimulator:
         )
         sock = next(iter(self._server.sockets))
         self.port = sock.getsockname()[1]
+        if cfg.rest.enabled:
+            self.rest = PredexonRest(
+                self._truth, cfg.keys, self.revoked, host=cfg.host, config=cfg.rest
+            )
+            await self.rest.start()
         self._tasks = [
             asyncio.create_task(self._generate()),
             asyncio.create_task(self._flush_batches()),
@@ -228,6 +238,9 @@ class PredexonSimulator:
                 await task
         if self._server is not None:
             self._server.close()
+            if self.rest is not None:
+                await self.rest.stop()
+                self.rest = None
             await self._server.wait_closed()
 
     def url_for(self, api_key: str, *, query: bool = False) -> str:

@@ -196,7 +196,7 @@ class EventFactory:
         out: list[tuple[float, dict[str, Any]]] = []
         for row in rows:
             for status in ("pending", "confirmed"):
-                # Pending price may differ slightly from the confirmed one (fact sheet).
+                # Pending price may differ slightly from the confirmed one (Predexon's docs).
                 p = price if status == "confirmed" or rng.random() < 0.8 else price + _CENT
                 shares_n = row["shares_normalized"]
                 event = {

@@ -40,7 +40,7 @@ ALL_SCOPES: tuple[str, ...] = (
     "read:reports",
     "read:orders",
 )
-# The fact sheet: a client assertion may live at most 5 minutes.
+# The exchange's documentation: a client assertion may live at most 5 minutes.
 MAX_ASSERTION_LIFETIME_S = 300
 # Clock skew tolerated on assertion iat/exp, as identity providers usually allow.
 _ASSERTION_LEEWAY_S = 5

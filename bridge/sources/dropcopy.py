@@ -84,7 +84,7 @@ CHANNEL_OPTIONS: Sequence[tuple[str, int]] = (
 )
 KEEPALIVE_TIME_S = 60.0
 KEEPALIVE_TIMEOUT_S = 20.0
-"""The exchange's recommended keepalive (fact sheet): ping every 60 s, wait 20 s for the ack."""
+"""The keepalive the exchange recommends: ping every 60 s, wait 20 s for the ack."""
 _EOF: object = grpc.aio.EOF  # type: ignore[attr-defined]  # missing from grpc-stubs
 SILENCE_TIMEOUT_S = 180.0
 """The exchange's documentation: 180 s without any message (not even a heartbeat) = dead."""
@@ -96,12 +96,6 @@ MAINTENANCE_CODES = frozenset(grpc.StatusCode) - {
 }
 """Statuses taken for a maintenance refusal inside a window (the exchange does not document
 which one it returns): all but those that point at our credentials or request."""
-SCOPES = {
-    "executions": "read:dropcopy",
-    "trade_captures": "read:dropcopy",
-    "instrument_states": "read:instruments",
-    "position_changes": "read:positions",
-}
 
 
 def open_channel(
@@ -240,7 +234,7 @@ class DropCopySource:
                     continue
                 if code in TOKEN_REFUSED_CODES and request.resume_token:
                     covered = position.event_time_us or position.live_time_us
-                    if self.kind.name == "instrument_states" or covered is None:
+                    if not self.kind.replays_by_time or covered is None:
                         gap_from = (position.live_time_us or covered, "token_refused_no_replay")
                         resume_time_us = None
                     else:
@@ -288,7 +282,7 @@ class DropCopySource:
                 elif code == grpc.StatusCode.PERMISSION_DENIED:
                     raise AuthError(
                         f"stream {self.stream_id}: permission denied ({err.details()}); the "
-                        f"credentials need scope {SCOPES[self.kind.name]}"
+                        f"credentials need scope {self.kind.scope}"
                         + (" and a valid x-participant-id" if self.kind.account_scoped else ""),
                         reason="permission_denied",
                     ) from None

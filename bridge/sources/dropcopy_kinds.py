@@ -1,4 +1,5 @@
-"""The four DropCopy streams: which RPC, request, response list and default topic each uses."""
+"""The four DropCopy streams: which RPC, request, response list and default topic each uses,
+the scope it needs, and how it resumes and recognizes repeats."""
 
 from __future__ import annotations
 
@@ -21,8 +22,16 @@ class StreamKind:
     """Default topic (before the configured prefix)."""
     schema: str
     """Full name of the topic's Avro value schema in bridge/avro."""
+    scope: str
+    """The OAuth scope the exchange requires for the RPC."""
     account_scoped: bool
     """Needs `x-participant-id` and accepts `firms`."""
+    replays_by_time: bool
+    """Records carry an event time, so a refused resume token falls back to replay by time
+    (instrument states carry none: they subscribe live, the snapshot restores every state)."""
+    latest_per_key: bool
+    """A repeat is a record equal to its key's latest one (`LatestPerKey`: a return to an
+    earlier state is kept); otherwise one among the recent event ids (`RecentIds`)."""
 
 
 KINDS: dict[str, StreamKind] = {
@@ -36,7 +45,10 @@ KINDS: dict[str, StreamKind] = {
             "executions",
             "polymarket.dropcopy.executions",
             "polymarket.v1.dropcopy.ExecutionRecord",
+            scope="read:dropcopy",
             account_scoped=True,
+            replays_by_time=True,
+            latest_per_key=False,
         ),
         StreamKind(
             "trade_captures",
@@ -46,7 +58,10 @@ KINDS: dict[str, StreamKind] = {
             "trade_capture_reports",
             "polymarket.dropcopy.trade-captures",
             "polymarket.v1.dropcopy.TradeCaptureRecord",
+            scope="read:dropcopy",
             account_scoped=True,
+            replays_by_time=True,
+            latest_per_key=False,
         ),
         StreamKind(
             "instrument_states",
@@ -56,7 +71,10 @@ KINDS: dict[str, StreamKind] = {
             "instruments",
             "polymarket.dropcopy.instrument-states",
             "polymarket.v1.dropcopy.InstrumentStateRecord",
+            scope="read:instruments",
             account_scoped=False,
+            replays_by_time=False,
+            latest_per_key=True,
         ),
         StreamKind(
             "position_changes",
@@ -66,7 +84,10 @@ KINDS: dict[str, StreamKind] = {
             "position_changes",
             "polymarket.dropcopy.position-changes",
             "polymarket.v1.dropcopy.PositionChangeRecord",
+            scope="read:positions",
             account_scoped=True,
+            replays_by_time=True,
+            latest_per_key=False,
         ),
     )
 }

@@ -4,7 +4,7 @@ Predexon cannot replay, so the source's job besides mapping is to account for ti
 
 - `Position.live_time_us` is the last instant the subscription is known to have been
   acked and delivering *with everything generated up to it already yielded*: the live
-  evidence (a timely pong, see `predexon_conn`) the last yielded frame arrived with while
+  evidence (a timely pong, see `predexon_liveness`) the last yielded frame arrived with while
   more are buffered, else the connection's newest. Idle, an empty batch carrying the new
   live time is yielded about every second (`LIVENESS_INTERVAL_S`), so the committed live
   time keeps up with the clock.
@@ -32,16 +32,15 @@ from typing import Any
 
 from bridge.mapping.predexon import CHANNELS, PredexonMapper
 from bridge.records import Batch, Gap, Position
-from bridge.sources.predexon_conn import (
+from bridge.sources.predexon_placement import PredexonConnectionManager
+from bridge.sources.predexon_subscription import (
     Acked,
     Failed,
     Frame,
     Handle,
     Lagged,
     Lost,
-    PredexonConnectionManager,
     SubscriptionSpec,
-    now_us,
 )
 
 log = logging.getLogger(__name__)
@@ -68,7 +67,6 @@ class PredexonSource:
         self.stream_id = spec.stream_id
         self.liveness_interval_s = liveness_interval_s
         self._handle: Handle | None = None
-        self.gaps_emitted = 0
         self.reconnects: Counter[str] = Counter()
         """Subscriptions lost and renewed, by cause (`polybridge_reconnects_total`): the
         connection's (close_1006, pong_timeout, ...) or `overflow` (resubscribed)."""
@@ -183,7 +181,6 @@ class PredexonSource:
             self.manager.unregister(handle)
 
     def _gap(self, from_us: int | None, to_us: int, reason: str) -> Gap:
-        self.gaps_emitted += 1
         return Gap(
             from_us=from_us,
             to_us=to_us,
@@ -196,4 +193,4 @@ class PredexonSource:
         return Position(event_time_us=event_us, live_time_us=live_us, detail=self._detail())
 
 
-__all__ = ["PredexonSource", "SubscriptionSpec", "now_us"]
+__all__ = ["PredexonSource", "SubscriptionSpec"]

@@ -21,7 +21,8 @@ from types import SimpleNamespace
 
 from bridge.eos.positions import PositionStore
 from bridge.kafka.state import StateEntry
-from bridge.sim.dropcopy import STREAMS
+from bridge.sim.dropcopy import STREAMS, SimulatorThread
+from bridge.sim.predexon import SimulatorThread as PredexonThread
 from tests.bridge_harness import ALL_KINDS, BridgeProcess, wait_until
 from tests.fault.test_broker_faults import (
     SUBS,
@@ -138,6 +139,15 @@ def _assert_state_show_names_the_running_instances(cluster: Cluster) -> None:
         assert running_on.split("@")[0].split(".")[-2] in pids, (stream, line)
 
 
+def _three_instances(
+    tmp_path: Path, bootstrap: str, dsim: SimulatorThread, psim: PredexonThread, prefix: str
+) -> Both:
+    """The configuration the instances share: heartbeats committed every 0.5 s, so a
+    stream's first commit after a hand-over does not wait for data."""
+    pipeline = "heartbeat_commit_interval_s = 0.5"
+    return start_both(tmp_path, bootstrap, dsim, psim, prefix + ".", pipeline=pipeline)
+
+
 def _assert_one_holder_at_a_time(both: Both, limit: float) -> dict[str, float]:
     overlaps = {s: both.dsim.simulator.stats.longest_overlap(s) for s in STREAMS}
     assert all(o <= limit for o in overlaps.values()), overlaps
@@ -151,20 +161,14 @@ def test_sigkilled_owners_hand_their_streams_over_within_15_s(
     over 210,000 DropCopy records with two Predexon subscriptions live."""
     kills = 10
     with simulators(total=210_000, rate=1_500) as (dsim, psim):
-        both = start_both(
-            tmp_path,
-            kafka_bootstrap,
-            dsim,
-            psim,
-            unique_name("ha") + ".",
-            pipeline="heartbeat_commit_interval_s = 0.5",
-        )
+        both = _three_instances(tmp_path, kafka_bootstrap, dsim, psim, unique_name("ha"))
         cluster = Cluster(both, tmp_path, 3)
         handovers: list[float] = []
         try:
             _wait_balanced(cluster, 3)
             for round_ in range(kills):
-                victim = next(i for i, b in enumerate(cluster.bridges) if cluster.streams_of(b))
+                owning = [i for i, b in enumerate(cluster.bridges) if cluster.streams_of(b)]
+                victim = owning[round_ % len(owning)]  # a different instance each time
                 bridge = cluster.bridges[victim]
                 streams = cluster.streams_of(bridge)
                 killed_at = now_us()
@@ -198,14 +202,7 @@ def test_a_rolling_restart_loses_and_doubles_nothing(
     """Each of three instances in turn gets SIGTERM and is started again; its streams
     commit on another instance within 5 s each time."""
     with simulators(total=60_000, rate=1_000) as (dsim, psim):
-        both = start_both(
-            tmp_path,
-            kafka_bootstrap,
-            dsim,
-            psim,
-            unique_name("roll") + ".",
-            pipeline="heartbeat_commit_interval_s = 0.5",
-        )
+        both = _three_instances(tmp_path, kafka_bootstrap, dsim, psim, unique_name("roll"))
         cluster = Cluster(both, tmp_path, 3)
         handovers: list[float] = []
         try:

@@ -36,7 +36,7 @@ SUBS = [
 
 PONG_DETECTION_S = 40
 """Upper bound for the bridge to notice a connection that answers nothing: its ping every
-5 s, 10 s without a pong, 2 s close timeout (`predexon_conn` defaults), plus margin."""
+5 s, 10 s without a pong, 2 s close timeout (`PredexonConnectionManager` defaults), plus margin."""
 
 
 def now_us() -> int:

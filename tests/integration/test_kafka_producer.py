@@ -121,6 +121,21 @@ def test_unreachable_broker_gives_a_clear_bounded_error() -> None:
     producer.close()
 
 
+async def _fenced_pair(
+    bootstrap: str, topic: str, txn_id: str
+) -> tuple[TransactionalProducer, TransactionalProducer]:
+    """A producer with a transaction open and flushed, then a successor with the same
+    transactional id whose init_transactions fenced it."""
+    zombie = _producer(bootstrap, txn_id)
+    await zombie.init()
+    zombie.begin()
+    zombie.produce(topic, b"k", b"zombie-1", HEADERS)
+    await asyncio.to_thread(zombie._producer.flush, 5)
+    successor = _producer(bootstrap, txn_id)
+    await successor.init(timeout=30)
+    return zombie, successor
+
+
 def test_a_second_producer_with_the_same_id_fences_the_first(
     kafka_bootstrap: str, make_topic: Callable[..., str], unique_name: Callable[[str], str]
 ) -> None:
@@ -130,14 +145,7 @@ def test_a_second_producer_with_the_same_id_fences_the_first(
     topic, txn_id = make_topic(), unique_name("txn")
 
     async def run() -> tuple[BaseException, float]:
-        zombie = _producer(kafka_bootstrap, txn_id)
-        await zombie.init()
-        zombie.begin()
-        zombie.produce(topic, b"k", b"zombie-1", HEADERS)
-        await asyncio.to_thread(zombie._producer.flush, 5)
-
-        successor = _producer(kafka_bootstrap, txn_id)
-        await successor.init(timeout=30)
+        zombie, successor = await _fenced_pair(kafka_bootstrap, topic, txn_id)
 
         started = time.monotonic()
         try:
@@ -171,13 +179,7 @@ def test_a_fenced_idle_producer_commit_ends_within_its_timeout(
     topic, txn_id = make_topic(), unique_name("txn")
 
     async def run() -> tuple[KafkaError, float]:
-        zombie = _producer(kafka_bootstrap, txn_id)
-        await zombie.init()
-        zombie.begin()
-        zombie.produce(topic, b"k", b"zombie", HEADERS)
-        await asyncio.to_thread(zombie._producer.flush, 5)
-        successor = _producer(kafka_bootstrap, txn_id)
-        await successor.init(timeout=30)
+        zombie, successor = await _fenced_pair(kafka_bootstrap, topic, txn_id)
         started = time.monotonic()
         with pytest.raises(KafkaError) as info:
             await zombie.commit(timeout=3)
@@ -200,13 +202,7 @@ def test_a_fence_learnt_in_the_background_is_still_reported_as_fencing(
     topic, txn_id = make_topic(), unique_name("txn")
 
     async def run() -> BaseException:
-        zombie = _producer(kafka_bootstrap, txn_id)
-        await zombie.init()
-        zombie.begin()
-        zombie.produce(topic, b"k", b"zombie-1", HEADERS)
-        await asyncio.to_thread(zombie._producer.flush, 5)
-        successor = _producer(kafka_bootstrap, txn_id)
-        await successor.init(timeout=30)
+        zombie, successor = await _fenced_pair(kafka_bootstrap, topic, txn_id)
         zombie._producer.produce(topic, b"zombie-2", b"k")
         with pytest.raises(LibKafkaException):  # the fence, raised where nobody reads it
             await asyncio.to_thread(zombie._producer.flush, 10)

@@ -19,7 +19,7 @@ from bridge.serde.avro import SingleObjectFormat
 from bridge.sim.predexon import PredexonSimulator, SimConfig
 from bridge.sources.backoff import Backoff
 from bridge.sources.predexon import PredexonSource
-from bridge.sources.predexon_conn import PredexonConnectionManager
+from bridge.sources.predexon_placement import PredexonConnectionManager
 from bridge.sources.predexon_reconnect import FAIL_JITTER, ReconnectPolicy
 from tests.bridge_harness import until
 

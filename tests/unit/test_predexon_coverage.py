@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from bridge.mapping.predexon import loads
 from bridge.records import Batch, Gap
 from bridge.sources.predexon import PredexonSource
-from bridge.sources.predexon_conn import (
+from bridge.sources.predexon_subscription import (
     Acked,
     Frame,
     Handle,

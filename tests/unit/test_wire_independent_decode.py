@@ -1,8 +1,8 @@
-"""The simulator's bytes decode with descriptors built only from the exchange's fact sheet.
+"""The simulator's bytes decode with descriptors built only from the exchange's documentation.
 
-The message tables below are copied from /work/shared/upstream/polymarket-dropcopy.md (not
-from our .proto files or generated code). Enum-typed fields are declared as int32: on the
-wire both are the same varint, and comparing numbers is what we want here.
+The message tables below are copied from the field tables of the exchange's DropCopy
+documentation (not from our .proto files or generated code). Enum-typed fields are declared
+as int32: on the wire both are the same varint, and comparing numbers is what we want here.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ SCALARS = {
 WELL_KNOWN = {"Timestamp": ".google.protobuf.Timestamp", "Duration": ".google.protobuf.Duration"}
 
 # message -> [(number, name, type)], type: scalar, "enum", a message name, "repeated X",
-# or "map<K,V>". Copied from the fact sheet's tables.
+# or "map<K,V>". Copied from the documentation's tables.
 FACT_SHEET: dict[str, list[tuple[int, str, str]]] = {
     "CreateDropCopySubscriptionResponse": [
         (1, "resume_token", "bytes"),
@@ -193,7 +193,7 @@ FACT_SHEET: dict[str, list[tuple[int, str, str]]] = {
         (47, "last_transact_time", "Timestamp"),
         (50, "maker_commissions_basis_points", "string"),
         (51, "manual_order_indicator", "enum"),
-        # Added after the January bundle (fact sheet, "Values").
+        # Added after the January bundle (the documentation's "Values").
         (41, "price_to_quantity_filled", "map<int64,int64>"),
         (48, "price_scale", "int64"),
         (49, "fractional_quantity_scale", "int64"),

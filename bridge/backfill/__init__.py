@@ -1,0 +1,1 @@
+"""Filling gaps from the upstreams' REST history (see `docs/design.md`, section 4)."""

@@ -1,0 +1,90 @@
+"""The REST history of a configured stream: `bridge.backfill.rest_history`'s `History`
+classes over one exchange and one Predexon REST client per process, with the stream's own
+mapper (same topic, schema, wire format and event ids as live)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from bridge.backfill.cursor import OpenGap
+from bridge.backfill.history import History
+from bridge.backfill.rest_history import ExchangeHistory, PredexonHistory
+from bridge.backfill.streams import BackfillStream
+from bridge.config import Settings
+from bridge.mapping.dropcopy import DropCopyMapper
+from bridge.mapping.predexon import PredexonMapper, dumps
+from bridge.sources.auth import TokenProvider
+from bridge.sources.dropcopy_kinds import KINDS
+from bridge.sources.rest.exchange import ExchangeRestClient, exchange_headers
+from bridge.sources.rest.http import RestClient
+from bridge.sources.rest.predexon import PredexonRestClient, predexon_headers, predexon_parse
+
+
+class RestClients:
+    """The `RestHistories` of the bridge: a `History` per stream and gap. Clients are made on
+    first use (on the event loop that uses them); credentials are read then, so a bridge
+    without `[backfill]` never needs them."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        tokens: Callable[[], TokenProvider],
+        predexon_key: Callable[[], str],
+    ) -> None:
+        self.settings = settings
+        self._tokens = tokens
+        self._predexon_key = predexon_key
+        self.clients: list[RestClient] = []
+        self._exchange: ExchangeRestClient | None = None
+        self._predexon: PredexonRestClient | None = None
+
+    def __call__(self, stream: BackfillStream, gap: OpenGap) -> History:
+        backfill = self.settings.backfill
+        if stream.upstream == "dropcopy":
+            mapper = DropCopyMapper(
+                KINDS[stream.kind], stream.stream_id, stream.topic, stream.prefix
+            )
+            return ExchangeHistory(
+                self._exchange_client(),
+                mapper,
+                participant_id=self.settings.dropcopy.participant_id,
+                symbols=list(stream.filters.get("symbols") or ()),
+                firms=list(stream.filters.get("firms") or ()),
+                accounts=backfill.accounts,
+                page_size=backfill.page_size,
+                retention_s=backfill.exchange_retention_s or None,
+            )
+        filters = dict(stream.filters)
+        predexon_mapper = PredexonMapper(
+            stream.kind, stream.stream_id, stream.topic, stream.prefix, dumps(filters)
+        )
+        return PredexonHistory(
+            self._predexon_client(), predexon_mapper, filters, limit=backfill.page_size
+        )
+
+    def _exchange_client(self) -> ExchangeRestClient:
+        if self._exchange is None:
+            http = RestClient(
+                self.settings.backfill.exchange_url,
+                exchange_headers(self._tokens(), self.settings.dropcopy.participant_id),
+            )
+            self.clients.append(http)
+            self._exchange = ExchangeRestClient(http)
+        return self._exchange
+
+    def _predexon_client(self) -> PredexonRestClient:
+        if self._predexon is None:
+            http = RestClient(
+                self.settings.backfill.predexon_url,
+                predexon_headers(self._predexon_key()),
+                parse=predexon_parse,
+            )
+            self.clients.append(http)
+            self._predexon = PredexonRestClient(http)
+        return self._predexon
+
+    async def aclose(self) -> None:
+        for client in self.clients:
+            await client.aclose()
+        self.clients.clear()
+        self._exchange = self._predexon = None

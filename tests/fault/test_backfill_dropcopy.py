@@ -1,0 +1,202 @@
+"""End to end: a refused resume token the exchange cannot replay -> a gap -> filled from the
+simulator's REST history by the bridge's backfill task, with the bridge SIGKILLed during
+the backfill several times; afterwards every topic equals the exchange's records exactly."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+from bridge.backfill.task import SOURCE_HEADER
+from bridge.kafka.readback import header, read_topic
+from bridge.records import STREAM_HEADER
+from bridge.sim.dropcopy import SimConfig, SimulatorThread
+from bridge.sim.exchange_rest import RestConfig
+from bridge.sim.journal import Retention
+from bridge.sim.market import DEFAULT_FIRMS
+from bridge.sim.rest import RestFaults
+from bridge.verify import compare, expected_dropcopy_rows, kafka_rows
+from tests.bridge_harness import BridgeProcess, BridgeSetup, gap_records, wait_until, write_setup
+
+KINDS = ("executions", "trade_captures")
+OWN_FIRM = DEFAULT_FIRMS[0]
+"""REST searches serve the caller's firm only: the streams subscribe to it alone."""
+
+
+def _expected(sim: SimulatorThread, kind: str) -> list[tuple[bytes | None, str]]:
+    return expected_dropcopy_rows(
+        kind, f"dropcopy.{kind}", sim.ground_truth(kind, firms=(OWN_FIRM,))
+    )
+
+
+def _rest_rows(setup: BridgeSetup, kind: str) -> int:
+    return sum(
+        1
+        for r in read_topic(setup.kafka, setup.topic(kind))
+        if header(r.headers, SOURCE_HEADER) == b"rest"
+        and header(r.headers, STREAM_HEADER) == f"dropcopy.{kind}".encode()
+    )
+
+
+def _equal(setup: BridgeSetup, kind: str, want: list[tuple[bytes | None, str]]) -> bool:
+    stream_id = f"dropcopy.{kind}"
+    return compare(stream_id, want, kafka_rows(setup.kafka, setup.topic(kind), stream_id)).equal
+
+
+def test_gap_filled_from_rest_across_sigkills(
+    kafka_bootstrap: str, tmp_path: Path, unique_name
+) -> None:
+    config = SimConfig(
+        seed=11,
+        prefill=2_000,
+        batch=100,
+        heartbeat_s=0.05,
+        # No REST rate limits (the real 12/min would make this test minutes long), and slow
+        # pages so that the backfill is still running when the bridge is killed.
+        rest=RestConfig(search_limit=None, ledger_limit=None, faults=RestFaults(slow_page_s=0.3)),
+    )
+    with SimulatorThread(config) as sim:
+        assert sim.simulator.rest is not None
+        setup = write_setup(
+            tmp_path,
+            kafka_bootstrap,
+            sim,
+            unique_name("bf") + ".",
+            kinds=KINDS,
+            dropcopy="reconnect_initial_s = 0.05\nreconnect_max_s = 0.2",
+        )
+        text = setup.config_path.read_text()
+        firms = ", ".join(f'"{f}"' for f in DEFAULT_FIRMS)
+        text = text.replace(f"firms = [{firms}]", f'firms = ["{OWN_FIRM}"]')
+        text += (
+            f'\n[backfill]\nenabled = true\nexchange_url = "{sim.simulator.rest.url}"\n'
+            "page_size = 40\nmax_records_per_transaction = 15\nretry_interval_s = 0.5\n"
+        )
+        setup.config_path.write_text(text)
+
+        # 1. Everything the exchange has is in Kafka.
+        first = BridgeProcess(setup, tmp_path / "bridge.log")
+        try:
+            for kind in KINDS:
+                want = _expected(sim, kind)
+                wait_until(lambda k=kind, w=want: _equal(setup, k, w), 90, kind)
+        finally:
+            assert first.terminate() == 0, first.log()
+        before = {kind: _expected(sim, kind) for kind in KINDS}
+
+        # 2. While the bridge is down: tokens are refused, new records arrive, and the
+        # exchange drops everything the bridge had, so it cannot replay by time either.
+        journals = sim.simulator._journals
+
+        def newest() -> int:
+            return max(j.time_at(j.head) or 0 for j in journals.values())
+
+        old = sim._on_loop(newest)
+        sim.simulator.faults.token_max_age_s = 0.0
+        sim.generate(2_000)
+
+        def forget_old() -> None:
+            now = newest()
+            assert now > old
+            for journal in journals.values():
+                journal.retention = Retention(max_age_s=(now - old) / 2 / 1e6)
+                journal.trim(now)
+
+        sim._on_loop(forget_old)
+        after = {kind: _expected(sim, kind) for kind in KINDS}
+        assert all(after[k] and set(after[k]).isdisjoint(before[k]) for k in KINDS)
+        want = {kind: before[kind] + after[kind] for kind in KINDS}
+
+        # 3. The gap is found and filled; the bridge is SIGKILLed mid-backfill 3 times.
+        log = tmp_path / "bridge.log"
+        for kill in range(3):
+            bridge = BridgeProcess(setup, log)
+            try:
+                if kill == 0:
+                    wait_until(lambda: _opened(setup) == set(KINDS), 90, "both gaps")
+                    sim.simulator.faults.token_max_age_s = None
+                seen = _rest_rows(setup, "executions")
+                wait_until(
+                    lambda s=seen: (
+                        _rest_rows(setup, "executions") > s
+                        or _equal(setup, "executions", want["executions"])
+                    ),
+                    90,
+                    f"backfill progress before kill {kill + 1}",
+                )
+            finally:
+                bridge.kill()
+        last = BridgeProcess(setup, log)
+        try:
+            for kind in KINDS:
+                wait_until(
+                    lambda k=kind: _equal(setup, k, want[k]), 120, f"{kind} filled", poll=0.5
+                )
+            wait_until(lambda: _all_closed(setup), 60, "every gap closed")
+        finally:
+            assert last.terminate() == 0, last.log()
+        rest: dict[str, int] = {}
+        for kind in KINDS:
+            stream_id = f"dropcopy.{kind}"
+            result = compare(
+                stream_id, want[kind], kafka_rows(setup.kafka, setup.topic(kind), stream_id)
+            )
+            assert result.equal, result.summary()
+            rest[kind] = _rest_rows(setup, kind)
+
+        # On demand, the same window again: everything is in Kafka already.
+        gap = next(
+            g
+            for g in gap_records(setup)
+            if g["stream_id"] == "dropcopy.executions" and g["status"] == "open"
+        )
+        dry = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "bridge",
+                "backfill",
+                "dropcopy.executions",
+                "--from",
+                gap["from_time"].isoformat(),
+                "--to",
+                gap["to_time"].isoformat(),
+                "--dry-run",
+                "--config",
+                str(setup.config_path),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert dry.returncode == 0, dry.stderr
+        assert dry.stdout.strip().endswith("would write 0, dead letters 0; filled"), dry.stdout
+        assert "backfill: fetched" in dry.stderr
+    # Every record the stream missed came from REST, once.
+    assert rest == {kind: len(after[kind]) for kind in KINDS}
+    assert "resuming from page cursor" in log.read_text()
+    gaps = gap_records(setup)
+    opened = [g for g in gaps if g["status"] == "open"]
+    assert {g["reason"] for g in opened} == {"replay_unavailable"}
+    assert {g["stream_id"] for g in opened} == {f"dropcopy.{k}" for k in KINDS}
+    closed = Counter(g["status"] for g in gaps if g["status"] != "open")
+    assert closed == Counter({"filled": len(opened)}), gaps
+
+
+def _all_closed(setup: BridgeSetup) -> bool:
+    gaps = gap_records(setup)
+    key = [(g["stream_id"], g["from_time"], g["to_time"], g["reason"]) for g in gaps]
+    opened = {k for k, g in zip(key, gaps, strict=True) if g["status"] == "open"}
+    closed = {k for k, g in zip(key, gaps, strict=True) if g["status"] != "open"}
+    return bool(opened) and opened <= closed
+
+
+def _opened(setup: BridgeSetup) -> set[str]:
+    """The kinds whose stream wrote a gap."""
+    return {
+        g["stream_id"].removeprefix("dropcopy.")
+        for g in gap_records(setup)
+        if g["status"] == "open"
+    }
