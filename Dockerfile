@@ -9,6 +9,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /src
 COPY pyproject.toml README.md ./
+COPY avro ./avro
 COPY bridge ./bridge
 COPY polymarket ./polymarket
 RUN pip install . && rm -rf /src

@@ -4,7 +4,7 @@
     python tools/schema_table.py --write    # replace them in docs/topics.md (between the markers)
 
 One table per topic value schema: each top-level field with its Avro type and its `doc`;
-nested records are named (their fields are in `bridge/avro/<full name>.avsc`). A test
+nested records are named (their fields are in `avro/<full name>.avsc`). A test
 (`tests/unit/test_schema_table.py`) fails when docs/topics.md differs from this output.
 """
 

@@ -3,7 +3,7 @@
 - `export DIR`: every topic value schema as one self-contained `.avsc` per full name (other
   files' named types inlined), for consumers and their build tools.
 - `check`: each current schema against every released version kept in
-  `bridge/avro/history` (BACKWARD, the evolution policy), and, with `schema_registry.url`
+  `avro/history` (BACKWARD, the evolution policy), and, with `schema_registry.url`
   in `--config`, each configured topic's schema against its subject in the registry
   (without registering anything). Exit 1 when anything is incompatible.
 - `register`: register every configured topic's schema under its subject (whatever

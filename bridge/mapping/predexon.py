@@ -438,7 +438,7 @@ HEADER_FIELDS = (
 
 
 def avro_schema(channel: Channel) -> dict[str, Any]:
-    """The Avro value schema of a channel's topic, as written to `bridge/avro/`."""
+    """The Avro value schema of a channel's topic, as written to `avro/`."""
     namespace, _, name = channel.schema.rpartition(".")
     ts = {"type": "long", "logicalType": "timestamp-micros"}
     fields: list[dict[str, Any]] = [

@@ -1,6 +1,7 @@
 """Avro schemas and serializers.
 
-Schemas live in `bridge/avro/<full name>.avsc`, one per topic value; a schema may refer to
+Schemas live in the repository's top-level `avro/<full name>.avsc` (installed inside the
+package as `bridge/avro`), one per topic value; a schema may refer to
 named types defined in other files of that folder. A `Serializer` turns one datum into
 the bytes of one Kafka value: the wire format's prefix followed by the Avro body.
 """
@@ -46,7 +47,7 @@ def schema_text(name: str) -> str:
 
 @cache
 def named_schemas() -> dict[str, Any]:
-    """Every schema in `bridge/avro`, parsed, so files can refer to each other's types."""
+    """Every schema in `avro/`, parsed, so files can refer to each other's types."""
     named: dict[str, Any] = {}
     folder = resources.files("bridge") / "avro"
     pending = sorted(p.name[: -len(".avsc")] for p in folder.iterdir() if p.name.endswith(".avsc"))

@@ -20,7 +20,7 @@ Rules implemented (reader R, writer W):
   from the writer, or else it needs a default; writer fields the reader lacks are skipped;
 - enums: same name; a writer symbol the reader lacks needs the reader's `default` symbol;
 - arrays by items, maps by values, fixed by name and size.
-Released versions of our own schemas are kept in `bridge/avro/history/<name>/v<N>.avsc`
+Released versions of our own schemas are kept in `avro/history/<name>/v<N>.avsc`
 (`released_versions`), each as one self-contained schema (other files' types inlined).
 """
 

@@ -2,8 +2,8 @@
 
 - Avro single-object (`C3 01` + 8-byte CRC-64-AVRO fingerprint, little-endian): the writer
   schema is found by fingerprint among the schemas polybridge knows: every `.avsc` in
-  `bridge/avro` (self-contained, other files' types inlined) and every released version
-  kept in `bridge/avro/history`, so records written by an older release still decode.
+  `avro/` (self-contained, other files' types inlined) and every released version
+  kept in `avro/history`, so records written by an older release still decode.
 - Confluent (`00` + 4-byte big-endian schema id): the writer schema is fetched from the
   Schema Registry by id, once per id.
 

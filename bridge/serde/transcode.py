@@ -13,7 +13,7 @@ The Avro schema drives the field order (the Avro binary encoding is the schema's
 every Avro field must name a proto field of a compatible type, or compilation fails, so a
 mismatch between `.proto` and `.avsc` is found at startup, not in production bytes.
 
-Mapping rules (the schemas in `bridge/avro/polymarket.v1.*.avsc` follow them):
+Mapping rules (the schemas in `avro/polymarket.v1.*.avsc` follow them):
 
 - int64/int32 -> long/int (zig-zag varint), bool -> boolean, double -> double (little-endian),
   string -> string (UTF-8), bytes -> bytes.

@@ -21,7 +21,7 @@ class StreamKind:
     topic: str
     """Default topic (before the configured prefix)."""
     schema: str
-    """Full name of the topic's Avro value schema in bridge/avro."""
+    """Full name of the topic's Avro value schema in avro/."""
     scope: str
     """The OAuth scope the exchange requires for the RPC."""
     account_scoped: bool

@@ -3,7 +3,7 @@ bridge wrote in single-object format (no polybridge code in the decode path).
 
 The bridge runs as a process (`tests/bridge_harness.py`) against the DropCopy simulator;
 the schemas are the exported self-contained `.avsc` files (`polybridge schemas export`,
-the same as the newest `bridge/avro/history/<name>/v<N>.avsc`), read as plain JSON files.
+the same as the newest `avro/history/<name>/v<N>.avsc`), read as plain JSON files.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from fastavro.schema import fingerprint, to_parsing_canonical_form
 from bridge.sim.dropcopy import SimConfig, SimulatorThread
 from tests.bridge_harness import ALL_KINDS, BridgeProcess, write_setup
 
-HISTORY = Path(__file__).resolve().parents[2] / "bridge" / "avro" / "history"
+HISTORY = Path(__file__).resolve().parents[2] / "avro" / "history"
 SCHEMAS = {
     "executions": "polymarket.v1.dropcopy.ExecutionRecord",
     "trade_captures": "polymarket.v1.dropcopy.TradeCaptureRecord",

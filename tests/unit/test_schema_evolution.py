@@ -1,5 +1,5 @@
 """The evolution policy: current schemas stay BACKWARD compatible with every released version
-kept in `bridge/avro/history`, and the changes upstreams make map to compatible changes."""
+kept in `avro/history`, and the changes upstreams make map to compatible changes."""
 
 from __future__ import annotations
 
