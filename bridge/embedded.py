@@ -15,7 +15,6 @@ that `stop()` deletes.
 from __future__ import annotations
 
 import base64
-import ctypes
 import fcntl
 import hashlib
 import logging
@@ -25,7 +24,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -282,11 +280,17 @@ class EmbeddedBroker:
         self._out = open(out_path, "ab")  # noqa: SIM115 (closed in stop())
         log.info("starting embedded Kafka port=%d data_dir=%s", self.port, self.data_dir)
         self._proc = subprocess.Popen(
-            [*base, "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20", "kafka.Kafka", str(config)],
+            [
+                *_die_with_parent(),
+                *base,
+                "-XX:+UseG1GC",
+                "-XX:MaxGCPauseMillis=20",
+                "kafka.Kafka",
+                str(config),
+            ],
             stdin=subprocess.DEVNULL,
             stdout=self._out,
             stderr=subprocess.STDOUT,
-            preexec_fn=_die_with_parent,
         )
         try:
             self._wait_ready(timeout, out_path)
@@ -395,15 +399,13 @@ class EmbeddedBroker:
         self.stop()
 
 
-def _die_with_parent() -> None:
-    """In the broker's process before exec: SIGKILL it when the thread that started it
-    ends (Linux), so a test run or demo that is itself killed leaks no broker."""
-    if sys.platform == "linux":
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-
-
-_PR_SET_PDEATHSIG = 1
+def _die_with_parent() -> list[str]:
+    """A command prefix that has the broker SIGKILLed when the thread that started it ends
+    (util-linux `setpriv --pdeathsig`, Linux), so a test run or demo that is itself killed
+    leaks no broker. Not a `preexec_fn`: code in a forked child of a threaded process can
+    crash or deadlock."""
+    setpriv = shutil.which("setpriv")
+    return [setpriv, "--pdeathsig", "KILL", "--"] if setpriv else []
 
 
 def _cluster_id() -> str:
