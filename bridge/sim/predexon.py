@@ -688,6 +688,11 @@ _CLOSE_REASONS = {
 }
 
 
+STOP_TIMEOUT_S = 30.0
+"""Bound for stopping the simulator: closing a WebSocket whose peer went away (a SIGKILLed
+bridge, a stalled connection) waits for websockets' close timeout, 10 s per connection."""
+
+
 class SimulatorThread:
     """Runs a `PredexonSimulator` in its own event-loop thread (for synchronous tests).
 
@@ -708,7 +713,7 @@ class SimulatorThread:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        asyncio.run_coroutine_threadsafe(self.sim.stop(), self._loop).result(10)
+        asyncio.run_coroutine_threadsafe(self.sim.stop(), self._loop).result(STOP_TIMEOUT_S)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
         self._loop.close()
