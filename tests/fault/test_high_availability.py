@@ -132,7 +132,8 @@ def _assert_state_show_names_the_running_instances(cluster: Cluster) -> None:
     )
     assert shown.returncode == 0, shown.stderr
     pids = {str(b.process.pid) for b in cluster.bridges}
-    lines = {line.split()[0]: line for line in shown.stdout.splitlines()[1:]}
+    rows = [line.split() for line in shown.stdout.splitlines()]
+    lines = {row[0]: " ".join(row) for row in rows if row and row[0] in STREAM_IDS}
     assert set(lines) == set(STREAM_IDS), shown.stdout
     for stream, line in lines.items():
         running_on = line.split()[-1]  # instance id (host.pid.random) @ host
