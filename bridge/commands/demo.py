@@ -77,6 +77,9 @@ def _config(
         f'app_id = "{PREFIX}polybridge"',
         f'[kafka]\nbootstrap_servers = "{bootstrap}"\ntopic_prefix = "{PREFIX}"\npartitions = 3',
         "[pipeline]\nmax_latency_ms = 20",
+        # One instance, killed and restarted at once: outside a stream group it takes its
+        # streams back immediately, instead of after the dead member's session timeout.
+        "[cluster]\nenabled = false",
         f'[metrics]\nport = {metrics_port}\nhost = "127.0.0.1"',
         f'[dropcopy]\nendpoint = "{dc.address}"\ntls = false\nparticipant_id = "{PARTICIPANT}"',
         f'[dropcopy.auth]\nmode = "static"\ntoken_file = "{token}"',

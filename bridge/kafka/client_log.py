@@ -148,9 +148,14 @@ _shared = ClientLog(log)
 
 
 def flush_at_exit() -> None:
-    """Log the open windows' summaries when the process exits (the CLI registers this:
-    a library must not write to streams its host may have closed by then)."""
-    atexit.register(_shared.flush)
+    """Log the open windows' summaries when the process exits (the CLI registers this).
+    A handler whose stream the host closed first (pytest) is skipped without a traceback."""
+
+    def flush() -> None:
+        logging.raiseExceptions = False
+        _shared.flush()
+
+    atexit.register(flush)
 
 
 def client_log_config(conf: Mapping[str, Any]) -> dict[str, Any]:

@@ -63,10 +63,10 @@ def _check_output(config: Path, env: dict[str, str]) -> str:
 
 
 def _stopped(port: int, stream: str) -> bool:
-    """The stream's pipeline ran (claimed it: one commit) and is no longer running."""
+    """This instance runs the stream (the group assigned it) and its pipeline has ended."""
     samples = scrape(port)
     return (
-        value(samples, "polybridge_commits_total", stream) >= 1
+        value(samples, "polybridge_stream_owned", stream) == 1
         and value(samples, "polybridge_up", stream) == 0
     )
 
