@@ -62,12 +62,14 @@ def _check_output(config: Path, env: dict[str, str]) -> str:
     return result.stdout + result.stderr
 
 
-def _stopped(port: int, stream: str) -> bool:
-    """This instance runs the stream (the group assigned it) and its pipeline has ended."""
+def _stopped(port: int, stream: str, log: Path) -> bool:
+    """This instance runs the stream (the group assigned it), its pipeline has ended, and
+    the bridge logged why."""
     samples = scrape(port)
     return (
         value(samples, "polybridge_stream_owned", stream) == 1
         and value(samples, "polybridge_up", stream) == 0
+        and f"stream={stream} stopped" in log.read_text(errors="replace")
     )
 
 
@@ -106,7 +108,7 @@ def test_no_secret_in_logs_metrics_or_errors(
         try:
             wait_until(
                 lambda: (
-                    _stopped(port, "dropcopy.executions")
+                    _stopped(port, "dropcopy.executions", run1 / "bridge.log")
                     and value(scrape(port), "polybridge_records_total", "predexon.crypto") > 0
                 ),
                 90,
@@ -158,7 +160,7 @@ def test_no_secret_in_logs_metrics_or_errors(
         try:
             wait_until(
                 lambda: (
-                    _stopped(port, "predexon.crypto")
+                    _stopped(port, "predexon.crypto", run2 / "bridge.log")
                     and value(scrape(port), "polybridge_records_total", "dropcopy.executions") > 0
                 ),
                 90,
