@@ -19,29 +19,19 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
 from typing import Any
 
 from bridge.backfill.history import Window
 from bridge.kafka.state import StateEntry, state_datum
 from bridge.records import Gap, Position
 from bridge.serde.avro import Serializer
+from bridge.timeutil import micros
 
 OPEN = "open"
 FILLED = "filled"
 PARTIALLY_FILLED = "partially_filled"
 UNFILLABLE = "unfillable"
 STATUSES = (OPEN, FILLED, PARTIALLY_FILLED, UNFILLABLE)
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-def micros(value: Any) -> Any:
-    """fastavro decodes timestamp-micros to an aware datetime: back to epoch microseconds."""
-    if value is None or isinstance(value, int):
-        return value
-    delta = value - _EPOCH
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
 def cursor_key(stream_id: str) -> str:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from io import BytesIO
 from typing import Any
 
@@ -28,6 +27,7 @@ from bridge.serde.avro import (
     fingerprint,
     load_schema,
 )
+from bridge.timeutil import micros
 
 log = logging.getLogger(__name__)
 
@@ -82,26 +82,15 @@ def _entry(datum: Mapping[str, Any]) -> StateEntry:
         stream_id=datum["stream_id"],
         upstream=datum["upstream"],
         owner=datum.get("owner", ""),
-        committed_at_us=_micros(datum["committed_at"]),
+        committed_at_us=micros(datum["committed_at"]),
         position=Position(
             resume_token=datum.get("resume_token"),
-            event_time_us=_micros(datum.get("event_time")),
-            live_time_us=_micros(datum.get("live_time")),
+            event_time_us=micros(datum.get("event_time")),
+            live_time_us=micros(datum.get("live_time")),
             detail=dict(datum.get("detail") or {}),
         ),
         backfill=datum.get("backfill"),
     )
-
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-def _micros(value: Any) -> Any:
-    """fastavro decodes timestamp-micros to an aware datetime: back to epoch microseconds."""
-    if value is None or isinstance(value, int):
-        return value
-    delta = value - _EPOCH
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
 def decode_state(value: bytes) -> StateEntry:
