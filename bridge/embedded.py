@@ -409,5 +409,12 @@ def _die_with_parent() -> list[str]:
 
 
 def _cluster_id() -> str:
-    """A new KRaft cluster id: 16 random bytes, URL-safe base64 without padding."""
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    """A new KRaft cluster id: 16 random bytes, URL-safe base64 without padding.
+
+    One id in 64 would start with "-", which the storage tool reads as an option;
+    Kafka's own Uuid.randomUuid() draws again in that case, and so do we.
+    """
+    while True:
+        text = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not text.startswith("-"):
+            return text
