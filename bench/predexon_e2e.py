@@ -37,7 +37,11 @@ from typing import Any
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from bridge.mapping.predexon import CHANNELS, PredexonMapper, dumps, loads
+from bench.dropcopy_e2e import stop_process
+from bench.predexon_common import broker, predexon_bridge_config
+from bridge.mapping.predexon import PredexonMapper
+from bridge.mapping.predexon_channels import CHANNELS
+from bridge.mapping.predexon_json import dumps, loads
 from bridge.serde.avro import SingleObjectFormat
 from bridge.sim.predexon import SimConfig, SimulatorThread
 
@@ -203,17 +207,14 @@ def summarise(
 
 def bridge_command(workdir: Path, bootstrap: str, url: str, scenario: Scenario) -> list[str]:
     """Write a bridge config for one subscription and return the command that runs it."""
-    key_file = workdir / "key"
-    key_file.write_text(KEY)
-    filters = ", ".join(f"{k} = {json.dumps(v)}" for k, v in scenario.filters.items())
-    config = workdir / "bridge.toml"
-    config.write_text(
-        f'app_id = "bench-{uuid.uuid4().hex[:8]}"\n'
-        f'[kafka]\nbootstrap_servers = "{bootstrap}"\npartitions = {PARTITIONS}\n'
-        f'topic_prefix = "{workdir.name}."\n'
-        f'[predexon]\nurl = "{url}"\napi_key_file = "{key_file}"\nplan = "pro"\n'
-        f'[[predexon.subscriptions]]\nname = "bench"\nchannel = "{scenario.channel}"\n'
-        f"filters = {{ {filters} }}\n"
+    config = predexon_bridge_config(
+        workdir,
+        bootstrap=bootstrap,
+        url=url,
+        api_key=KEY,
+        channel=scenario.channel,
+        filters=scenario.filters,
+        partitions=PARTITIONS,
     )
     return [
         sys.executable,
@@ -278,12 +279,7 @@ def running(command: list[str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
         try:
             yield process
         finally:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            stop_process(process, timeout=30)
 
 
 def run_once(bootstrap: str, scenario: Scenario, system: str, seconds: float) -> Result:
@@ -354,18 +350,6 @@ def _create_topic(bootstrap: str, topic: str) -> None:
 
 
 # --- CLI ----------------------------------------------------------------------------------
-
-
-@contextmanager
-def broker() -> Iterator[str]:
-    external = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
-    if external:
-        yield external
-        return
-    from bridge.embedded import EmbeddedBroker
-
-    with EmbeddedBroker() as embedded:
-        yield embedded.bootstrap_servers
 
 
 def print_table(results: list[Result]) -> None:

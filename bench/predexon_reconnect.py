@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import subprocess
 import sys
 import tarfile
@@ -42,8 +41,11 @@ from typing import Any
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 
 from bench.common import machine_facts, percentile
-from bench.predexon_e2e import broker
-from bridge.mapping.predexon import CHANNELS, PredexonMapper, dumps, loads
+from bench.dropcopy_e2e import stop_process
+from bench.predexon_common import broker, predexon_bridge_config
+from bridge.mapping.predexon import PredexonMapper
+from bridge.mapping.predexon_channels import CHANNELS
+from bridge.mapping.predexon_json import dumps, loads
 from bridge.serde.avro import Serializer, SingleObjectFormat
 from bridge.sim.predexon import SimConfig, SimulatorThread
 
@@ -88,22 +90,6 @@ def extract_baseline(rev: str, into: Path) -> Path:
     return into
 
 
-def bridge_config(workdir: Path, bootstrap: str, url: str) -> Path:
-    key_file = workdir / "key"
-    key_file.write_text(KEY)
-    filters = ", ".join(f'{k} = ["{v[0]}"]' for k, v in FILTERS.items())
-    config = workdir / "bridge.toml"
-    config.write_text(
-        f'app_id = "bench-{uuid.uuid4().hex[:8]}"\n'
-        f'[kafka]\nbootstrap_servers = "{bootstrap}"\npartitions = 1\n'
-        f'topic_prefix = "{workdir.name}."\n'
-        f'[predexon]\nurl = "{url}"\napi_key_file = "{key_file}"\nplan = "pro"\n'
-        f'[[predexon.subscriptions]]\nname = "bench"\nchannel = "{CHANNEL}"\n'
-        f"filters = {{ {filters} }}\n"
-    )
-    return config
-
-
 def start_bridge(root: Path, workdir: Path, config: Path) -> subprocess.Popen[bytes]:
     """`python -m bridge run` importing `bridge` from `root` (cwd: the run's directory, so
     neither the work tree nor the editable install shadows it)."""
@@ -123,15 +109,6 @@ def start_bridge(root: Path, workdir: Path, config: Path) -> subprocess.Popen[by
         return subprocess.Popen(
             [*command, "--config", str(config)], cwd=workdir, env=env, stdout=log, stderr=log
         )
-
-
-def stop(process: subprocess.Popen[bytes]) -> None:
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(30)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
 
 
 # --- reading Kafka -------------------------------------------------------------------------
@@ -215,7 +192,16 @@ def run_once(bootstrap: str, system: str, root: Path, args: argparse.Namespace) 
     )
     with SimulatorThread(config) as sim:
         url = sim.sim.url_for(KEY).replace(KEY, "{api_key}")
-        process = start_bridge(root, workdir, bridge_config(workdir, bootstrap, url))
+        config_path = predexon_bridge_config(
+            workdir,
+            bootstrap=bootstrap,
+            url=url,
+            api_key=KEY,
+            channel=CHANNEL,
+            filters=FILTERS,
+            partitions=1,
+        )
+        process = start_bridge(root, workdir, config_path)
         try:
             wait_for_records(bootstrap, topic, process)
             start = time.time() + WARMUP_S
@@ -224,7 +210,7 @@ def run_once(bootstrap: str, system: str, root: Path, args: argparse.Namespace) 
             sim.call(setattr, sim.sim.config, "rate", 0.0)
             time.sleep(SETTLE_S)
         finally:
-            stop(process)
+            stop_process(process, timeout=30)
         truth = sim.call(sim.sim.ground_truth, CHANNEL)
         drops = [t for t, _ in sim.call(lambda: list(sim.sim.drop_log))]
         handshakes = [t for t, _ in sim.call(lambda: list(sim.sim.handshake_log))]

@@ -2,9 +2,10 @@
 
 Run: `.venv/bin/python -m bench.rest_backfill [--seconds S] [--rows N]`
 
-Each case walks one `History` (`bridge.backfill.rest_history`) over a window of the
-simulator's history and counts the Avro records produced per second of wall time (REST
-call, JSON parse, mapping to the live mapper's records; no Kafka):
+Each case walks one `History` (`bridge.backfill.exchange_history`,
+`bridge.backfill.predexon_history`) over a window of the simulator's history and counts
+the Avro records produced per second of wall time (REST call, JSON parse, mapping to the
+live mapper's records; no Kafka):
 
 - exchange executions, trade captures and position changes (ledger), page size 1000,
   (a) with the simulator's and the client's limits off, and (b) at the documented limits
@@ -27,8 +28,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from bridge.backfill.exchange_history import ExchangeHistory
 from bridge.backfill.history import Window
-from bridge.backfill.rest_history import ExchangeHistory, PredexonHistory
+from bridge.backfill.predexon_history import PredexonHistory
 from bridge.mapping.dropcopy import DropCopyMapper
 from bridge.mapping.predexon import PredexonMapper
 from bridge.sim import predexon as px

@@ -39,7 +39,7 @@ from bridge.kafka.admin import TopicSpec, check_state_topic, ensure_partitions, 
 from bridge.kafka.producer import TransactionalProducer
 from bridge.kafka.readback import header, recent_records
 from bridge.mapping.dropcopy import DropCopyMapper
-from bridge.mapping.predexon import CHANNELS
+from bridge.mapping.predexon_channels import CHANNELS
 from bridge.metrics import streams_of
 from bridge.records import EVENT_ID_HEADER, Record, Source
 from bridge.serde.avro import Serializer, WireFormat

@@ -26,8 +26,16 @@ class Command(Protocol):
 COMMANDS: list[tuple[tuple[str, ...], str, str]] = [
     (("run",), "bridge.commands.run", "run the bridge from a TOML configuration"),
     (("check",), "bridge.commands.check", "validate configuration and connectivity, then stop"),
-    (("sim", "dropcopy"), "bridge.sim.dropcopy", "serve a simulated exchange DropCopy API"),
-    (("sim", "predexon"), "bridge.sim.predexon", "serve a simulated Predexon WebSocket API"),
+    (
+        ("sim", "dropcopy"),
+        "bridge.commands.sim_dropcopy",
+        "serve a simulated exchange DropCopy API",
+    ),
+    (
+        ("sim", "predexon"),
+        "bridge.commands.sim_predexon",
+        "serve a simulated Predexon WebSocket API",
+    ),
     (("broker",), "bridge.commands.broker", "run a local Apache Kafka broker (tests, demo)"),
     (("state", "show"), "bridge.commands.state", "print every stream's committed position"),
     (("state", "reset"), "bridge.commands.state", "rewind or clear one stream's position"),

@@ -322,8 +322,13 @@ class BackfillSettings(_Section):
     reconcile_interval_s: float = Field(0.0, ge=0)
     """Predexon trades (`orders` subscriptions): every this many seconds, check the recent
     past against REST history and write what the stream missed; 0: off."""
-    reconcile_lag_s: float = Field(120.0, ge=0)
-    """How far behind now a reconciliation window ends (REST history lags the chain)."""
+    predexon_rest_lag_s: float = Field(120.0, ge=0)
+    """How far Predexon's REST history lags the chain: a gap is asked for this long after
+    it ended, and a reconciliation window ends this far behind now."""
+    predexon_lookback_s: float = Field(60.0, ge=0, le=240)
+    """Predexon fills are asked for from this long before a gap's start: a fill's
+    timestamp is its block time, earlier than its arrival on the stream (at most 240 s:
+    what is already in Kafka is looked up from 300 s before a gap)."""
 
 
 class Settings(_Section):

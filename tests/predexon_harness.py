@@ -22,7 +22,9 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from bridge.mapping.predexon import CHANNELS, PredexonMapper, dumps, loads
+from bridge.mapping.predexon import PredexonMapper
+from bridge.mapping.predexon_channels import CHANNELS
+from bridge.mapping.predexon_json import dumps, loads
 from bridge.records import EVENT_ID_HEADER, STREAM_HEADER
 from bridge.serde.avro import Serializer, SingleObjectFormat
 from bridge.sim.predexon import SimSubscription, SimulatorThread
@@ -131,6 +133,14 @@ class PredexonSetup:
         """The stream's gap records, decoded as `polybridge.Gap`, in commit order."""
         return [
             self._gap(value) for _, value, _, _, _ in self._records(self.gaps_topic, sub.stream_id)
+        ]
+
+    def gap_values(self) -> list[dict[str, Any]]:
+        """Every record of the gaps topic, decoded whole (open gaps and their follow-ups)."""
+        return [
+            self._gap_serializer.decode(value)
+            for _, value, _, _, _ in kafka_fixture.read_all(self.bootstrap, self.gaps_topic)
+            if value is not None
         ]
 
     @cached_property

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from bridge.mapping.predexon import CHANNELS
+from bridge.mapping.predexon_channels import CHANNELS
 from bridge.serde.avro import load_schema
 from bridge.sources.dropcopy_kinds import KINDS
 

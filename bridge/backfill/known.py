@@ -2,8 +2,8 @@
 REST rows carry other ids than the stream's records, natural keys counted per record.
 
 Predexon REST rows have no `log_index`, so a backfilled fill never has the event id of the
-live record of the same fill (`bridge.backfill.rest_history`). They match on a natural key
-instead: (tx_hash, order_hash) for a confirmed fill, (event type, tx_hash, user) for
+live record of the same fill (`bridge.backfill.predexon_history`). They match on a natural
+key instead: (tx_hash, order_hash) for a confirmed fill, (event type, tx_hash, user) for
 activity. Two fills of one order in one transaction share the key, so keys are counted: a
 REST row is dropped while the topic holds more records of its key than rows already matched.
 """

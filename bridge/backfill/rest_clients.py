@@ -1,18 +1,21 @@
-"""The REST history of a configured stream: `bridge.backfill.rest_history`'s `History`
-classes over one exchange and one Predexon REST client per process, with the stream's own
-mapper (same topic, schema, wire format and event ids as live)."""
+"""The REST history of a configured stream: the `History` classes of
+`bridge.backfill.exchange_history` and `bridge.backfill.predexon_history` over one exchange
+and one Predexon REST client per process, with the stream's own mapper (same topic, schema,
+wire format and event ids as live)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
 from bridge.backfill.cursor import OpenGap
+from bridge.backfill.exchange_history import ExchangeHistory
 from bridge.backfill.history import History
-from bridge.backfill.rest_history import ExchangeHistory, PredexonHistory
+from bridge.backfill.predexon_history import PredexonHistory
 from bridge.backfill.streams import BackfillStream
 from bridge.config import Settings
 from bridge.mapping.dropcopy import DropCopyMapper
-from bridge.mapping.predexon import PredexonMapper, dumps
+from bridge.mapping.predexon import PredexonMapper
+from bridge.mapping.predexon_json import dumps
 from bridge.sources.auth import TokenProvider
 from bridge.sources.dropcopy_kinds import KINDS
 from bridge.sources.rest.exchange import ExchangeRestClient, exchange_headers
@@ -59,7 +62,12 @@ class RestClients:
             stream.kind, stream.stream_id, stream.topic, stream.prefix, dumps(filters)
         )
         return PredexonHistory(
-            self._predexon_client(), predexon_mapper, filters, limit=backfill.page_size
+            self._predexon_client(),
+            predexon_mapper,
+            filters,
+            limit=backfill.page_size,
+            lookback_s=backfill.predexon_lookback_s,
+            rest_lag_s=backfill.predexon_rest_lag_s,
         )
 
     def _exchange_client(self) -> ExchangeRestClient:

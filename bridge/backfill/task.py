@@ -24,6 +24,10 @@ producer (`<app_id>.<stream id>.backfill`), so it never holds up the stream's tr
    keeps the gap open: the task aborts and tries again `retry_interval_s` later from the
    committed cursor. Fencing (another owner of the backfill id) ends the fill; the task
    starts over (fencing back) only when the stream writes a new gap.
+
+This module is the loop (which gap, which page, when to retry) and its counters; each
+transaction is written by `bridge.backfill.writer`, reconciliation windows are planned by
+`bridge.backfill.reconcile`.
 """
 
 from __future__ import annotations
@@ -37,31 +41,25 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from bridge.backfill.cursor import (
-    FILLED,
     PARTIALLY_FILLED,
     UNFILLABLE,
     Cursor,
     GapRecord,
     OpenGap,
-    cursor_key,
     cursor_of,
-    encode_cursor,
-    gap_datum,
     still_open,
 )
 from bridge.backfill.history import History, Page, Unfillable
 from bridge.backfill.known import Known, NaturalKey
+from bridge.backfill.reconcile import Reconcile, ReconcileSchedule
+from bridge.backfill.writer import BackfillWriter, FollowUp, Transaction, outcome_of
 from bridge.eos.pipeline import Producer, SideTopics
 from bridge.errors import FencedError, KafkaError
 from bridge.kafka.state import StateEntry
-from bridge.records import EVENT_ID_HEADER, STREAM_HEADER, DeadLetter, Gap, Record
+from bridge.records import Gap, Record
 from bridge.timeutil import now_us
 
 log = logging.getLogger(__name__)
-
-SOURCE_HEADER = "polybridge.source"
-"""Header marking where a record came from; backfilled records carry `rest`."""
-REST_SOURCE = b"rest"
 
 
 class BackfillIO(Protocol):
@@ -102,22 +100,6 @@ class BackfillStats:
     running: bool = False
 
 
-RECONCILIATION = "reconciliation"
-"""The reason of a reconciliation window (no gap record to close)."""
-
-
-@dataclass(frozen=True, slots=True)
-class Reconcile:
-    """Periodic REST check of the recent past (opt-in, Predexon trades): every
-    `interval_s`, the window from the previous check's end to `lag_s` ago is filled like a
-    gap, without a follow-up record: what the stream missed is written."""
-
-    interval_s: float
-    lag_s: float
-    channel: str
-    filters: str
-
-
 class _Stopped(Exception):
     """The stop event was set between two transactions."""
 
@@ -148,26 +130,22 @@ class BackfillTask:
         self.stats = stats if stats is not None else BackfillStats()
         self._history_for = history_for
         self._io = io
-        self._side = side
-        self._instance_id = instance_id
+        self._writer = BackfillWriter(
+            stream_id=stream_id,
+            upstream=upstream,
+            instance_id=instance_id,
+            side=side,
+            new_producer=io.new_producer,
+        )
         self._max = max_records_per_transaction
         self._retry_s = retry_interval_s
         self._on_progress = on_progress
         self._new: list[OpenGap] = []
         self._wake = asyncio.Event()
-        self._producer: Producer | None = None
         self._cursor = Cursor()
-        self._key = cursor_key(stream_id).encode()
-        self._headers: list[tuple[str, str | bytes | None]] = [
-            (STREAM_HEADER, stream_id.encode()),
-            (SOURCE_HEADER, REST_SOURCE),
-        ]
         self._known: Known | None = None
         self._natural = natural
-        self._reconcile = reconcile
-        self._reconciled_to: int | None = None
-        """End of the last reconciliation window queued (None: none yet)."""
-        self._next_reconcile = 0.0
+        self._reconcile = ReconcileSchedule(reconcile) if reconcile is not None else None
 
     # -- what the stream tells us -------------------------------------------------------
 
@@ -203,7 +181,7 @@ class BackfillTask:
                         self.stream_id,
                         exc,
                     )
-                    self._close_producer()
+                    self._writer.close()
                     started = False
                     self._wake.clear()
                     await self._wait(stop, None)
@@ -214,7 +192,7 @@ class BackfillTask:
                         self._retry_s,
                         exc,
                     )
-                    self._close_producer()
+                    self._writer.close()
                     self._known = None
                     started = False
                     await self._wait(stop, self._retry_s)
@@ -226,12 +204,12 @@ class BackfillTask:
                         self._retry_s,
                         exc,
                     )
-                    await self._abort()
+                    await self._writer.abort()
                     self._known = None
                     await self._wait(stop, self._retry_s)
         finally:
             self.stats.running = False
-            self._close_producer()
+            self._writer.close()
 
     async def fill(self, gap: OpenGap, stop: asyncio.Event) -> None:
         """Fill one window before anything else in the cursor (the `backfill` command).
@@ -249,14 +227,11 @@ class BackfillTask:
         except _Stopped:
             pass  # the cursor says where a next run (or the bridge) resumes
         finally:
-            self._close_producer()
+            self._writer.close()
 
     async def _start(self) -> None:
         """Fence, settle, read the cursor, and add the gaps still open on the gaps topic."""
-        self._close_producer()
-        producer = self._io.new_producer()
-        self._producer = producer
-        await producer.init()
+        await self._writer.start()
         entry = await asyncio.to_thread(self._io.cursor_entry)
         cursor = cursor_of(entry)
         records = await asyncio.to_thread(self._io.gap_records)
@@ -272,26 +247,12 @@ class BackfillTask:
         )
 
     def _reconcile_if_due(self) -> None:
-        plan = self._reconcile
-        if plan is None or time.monotonic() < self._next_reconcile:
-            return
-        self._next_reconcile = time.monotonic() + plan.interval_s
-        now = now_us()
-        to_us = now - int(plan.lag_s * 1_000_000)
-        from_us = self._reconciled_to
-        if from_us is None:
-            from_us = to_us - int(plan.interval_s * 1_000_000)
-        if to_us <= from_us:
-            return
-        self._reconciled_to = to_us
-        self._new.append(
-            OpenGap(from_us, to_us, RECONCILIATION, plan.channel, plan.filters, now, False)
-        )
+        if self._reconcile is not None and (window := self._reconcile.due_window()):
+            self._new.append(window)
 
     def _until_reconcile(self) -> float | None:
-        if self._reconcile is None:
-            return None
-        return max(0.0, self._next_reconcile - time.monotonic())
+        """Seconds until the next reconciliation window (None: no reconciliation)."""
+        return None if self._reconcile is None else self._reconcile.seconds_until_due()
 
     def _take_new(self) -> None:
         if self._new:
@@ -324,14 +285,18 @@ class BackfillTask:
         except Unfillable as exc:
             await self._close(gap, UNFILLABLE, str(exc))
             return
-        if self._known is None:
-            found = await asyncio.to_thread(self._io.known_records, self.topic, window.from_us)
-            self._known = Known(found, self._natural)
         pages = history.pages(window, self._cursor.page_cursor)
         served = False
         try:
             while (page := await _next_page(pages, stop)) is not None:
                 served = True
+                if self._known is None:
+                    # Read after the first page, not before: a history may wait for the
+                    # upstream to settle first, and the stream goes on writing meanwhile.
+                    found = await asyncio.to_thread(
+                        self._io.known_records, self.topic, window.from_us
+                    )
+                    self._known = Known(found, self._natural)
                 done = await self._write_page(gap, page, stop)
                 if done:
                     return
@@ -347,7 +312,7 @@ class BackfillTask:
                 with contextlib.suppress(Exception):
                     await aclose()
         # The history ended without a page saying so (cursor None): the window is done.
-        await self._close(gap, *self._outcome(self._cursor))
+        await self._close(gap, *outcome_of(self._cursor))
 
     async def _write_page(self, gap: OpenGap, page: Page, stop: asyncio.Event) -> bool:
         """Write one page (in parts of at most `_max` records); True when it closed the
@@ -375,10 +340,9 @@ class BackfillTask:
             letters = page.dead_letters if last else []
             follow_up = None
             if last and page.cursor is None:
-                status, detail = self._outcome(cursor)
-                follow_up = (status, detail, cursor.records)
+                follow_up = FollowUp(*outcome_of(cursor), cursor.records)
                 cursor = self._with_new(cursor.next_gap())
-            await self._transact(part, letters, cursor, gap, follow_up)
+            await self._transact(Transaction(part, letters, cursor, gap, follow_up))
             if index < len(parts) - 1:
                 await asyncio.sleep(0)
                 if stop.is_set():
@@ -393,74 +357,28 @@ class BackfillTask:
             self._new = []
         return cursor
 
-    def _outcome(self, cursor: Cursor) -> tuple[str, str]:
-        if cursor.dead_letters:
-            return (
-                PARTIALLY_FILLED,
-                f"{cursor.records} record(s) written; {cursor.dead_letters} REST row(s) did "
-                "not map (see the dead letter topic)",
-            )
-        return FILLED, f"{cursor.records} record(s) written"
-
     async def _close(self, gap: OpenGap, status: str, detail: str) -> None:
         cursor = self._cursor
         records = cursor.records if cursor.gaps and cursor.gaps[0] == gap else 0
         after = self._with_new(cursor.next_gap())
-        await self._transact([], [], after, gap, (status, detail, records))
+        await self._transact(Transaction([], [], after, gap, FollowUp(status, detail, records)))
 
-    async def _transact(
-        self,
-        records: list[Record],
-        letters: list[DeadLetter],
-        cursor: Cursor,
-        gap: OpenGap,
-        follow_up: tuple[str, str, int] | None,
-    ) -> None:
-        """One transaction: records, dead letters, the follow-up, the cursor."""
-        producer = self._producer
-        assert producer is not None, "backfill producer not started"
-        producer.begin()
+    async def _transact(self, txn: Transaction) -> None:
+        """One transaction (`BackfillWriter.write`), then the bookkeeping of its commit."""
         try:
-            for record in records:
-                producer.produce(
-                    record.topic,
-                    record.key,
-                    record.value,
-                    [*self._headers, (EVENT_ID_HEADER, record.event_id.encode())],
-                )
-            side = self._side
-            for letter in letters:
-                producer.produce(side.dead_letters, self.stream_id.encode(), self._letter(letter))
-            if follow_up is not None and gap.follow_up:
-                status, detail, count = follow_up
-                value = side.gap_serializer(
-                    gap_datum(self.stream_id, self.upstream, gap, status, detail, count, now_us())
-                )
-                producer.produce(side.gaps, self.stream_id.encode(), value, self._headers)
-            state = encode_cursor(
-                self.stream_id,
-                self.upstream,
-                cursor,
-                self._instance_id,
-                now_us(),
-                side.state_serializer,
-            )
-            producer.produce(side.state, self._key, state, self._headers)
-            await producer.commit()
+            await self._writer.write(txn)
         except BaseException:
             # What this transaction dropped as "written by us" was not written after all.
             self._known = None
-            if not producer.broken:
-                with contextlib.suppress(FencedError):
-                    await self._abort()
             raise
-        self._cursor = cursor
+        self._cursor = txn.cursor
         stats = self.stats
-        stats.written += len(records)
-        stats.dead_letters += len(letters)
+        stats.written += len(txn.records)
+        stats.dead_letters += len(txn.letters)
         stats.transactions += 1
+        follow_up, gap = txn.follow_up, txn.gap
         if follow_up is not None:
-            status = follow_up[0]
+            status = follow_up.status
             stats.gaps_closed[status] = stats.gaps_closed.get(status, 0) + 1
             self._known = None  # the next gap reads its own window back
             log.info(
@@ -470,36 +388,9 @@ class BackfillTask:
                 gap.to_us,
                 gap.reason,
                 status,
-                follow_up[1],
+                follow_up.detail,
             )
         self._publish()
-
-    def _letter(self, letter: DeadLetter) -> bytes:
-        return self._side.dead_letter_serializer(
-            {
-                "stream_id": self.stream_id,
-                "upstream": self.upstream,
-                "target_topic": letter.target_topic,
-                "error_type": letter.error_type,
-                "error": letter.error,
-                "raw": letter.raw,
-                "received_at": letter.received_at_us,
-            }
-        )
-
-    async def _abort(self) -> None:
-        producer = self._producer
-        if producer is None or producer.broken:
-            return
-        try:
-            await producer.abort()
-        except KafkaError as exc:
-            log.warning("stream=%s backfill abort failed: %s", self.stream_id, exc)
-
-    def _close_producer(self) -> None:
-        if self._producer is not None:
-            self._producer.close()
-            self._producer = None
 
     def _publish(self) -> None:
         gaps = self._cursor.gaps

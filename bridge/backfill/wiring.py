@@ -9,10 +9,11 @@ from typing import Any
 
 from bridge.backfill.kafka import KafkaBackfillIO
 from bridge.backfill.known import natural_key_of
+from bridge.backfill.reconcile import Reconcile
 from bridge.backfill.streams import BackfillStream, RestHistories, history_for
-from bridge.backfill.task import BackfillStats, BackfillTask, Reconcile
+from bridge.backfill.task import BackfillStats, BackfillTask
 from bridge.eos.pipeline import Positions, SideTopics
-from bridge.mapping.predexon import dumps
+from bridge.mapping.predexon_json import dumps
 from bridge.serde.avro import WireFormat
 from bridge.serde.decode import Decoder
 from bridge.serde.registry import RegistryFormat
@@ -59,7 +60,7 @@ def task_factory(
     ):
         reconcile = Reconcile(
             settings.reconcile_interval_s,
-            settings.reconcile_lag_s,
+            settings.predexon_rest_lag_s,
             stream.kind,
             dumps(dict(stream.filters)),
         )

@@ -18,7 +18,7 @@ import signal
 import socket
 import sys
 from dataclasses import dataclass
-from typing import TextIO
+from typing import Any, TextIO
 
 from bridge.backfill.cursor import OpenGap
 from bridge.backfill.history import Unfillable, Window
@@ -32,7 +32,7 @@ from bridge.config import Settings, load_settings, parse_time
 from bridge.eos.pipeline import SideTopics
 from bridge.eos.positions import PositionStore
 from bridge.errors import ConfigError
-from bridge.mapping.predexon import CHANNELS
+from bridge.mapping.predexon_channels import CHANNELS
 from bridge.serde.avro import Serializer, WireFormat
 from bridge.serde.registry import wire_format_of
 from bridge.sources.dropcopy_kinds import KINDS
@@ -44,32 +44,26 @@ MANUAL_REASON = "manual"
 
 def backfill_stream(settings: Settings, wire_format: WireFormat, stream_id: str) -> BackfillStream:
     """The configured stream `stream_id` as the backfill sees it; `ConfigError` if unknown."""
-    kafka = settings.kafka
+
+    def configured(
+        upstream: str, kind: str, topic_name: str, schema: str, filters: dict[str, Any]
+    ) -> BackfillStream:
+        topic = settings.kafka.topic(topic_name)
+        prefix = wire_format.prefix(schema, topic)
+        return BackfillStream(stream_id, upstream, kind, topic, prefix, filters, settings.backfill)
+
     for stream in settings.dropcopy.streams:
         if f"dropcopy.{stream.stream_name}" == stream_id:
             kind = KINDS[stream.kind]
-            topic = kafka.topic(stream.topic or kind.topic)
-            return BackfillStream(
-                stream_id,
-                "dropcopy",
-                stream.kind,
-                topic,
-                wire_format.prefix(kind.schema, topic),
-                {"symbols": list(stream.symbols), "firms": list(stream.firms)},
-                settings.backfill,
-            )
+            filters = {"symbols": list(stream.symbols), "firms": list(stream.firms)}
+            topic_name = stream.topic or kind.topic
+            return configured("dropcopy", stream.kind, topic_name, kind.schema, filters)
     for sub in settings.predexon.subscriptions:
         if f"predexon.{sub.name}" == stream_id:
             channel = CHANNELS[sub.channel]
-            topic = kafka.topic(sub.topic or channel.topic)
-            return BackfillStream(
-                stream_id,
-                "predexon",
-                sub.channel,
-                topic,
-                wire_format.prefix(channel.schema, topic),
-                dict(sub.filters),
-                settings.backfill,
+            topic_name = sub.topic or channel.topic
+            return configured(
+                "predexon", sub.channel, topic_name, channel.schema, dict(sub.filters)
             )
     raise ConfigError(
         f"backfill: unknown stream {stream_id!r}; configured streams: "
@@ -105,6 +99,12 @@ class Summary:
     written: int
     dead_letters: int
     outcome: str
+
+    @classmethod
+    def of(cls, stats: BackfillStats, outcome: str) -> Summary:
+        return cls(
+            stats.fetched, stats.already_in_kafka, stats.written, stats.dead_letters, outcome
+        )
 
     def line(self, stream_id: str, dry_run: bool) -> str:
         verb = "would write" if dry_run else "written"
@@ -201,10 +201,8 @@ async def backfill(
             natural=natural,
         )
         await task.fill(gap, stop)
-        closed = ", ".join(f"{k}" for k in stats.gaps_closed) or "stopped before the end"
-        return Summary(
-            stats.fetched, stats.already_in_kafka, stats.written, stats.dead_letters, closed
-        )
+        closed = ", ".join(stats.gaps_closed) or "stopped before the end"
+        return Summary.of(stats, closed)
     finally:
         positions.close()
         if own is not None:
@@ -250,9 +248,7 @@ async def _dry_run(
         outcome = f"partially_filled: {exc}" if stats.fetched else f"unfillable: {exc}"
     if stats.dead_letters and outcome == "filled":
         outcome = "partially_filled"
-    return Summary(
-        stats.fetched, stats.already_in_kafka, stats.written, stats.dead_letters, outcome
-    )
+    return Summary.of(stats, outcome)
 
 
 def _micros(text: str, option: str) -> int:

@@ -34,7 +34,7 @@ from bridge.commands.demo_view import MetricsView, render_lines, render_table
 from bridge.embedded import EmbeddedBroker
 from bridge.errors import KafkaError
 from bridge.kafka.readback import header, read_topic
-from bridge.mapping.predexon import CHANNELS
+from bridge.mapping.predexon_channels import CHANNELS
 from bridge.records import EVENT_ID_HEADER, STREAM_HEADER
 from bridge.sim import dropcopy as dropcopy_sim
 from bridge.sim import predexon as predexon_sim

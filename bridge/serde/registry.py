@@ -321,7 +321,7 @@ def wire_format_of(settings: Settings) -> WireFormat:
 def configured_topic_schemas(settings: Settings) -> list[tuple[str, str]]:
     """(value schema, topic) of every topic the configured bridge writes: each stream's
     data topic, and the state, dead-letter and gap topics."""
-    from bridge.mapping.predexon import CHANNELS
+    from bridge.mapping.predexon_channels import CHANNELS
     from bridge.sources.dropcopy_kinds import KINDS
 
     kafka = settings.kafka

@@ -11,7 +11,8 @@ compiled with `compile()` and cached per (type, schema, path).
 
 The Avro schema drives the field order (the Avro binary encoding is the schema's field order);
 every Avro field must name a proto field of a compatible type, or compilation fails, so a
-mismatch between `.proto` and `.avsc` is found at startup, not in production bytes.
+mismatch between `.proto` and `.avsc` is found at startup, not in production bytes. The
+single-value encodings the generated code inlines (varint tables) are in `avro_binary`.
 
 Mapping rules (the schemas in `avro/polymarket.v1.*.avsc` follow them):
 
@@ -32,10 +33,8 @@ it asks protobuf whether the message holds unknown fields (`UnknownFieldSet`: on
 about the cost of a `HasField`, which finds none in the common case) and, only when it does,
 records their wire bytes in the caller's `unknown` dict as `{message path: bytes}`, e.g.
 `execution`, `execution.order`, `trade.aggressor`, `instrument.trading_schedule[1]`
-(`unknown_field_bytes`). The bytes are the message's own unknown fields (not its children's),
-re-encoded in the order received: exactly what was on the wire for any canonical protobuf
-writer, and parseable by the newer `.proto`'s message type at that path (on their own, or
-appended to the known fields' bytes). Not looked at: protobuf's well-known types (Timestamp,
+(the bytes of `proto_unknown.unknown_field_bytes`: the message's own unknown fields, not its
+children's, as they were on the wire). Not looked at: protobuf's well-known types (Timestamp,
 Duration: frozen by protobuf, no exchange can add fields to them) and map entries (not
 messages in Python's protobuf API).
 """
@@ -45,139 +44,17 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescriptor
 from google.protobuf.unknown_fields import UnknownFieldSet
 
+from bridge.serde.avro_binary import VARINT, VARINT_TABLE_SIZE, long_bytes, uvarint
+from bridge.serde.proto_unknown import unknown_set_bytes
+
 EncodeFn = Callable[[Any, bytearray, dict[str, int], dict[str, bytes]], None]
 """`fn(message, out, unrecognized, unknown)`: append the Avro encoding of `message` to `out`;
 unrecognized enum numbers go to `unrecognized`, unknown fields' bytes to `unknown` (by path)."""
-
-_SMALL = 1 << 14
-"""Unsigned values below this come from a table of ready-made varints (one or two bytes).
-
-Lengths, enum indexes, booleans, and most prices and small quantities fall below 2**14; a
-table lookup is about three times faster than the shift loop. 16k entries cost ~0.6 MB.
-"""
-
-_LONG_MIN = -(1 << 63)
-_LONG_MAX = (1 << 63) - 1
-
-
-def _varint_tables() -> tuple[tuple[bytes, ...], tuple[bytes, ...]]:
-    final, inner = [], []
-    for z in range(_SMALL):
-        final.append(bytes((z,)) if z < 0x80 else bytes(((z & 0x7F) | 0x80, z >> 7)))
-        inner.append(bytes(((z & 0x7F) | 0x80, (z >> 7) | 0x80)))
-    return tuple(final), tuple(inner)
-
-
-VARINT, _INNER = _varint_tables()
-"""`VARINT[z]`: the varint bytes of unsigned `z < 2**14`. `_INNER[z]`: the same 14 bits as
-two bytes that both carry the continuation bit, for the low chunks of a longer varint."""
-
-
-def uvarint(z: int) -> bytes:
-    """Varint bytes of a non-negative integer below 2**64 (already zig-zagged).
-
-    Built from 14-bit chunks looked up in tables: a timestamp in micros (8 varint bytes)
-    costs three concatenations instead of eight loop rounds.
-    """
-    if z < _SMALL:
-        return VARINT[z]
-    if z < 1 << 28:
-        return _INNER[z & 0x3FFF] + VARINT[z >> 14]
-    if z < 1 << 42:
-        return _INNER[z & 0x3FFF] + _INNER[(z >> 14) & 0x3FFF] + VARINT[z >> 28]
-    if z < 1 << 56:
-        return (
-            _INNER[z & 0x3FFF]
-            + _INNER[(z >> 14) & 0x3FFF]
-            + _INNER[(z >> 28) & 0x3FFF]
-            + VARINT[z >> 42]
-        )
-    return (
-        _INNER[z & 0x3FFF]
-        + _INNER[(z >> 14) & 0x3FFF]
-        + _INNER[(z >> 28) & 0x3FFF]
-        + _INNER[(z >> 42) & 0x3FFF]
-        + VARINT[z >> 56]
-    )
-
-
-def long_bytes(v: int) -> bytes:
-    """Avro `long` (or `int`) encoding of `v`: zig-zag varint; raises outside signed 64 bits."""
-    if not _LONG_MIN <= v <= _LONG_MAX:
-        raise OverflowError(f"{v} does not fit an Avro long")
-    return uvarint((v << 1) ^ (v >> 63))
-
-
-def bytes_bytes(b: bytes) -> bytes:
-    """Avro `bytes` encoding: length, then the bytes."""
-    return uvarint(len(b) << 1) + b
-
-
-def string_bytes(s: str) -> bytes:
-    """Avro `string` encoding: byte length, then UTF-8."""
-    b = s.encode()
-    return uvarint(len(b) << 1) + b
-
-
-_V = TypeVar("_V")
-
-
-def _map_bytes(d: Mapping[str, _V], value_bytes: Callable[[_V], bytes]) -> bytes:
-    """Avro `map` encoding with entries sorted by key: one block, then the empty block."""
-    if not d:
-        return b"\x00"
-    out = bytearray(long_bytes(len(d)))
-    for k in sorted(d):
-        out += string_bytes(k)
-        out += value_bytes(d[k])
-    out += b"\x00"
-    return bytes(out)
-
-
-def int_map_bytes(d: Mapping[str, int]) -> bytes:
-    """Avro `map<int>` encoding with entries sorted by key (one block)."""
-    return _map_bytes(d, long_bytes)
-
-
-def bytes_map_bytes(d: Mapping[str, bytes]) -> bytes:
-    """Avro `map<bytes>` encoding with entries sorted by key (one block)."""
-    return _map_bytes(d, bytes_bytes)
-
-
-_PACK_FIXED64 = struct.Struct("<Q").pack
-_PACK_FIXED32 = struct.Struct("<I").pack
-
-
-def unknown_set_bytes(fields: Any) -> bytes:
-    """The wire bytes of an `UnknownFieldSet` (see `unknown_field_bytes`)."""
-    out = bytearray()
-    for f in fields:
-        number, wire, data = f.field_number, f.wire_type, f.data
-        out += uvarint((number << 3) | wire)
-        if wire == 0:  # varint (an unsigned 64-bit value, as on the wire)
-            out += uvarint(data)
-        elif wire == 1:
-            out += _PACK_FIXED64(data)
-        elif wire == 2:
-            out += uvarint(len(data))
-            out += data
-        elif wire == 3:  # group: its fields, then the end-group tag
-            out += unknown_set_bytes(data)
-            out += uvarint((number << 3) | 4)
-        else:  # 5: fixed32
-            out += _PACK_FIXED32(data)
-    return bytes(out)
-
-
-def unknown_field_bytes(message: Any) -> bytes:
-    """The protobuf wire bytes of `message`'s own unknown fields (not those of its nested
-    messages), in the order they were received; empty when it has none."""
-    return unknown_set_bytes(UnknownFieldSet(message))
 
 
 # Timestamps a record may carry: years 1 to 9999. Avro's timestamp-micros long holds more,
@@ -292,8 +169,6 @@ class _Generator:
             "V": VARINT,
             "uvarint": uvarint,
             "pack_double": _PACK_DOUBLE,
-            "LONG_MIN": _LONG_MIN,
-            "LONG_MAX": _LONG_MAX,
             "SchemaOverflow": OverflowError,
             "TS_MIN_US": TS_MIN_US,
             "TS_MAX_US": TS_MAX_US,
@@ -323,7 +198,7 @@ class _Generator:
 
     # -- primitives: each appends the encoding of expression `x` --------------------------
     def uvarint(self, ind: int, z: str) -> None:
-        self.emit(ind, f"buf += V[{z}] if {z} < {_SMALL} else uvarint({z})")
+        self.emit(ind, f"buf += V[{z}] if {z} < {VARINT_TABLE_SIZE} else uvarint({z})")
 
     def long(self, ind: int, x: str) -> None:
         z = self.var("z")

@@ -34,17 +34,7 @@ the documentation warns that an empty answer is no proof of no activity);
 ledger's history starts at `ledger_start` (2026-05-01T00:00:00Z on the real exchange):
 earlier `startTime`s are clamped.
 
-Rows are the journal's records rendered with protobuf's JSON mapping of the compiled
-contract: under `SimConfig.contract="newer"` the added fields (e.g. the execution's
-`blockTradeIndicator`) are not rendered. The trades search returns every journaled state of
-a trade (NEW, CLEARED, BUSTED: one row each, as the stream sends them); whether the real
-search returns only a trade's current state is not documented.
-
-Ledger entries are derived from the position-change journal: `id` is the journal sequence,
-the `*Change` fields are differences from the previous state of the same account and symbol
-(from zero for the first one seen), `netPosition`/`cost`/`realized` the state after it,
-`updateTime` the change time, `updateBusinessDate` its UTC date, `description` "trade" or
-"bust"-free wording ("position update").
+Rows and ledger entries are rendered by `bridge.sim.exchange_rows`.
 
 Fault knobs: `sim.rest.faults` (`bridge.sim.rest.RestFaults`): 429 storms, 5xx, slow pages,
 short pages, history that ends early.
@@ -52,18 +42,16 @@ short pages, history that ends early.
 
 from __future__ import annotations
 
-import base64
-import bisect
 import datetime as dt
 import json
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from google.protobuf import json_format, timestamp_pb2
-from google.protobuf.message import Message
+from google.protobuf import timestamp_pb2
 
+from bridge.sim.exchange_rows import ReportRow, report_rows, rfc3339, row_position
 from bridge.sim.journal import Journal
 from bridge.sim.market import EXECUTIONS, POSITION_CHANGES, TRADE_CAPTURES
 from bridge.sim.rest import (
@@ -72,17 +60,17 @@ from bridge.sim.rest import (
     HttpResponse,
     HttpServer,
     Limiter,
+    PageToken,
     RestFaults,
     WindowLimit,
-    retry_after_headers,
+    page_of,
 )
 from bridge.sim.tokens import AccessTokenError, AccessTokens
-from polymarket.v1 import dropcopy_pb2, enums_pb2, orders_pb2, trading_pb2
+from polymarket.v1 import enums_pb2
 
 EXECUTIONS_PATH = "/v1/report/executions/search"
 TRADES_PATH = "/v1/report/trades/search"
 LEDGER_PATH = "/v1/positions/ledger"
-RATE_LIMITED = {"code": 8, "message": "rate limit exceeded", "details": []}
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
 LEDGER_START_US = int(dt.datetime(2026, 5, 1, tzinfo=dt.UTC).timestamp() * 1_000_000)
@@ -109,26 +97,20 @@ class RestConfig:
 
 
 class _Error(Exception):
+    """An error answer: HTTP `status` and the body's gRPC `code`."""
+
     def __init__(self, status: int, code: int, message: str) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
 
 
-@dataclass(slots=True)
-class _Row:
-    seq: int
-    time_us: int
-    symbol: str
-    firms: tuple[str, ...]
-    accounts: tuple[str, ...]
-    json: dict[str, Any]
-    keys: dict[str, Any]
-    """Fields searches filter on (order id, trade id, execution type, ...)."""
+def _error_body(code: int, message: str) -> dict[str, Any]:
+    """The exchange's error body (`google.rpc.Status` in JSON)."""
+    return {"code": code, "message": message, "details": []}
 
 
-def _seq(row: _Row) -> int:
-    return row.seq
+RATE_LIMITED = _error_body(8, "rate limit exceeded")
 
 
 def _snake_to_camel(name: str) -> str:
@@ -153,62 +135,6 @@ def _parse_time(value: Any, name: str) -> int | None:
     return ts.ToMicroseconds()
 
 
-def _rfc3339(time_us: int) -> str:
-    ts = timestamp_pb2.Timestamp()
-    ts.FromMicroseconds(time_us)
-    return ts.ToJsonString()
-
-
-def _to_json(message: Message) -> dict[str, Any]:
-    # The exchange's JSON mapping: camelCase names, int64 strings, enum names, defaults
-    # (zero enums included) omitted.
-    return json_format.MessageToDict(message)
-
-
-def _encode_token(position: int, query: str) -> str:
-    raw = json.dumps({"p": position, "q": query}).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def _decode_token(token: str, query: str) -> int:
-    try:
-        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
-        data = json.loads(raw)
-        position = int(data["p"])
-        same_query = data["q"] == query
-    except (ValueError, KeyError, TypeError) as exc:
-        raise _Error(400, 3, "invalid pageToken") from exc
-    if not same_query:
-        raise _Error(400, 3, "pageToken belongs to another query")
-    return position
-
-
-class _Index:
-    """One stream's journal, parsed once into rows (incrementally, as it grows)."""
-
-    def __init__(self, journal: Journal, convert: Callable[[int, int, bytes], _Row]) -> None:
-        self._journal = journal
-        self._convert = convert
-        self._rows: list[_Row] = []
-        self._last = 0
-
-    def rows(self) -> list[_Row]:
-        journal = self._journal
-        if journal.head > self._last:
-            for seq, time_us, payload in journal.records():
-                if seq > self._last:
-                    self._rows.append(self._convert(seq, time_us, payload))
-            self._last = journal.head
-        first = journal.first_retained
-        if self._rows and self._rows[0].seq < first:
-            self._rows = [r for r in self._rows if r.seq >= first]
-        return self._rows
-
-
-def _account_firm(account: str) -> str:
-    return "/".join(account.split("/", 2)[:2])
-
-
 class ExchangeRest:
     """The REST endpoints of one `DropCopySimulator` (started by it; see module docstring)."""
 
@@ -230,13 +156,7 @@ class ExchangeRest:
         """Wall clock of retention (tests may pin it)."""
         self._server = HttpServer(self._handle, host, config.port)
         self._limits: dict[tuple[str, str], Limiter] = {}
-        self._prev_state: dict[tuple[str, str], tuple[int, int, int]] = {}
-        self._indexes = {
-            EXECUTIONS: _Index(journals[EXECUTIONS], self._execution_row),
-            TRADE_CAPTURES: _Index(journals[TRADE_CAPTURES], self._trade_row),
-            POSITION_CHANGES: _Index(journals[POSITION_CHANGES], self._ledger_row),
-        }
-        self._journals = journals
+        self._indexes = report_rows(journals)
 
     async def start(self) -> None:
         await self._server.start()
@@ -255,64 +175,6 @@ class ExchangeRest:
         """Base URL, e.g. `http://127.0.0.1:PORT` (paths as on the exchange)."""
         return self._server.url
 
-    # -- rows ------------------------------------------------------------------------------
-
-    @staticmethod
-    def _execution_row(seq: int, time_us: int, payload: bytes) -> _Row:
-        e = trading_pb2.Execution.FromString(payload)
-        keys = {
-            "orderId": e.order.id,
-            "clordId": e.order.clord_id,
-            "parentOrderId": e.order.parent_order_id,
-            "execId": e.id,
-            "type": enums_pb2.ExecutionType.Name(e.type),
-            "clientAccountId": e.order.client_account_id,
-            "clientParticipantId": e.order.client_participant_id,
-        }
-        account = e.order.account
-        return _Row(
-            seq, time_us, e.order.symbol, (_account_firm(account),), (account,), _to_json(e), keys
-        )
-
-    @staticmethod
-    def _trade_row(seq: int, time_us: int, payload: bytes) -> _Row:
-        t = orders_pb2.Trade.FromString(payload)
-        accounts = (t.aggressor.order.account, t.passive.order.account)
-        keys = {
-            "orderIds": {t.aggressor.order.id, t.passive.order.id},
-            "execIds": {t.aggressor.id, t.passive.id},
-            "tradeId": t.id,
-            "state": enums_pb2.TradeState.Name(t.state),
-            "tradeLinkId": t.trade_link_id,
-        }
-        firms = tuple(dict.fromkeys(_account_firm(a) for a in accounts))
-        return _Row(seq, time_us, t.aggressor.order.symbol, firms, accounts, _to_json(t), keys)
-
-    def _ledger_row(self, seq: int, time_us: int, payload: bytes) -> _Row:
-        c = dropcopy_pb2.PositionChange.FromString(payload)
-        p = c.position
-        key = (p.account, p.symbol)
-        net0, cost0, realized0 = self._prev_state.get(key, (0, 0, 0))
-        self._prev_state[key] = (p.net_position, p.cost, p.realized)
-        update_us = c.change_time.ToMicroseconds() if c.HasField("change_time") else time_us
-        entry = {
-            "id": str(seq),
-            "account": p.account,
-            "symbol": p.symbol,
-            "quantityChange": str(p.net_position - net0),
-            "costChange": str(p.cost - cost0),
-            "realizedChange": str(p.realized - realized0),
-            "netPosition": str(p.net_position),
-            "cost": str(p.cost),
-            "realized": str(p.realized),
-            "updateTime": _rfc3339(update_us),
-            "updateBusinessDate": dt.datetime.fromtimestamp(update_us / 1e6, dt.UTC)
-            .date()
-            .isoformat(),
-            "description": "position update",
-        }
-        return _Row(seq, update_us, p.symbol, (_account_firm(p.account),), (p.account,), entry, {})
-
     # -- HTTP ------------------------------------------------------------------------------
 
     async def _handle(self, request: HttpRequest) -> HttpResponse:
@@ -328,26 +190,18 @@ class ExchangeRest:
                 raise _Error(404, 5, f"no route {request.method} {request.path}")
             scope, serve = route
             firm = self._authorize(request, scope)
-            wait = self._admit(request.path, firm)
-            if faults.rate_limit_next > 0:
-                faults.rate_limit_next -= 1
-                wait = wait or 1.0
+            wait = faults.throttle(self._admit(request.path, firm))
             if wait is not None:
-                faults.rate_limited += 1
-                return HttpResponse(
-                    429, RATE_LIMITED, retry_after_headers(faults, wait), faults.slow_page_s
-                )
-            if faults.fail_next > 0:
-                faults.fail_next -= 1
-                faults.failed += 1
-                status = faults.fail_status
+                headers = faults.retry_after_headers(wait)
+                return HttpResponse(429, RATE_LIMITED, headers, faults.slow_page_s)
+            status = faults.injected_failure()
+            if status is not None:
+                # gRPC codes of the gateway's 5xx: DEADLINE_EXCEEDED, UNAVAILABLE, INTERNAL
                 code = 4 if status == 504 else 14 if status in (502, 503) else 13
-                body = {"code": code, "message": "simulated server error", "details": []}
-                return HttpResponse(status, body, {}, faults.slow_page_s)
+                raise _Error(status, code, "simulated server error")
             return HttpResponse(200, serve(request, firm), {}, faults.slow_page_s)
         except _Error as exc:
-            body = {"code": exc.code, "message": str(exc), "details": []}
-            return HttpResponse(exc.status, body, {}, faults.slow_page_s)
+            return HttpResponse(exc.status, _error_body(exc.code, str(exc)), {}, faults.slow_page_s)
 
     def _authorize(self, request: HttpRequest, scope: str) -> str:
         """The caller's firm, or raise."""
@@ -401,7 +255,7 @@ class ExchangeRest:
             if low < horizon:
                 if self.config.retention_refuse:
                     raise _Error(
-                        400, 11, f"startTime is older than the retention ({_rfc3339(horizon)})"
+                        400, 11, f"startTime is older than the retention ({rfc3339(horizon)})"
                     )
                 low = horizon
         return low, end_us
@@ -411,11 +265,12 @@ class ExchangeRest:
         stream: str,
         body: dict[str, Any],
         firm: str,
-        accept: Callable[[_Row], bool],
-        start_us: int | None,
-        end_us: int | None,
+        accept: Callable[[ReportRow], bool],
+        not_before_us: int = 0,
     ) -> tuple[list[dict[str, Any]], str, bool]:
-        """(rows, nextPageToken, eof) of one page of `stream`."""
+        """(rows, nextPageToken, eof) of one page of `stream` for the request `body`
+        (camelCase: time window, page size and token, order); `not_before_us` clamps the
+        window's start (the ledger's first day)."""
         size = body.get("pageSize") or DEFAULT_PAGE_SIZE
         try:
             size = int(size)
@@ -423,54 +278,53 @@ class ExchangeRest:
             raise _Error(400, 3, "pageSize must be an integer") from exc
         if not 0 < size <= MAX_PAGE_SIZE:
             raise _Error(400, 3, f"pageSize must be 1..{MAX_PAGE_SIZE}")
-        newest_first = body.get("newestFirst") in (True, "true", "True", "1")
-        low, high = self._window(start_us, end_us)
+        start_us = _parse_time(body.get("startTime"), "startTime")
+        if not_before_us:
+            start_us = max(start_us or 0, not_before_us)
+        low, high = self._window(start_us, _parse_time(body.get("endTime"), "endTime"))
         query = json.dumps(
             {k: v for k, v in sorted(body.items()) if k not in ("pageToken", "pageSize")}
         )
-        token = body.get("pageToken") or ""
-        position = _decode_token(token, query) if token else None
-        if self.faults.short_pages:
-            size = max(1, size // 2)
-        rows = self._indexes[stream].rows()
-        served = 0
-        if position is not None:
-            served = position >> 32
-            position &= 0xFFFFFFFF
-        truncate = self.faults.truncate_after_rows
-        out: list[dict[str, Any]] = []
-        last_seq = position
-        more = False
-        # Rows are in sequence order: start right after the token's position.
-        if position is None:
-            ordered: Iterator[_Row] = reversed(rows) if newest_first else iter(rows)
-        elif newest_first:
-            ordered = reversed(rows[: bisect.bisect_left(rows, position, key=_seq)])
-        else:
-            ordered = iter(rows[bisect.bisect_right(rows, position, key=_seq) :])
-        for row in ordered:
-            if row.time_us < low or (high is not None and row.time_us > high):
-                continue
-            if firm not in row.firms or not accept(row):
-                continue
-            if len(out) >= size or (truncate is not None and served + len(out) >= truncate):
-                more = truncate is None or served + len(out) < truncate
-                break
-            out.append(row.json)
-            last_seq = row.seq
-        next_token = ""
-        if more and last_seq is not None:
-            next_token = _encode_token(((served + len(out)) << 32) | last_seq, query)
-        return out, next_token, not next_token
+        token = self._token(body.get("pageToken") or "", query)
 
-    def _common(self, body: dict[str, Any]) -> Callable[[_Row], bool]:
+        def wanted(row: ReportRow) -> bool:
+            if row.time_us < low or (high is not None and row.time_us > high):
+                return False
+            return firm in row.firms and accept(row)
+
+        rows, after = page_of(
+            self._indexes[stream].rows(),
+            row_position,
+            token,
+            query=query,
+            size=size,
+            newest_first=body.get("newestFirst") in (True, "true", "True", "1"),
+            faults=self.faults,
+            accept=wanted,
+        )
+        next_token = after.encode() if after is not None else ""
+        return [row.json for row in rows], next_token, not next_token
+
+    @staticmethod
+    def _token(text: str, query: str) -> PageToken | None:
+        if not text:
+            return None
+        try:
+            token = PageToken.decode(text)
+        except ValueError as exc:
+            raise _Error(400, 3, "invalid pageToken") from exc
+        if token.query != query:
+            raise _Error(400, 3, "pageToken belongs to another query")
+        return token
+
+    def _common(self, body: dict[str, Any]) -> Callable[[ReportRow], bool]:
         symbol = body.get("symbol") or ""
         accounts = body.get("accounts") or []
         if not isinstance(accounts, list):
             raise _Error(400, 3, "accounts must be a list")
         wanted = set(accounts)
 
-        def accept(row: _Row) -> bool:
+        def accept(row: ReportRow) -> bool:
             if symbol and row.symbol != symbol:
                 return False
             return not wanted or not wanted.isdisjoint(row.accounts)
@@ -488,7 +342,7 @@ class ExchangeRest:
             for t in body.get("types") or []
         }
 
-        def accept(row: _Row) -> bool:
+        def accept(row: ReportRow) -> bool:
             if not common(row):
                 return False
             if any(v and row.keys[k] != v for k, v in exact.items()):
@@ -497,14 +351,7 @@ class ExchangeRest:
                 return False
             return not types or row.keys["type"] in types
 
-        rows, token, eof = self._page(
-            EXECUTIONS,
-            body,
-            firm,
-            accept,
-            _parse_time(body.get("startTime"), "startTime"),
-            _parse_time(body.get("endTime"), "endTime"),
-        )
+        rows, token, eof = self._page(EXECUTIONS, body, firm, accept)
         return {"executions": rows, "nextPageToken": token, "eof": eof}
 
     def _search_trades(self, request: HttpRequest, firm: str) -> dict[str, Any]:
@@ -517,7 +364,7 @@ class ExchangeRest:
             for s in body.get("states") or []
         }
 
-        def accept(row: _Row) -> bool:
+        def accept(row: ReportRow) -> bool:
             k = row.keys
             if not common(row):
                 return False
@@ -529,14 +376,7 @@ class ExchangeRest:
                 return False
             return not states or k["state"] in states
 
-        rows, token, _eof = self._page(
-            TRADE_CAPTURES,
-            body,
-            firm,
-            accept,
-            _parse_time(body.get("startTime"), "startTime"),
-            _parse_time(body.get("endTime"), "endTime"),
-        )
+        rows, token, _eof = self._page(TRADE_CAPTURES, body, firm, accept)
         return {"trade": rows, "nextPageToken": token}
 
     def _ledger(self, request: HttpRequest, firm: str) -> dict[str, Any]:
@@ -550,13 +390,10 @@ class ExchangeRest:
         if match.group(1) != firm:
             raise _Error(403, 7, "the account belongs to another firm")
         symbol = query.get("symbol") or ""
-        start = _parse_time(query.get("startTime"), "startTime")
-        start = max(start or 0, self.config.ledger_start_us)
 
-        def accept(row: _Row) -> bool:
+        def accept(row: ReportRow) -> bool:
             return account in row.accounts and (not symbol or row.symbol == symbol)
 
-        rows, token, eof = self._page(
-            POSITION_CHANGES, query, firm, accept, start, _parse_time(query.get("endTime"), "")
-        )
+        start = self.config.ledger_start_us
+        rows, token, eof = self._page(POSITION_CHANGES, query, firm, accept, start)
         return {"entries": rows, "nextPageToken": token, "eof": eof}

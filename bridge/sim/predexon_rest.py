@@ -35,22 +35,22 @@ amount), `shares_normalized`, `amount_usd` (payout for redeem, else the amount),
 
 from __future__ import annotations
 
-import base64
 import bisect
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from bridge.mapping.predexon import dumps
+from bridge.mapping.predexon_json import dumps
 from bridge.sim.rest import (
     HttpRequest,
     HttpResponse,
     HttpServer,
+    PageToken,
     RestFaults,
     WindowLimit,
-    retry_after_headers,
+    page_of,
 )
 
 TRADES_PATH = "/v2/polymarket/trades"
@@ -143,16 +143,10 @@ def _sort_key(row: _IndexedRow) -> tuple[int, int]:
     return row[0], row[1]
 
 
-def _encode_key(timestamp: int, index: int) -> str:
-    return base64.urlsafe_b64encode(f"{timestamp}:{index}".encode()).decode().rstrip("=")
-
-
-def _decode_key(key: str) -> tuple[int, int]:
+def _decode_key(key: str) -> PageToken:
     try:
-        text = base64.urlsafe_b64decode(key + "=" * (-len(key) % 4)).decode()
-        ts, _, index = text.partition(":")
-        return int(ts), int(index)
-    except (ValueError, UnicodeDecodeError) as exc:
+        return PageToken.decode(key)
+    except ValueError as exc:
         raise _Error(400, "invalid_pagination_key", "pagination_key is not valid") from exc
 
 
@@ -231,19 +225,14 @@ class PredexonRest:
             plan = self._keys.get(key)
             if not key or plan is None or key in self._revoked:
                 raise _Error(401, "unauthorized", "missing or invalid API key")
-            wait = self._admit(key, plan)
-            if faults.rate_limit_next > 0:
-                faults.rate_limit_next -= 1
-                wait = wait or 1.0
+            wait = faults.throttle(self._admit(key, plan))
             if wait is not None:
-                faults.rate_limited += 1
                 response = self._error(_Error(429, "rate_limited", "rate limit exceeded"))
-                response.headers = retry_after_headers(faults, wait)
+                response.headers = faults.retry_after_headers(wait)
                 return response
-            if faults.fail_next > 0:
-                faults.fail_next -= 1
-                faults.failed += 1
-                raise _Error(faults.fail_status, "internal_error", "simulated server error")
+            status = faults.injected_failure()
+            if status is not None:
+                raise _Error(status, "internal_error", "simulated server error")
             kind = "trades" if request.path == TRADES_PATH else "activity"
             return self._json(self._page(kind, request))
         except _Error as exc:
@@ -286,45 +275,33 @@ class PredexonRest:
             except InvalidOperation as exc:
                 raise _Error(422, "validation_error", "min_total must be a number") from exc
         cursor = param("pagination_key")
-        after = _decode_key(cursor) if cursor else None
-        served = 0
-        if after is not None:
-            served, after = after[1] >> 32, (after[0], after[1] & 0xFFFFFFFF)
-        if self.faults.short_pages:
-            limit = max(1, limit // 2)
-        self._index()
-        rows = self._rows[kind]  # sorted by (timestamp, index)
-        ordered: Iterable[_IndexedRow]
-        if after is None:
-            ordered = reversed(rows) if order == "desc" else rows
-        elif order == "desc":
-            ordered = reversed(rows[: bisect.bisect_left(rows, after, key=_sort_key)])
-        else:
-            ordered = rows[bisect.bisect_right(rows, after, key=_sort_key) :]
-        truncate = self.faults.truncate_after_rows
-        out: list[dict[str, Any]] = []
-        last: tuple[int, int] | None = None
-        more = False
-        for ts, index, row, _event in ordered:
+
+        def wanted(entry: _IndexedRow) -> bool:
+            ts, _index, row, _event = entry
             if (start is not None and ts < start) or (end is not None and ts > end):
-                continue
+                return False
             if any(row.get(k) != v for k, v in market.items()):
-                continue
+                return False
             if wallet and wallet not in (row.get("user"), row.get("taker")):
-                continue
+                return False
             if builder and row.get("builder") != builder:
-                continue
+                return False
             amount = row.get("amount_usd")
-            if min_total is not None and (amount is None or amount < min_total):
-                continue
-            if len(out) >= limit or (truncate is not None and served + len(out) >= truncate):
-                more = truncate is None or served + len(out) < truncate
-                break
-            out.append(row)
-            last = (ts, index)
-        key = None
-        if more and last is not None:
-            key = _encode_key(last[0], ((served + len(out)) << 32) | last[1])
+            return min_total is None or (amount is not None and amount >= min_total)
+
+        self._index()
+        page, after = page_of(
+            self._rows[kind],  # sorted by (timestamp, index)
+            _sort_key,
+            _decode_key(cursor) if cursor else None,
+            query="",
+            size=limit,
+            newest_first=order == "desc",
+            faults=self.faults,
+            accept=wanted,
+        )
+        out = [row for _ts, _index, row, _event in page]
+        key = after.encode() if after is not None else None
         body_key = "trades" if kind == "trades" else "activities"
         pagination = {
             "limit": limit,

@@ -1,24 +1,27 @@
-"""A tiny HTTP/1.1 server on asyncio streams, rate limiters and REST fault knobs.
+"""What the simulators' REST endpoints share: a tiny HTTP/1.1 server on asyncio streams,
+rate limiters, REST fault knobs and the walk through one page of sorted rows.
 
-Shared by the simulators' REST endpoints (`bridge.sim.exchange_rest`,
-`bridge.sim.predexon_rest`). It runs on the simulator's own event loop, so handlers read
-the simulator's journals and ground truth without locks (the stdlib `http.server` the token
-endpoint uses runs in a thread and could not). It speaks just enough HTTP/1.1 for JSON
-APIs: one request per read, `Content-Length` bodies (no chunked requests), keep-alive.
+Used by `bridge.sim.exchange_rest` and `bridge.sim.predexon_rest`. The server runs on the
+simulator's own event loop, so handlers read the simulator's journals and ground truth
+without locks (the stdlib `http.server` the token endpoint uses runs in a thread and could
+not). It speaks just enough HTTP/1.1 for JSON APIs: one request per read, `Content-Length`
+bodies (no chunked requests), keep-alive.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import bisect
 import contextlib
 import json
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
 log = logging.getLogger(__name__)
@@ -229,9 +232,95 @@ class RestFaults:
     failed: int = 0
     """Requests answered with an injected 5xx (counter)."""
 
+    def throttle(self, wait_s: float | None) -> float | None:
+        """The rate limiter's verdict (`wait_s`; None: admitted) with the 429 storm knob
+        applied: seconds to answer 429 with (counted), or None to go on."""
+        if self.rate_limit_next > 0:
+            self.rate_limit_next -= 1
+            wait_s = wait_s or 1.0
+        if wait_s is not None:
+            self.rate_limited += 1
+        return wait_s
 
-def retry_after_headers(faults: RestFaults, wait_s: float | None) -> dict[str, str]:
-    if faults.retry_after_s is None:
-        return {}
-    seconds = max(faults.retry_after_s, wait_s or 0.0)
-    return {"Retry-After": str(max(1, int(-(-seconds // 1))))}
+    def injected_failure(self) -> int | None:
+        """The status to fail this request with (`fail_next`, counted); None: serve it."""
+        if self.fail_next <= 0:
+            return None
+        self.fail_next -= 1
+        self.failed += 1
+        return self.fail_status
+
+    def retry_after_headers(self, wait_s: float | None) -> dict[str, str]:
+        """Headers of a 429: `Retry-After` only when the `retry_after_s` knob asks for it."""
+        if self.retry_after_s is None:
+            return {}
+        seconds = max(self.retry_after_s, wait_s or 0.0)
+        return {"Retry-After": str(max(1, int(-(-seconds // 1))))}
+
+
+# -- pagination ------------------------------------------------------------------------------
+
+Row = TypeVar("Row")
+
+
+@dataclass(frozen=True, slots=True)
+class PageToken:
+    """Where a pagination stands (an opaque token to clients): rows served so far (for the
+    `truncate_after_rows` knob), the sort position of the last row served, and the query
+    it belongs to."""
+
+    served: int
+    after: tuple[int, ...]
+    query: str = ""
+
+    def encode(self) -> str:
+        raw = json.dumps([self.served, list(self.after), self.query]).encode()
+        return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+    @staticmethod
+    def decode(text: str) -> PageToken:
+        """The token of `text`; `ValueError` when it is not one."""
+        try:
+            raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+            served, after, query = json.loads(raw)
+            return PageToken(int(served), tuple(int(a) for a in after), str(query))
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"not a page token: {text!r}") from exc
+
+
+def page_of(
+    rows: Sequence[Row],
+    position: Callable[[Row], tuple[int, ...]],
+    token: PageToken | None,
+    *,
+    query: str,
+    size: int,
+    newest_first: bool,
+    faults: RestFaults,
+    accept: Callable[[Row], bool],
+) -> tuple[list[Row], PageToken | None]:
+    """One page of the accepted `rows` (sorted by `position`) after `token`, and the token
+    of the next page (None: this is the last). Applies the `short_pages` and
+    `truncate_after_rows` knobs."""
+    if faults.short_pages:
+        size = max(1, size // 2)
+    served = token.served if token is not None else 0
+    ordered: Iterable[Row]
+    # Rows are sorted: start right after the token's position.
+    if token is None:
+        ordered = reversed(rows) if newest_first else rows
+    elif newest_first:
+        ordered = reversed(rows[: bisect.bisect_left(rows, token.after, key=position)])
+    else:
+        ordered = rows[bisect.bisect_right(rows, token.after, key=position) :]
+    truncate = faults.truncate_after_rows
+    out: list[Row] = []
+    for row in ordered:
+        if not accept(row):
+            continue
+        if truncate is not None and served + len(out) >= truncate:
+            return out, None  # history "ends" here although rows remain
+        if len(out) >= size:
+            return out, PageToken(served + len(out), position(out[-1]), query)
+        out.append(row)
+    return out, None

@@ -30,7 +30,8 @@ from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Any
 
-from bridge.mapping.predexon import CHANNELS, PredexonMapper
+from bridge.mapping.predexon import PredexonMapper
+from bridge.mapping.predexon_channels import CHANNELS
 from bridge.records import Batch, Gap, Position
 from bridge.sources.predexon_placement import PredexonConnectionManager
 from bridge.sources.predexon_subscription import (

@@ -37,7 +37,8 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 
 from bridge.errors import AuthError, BridgeError
-from bridge.mapping.predexon import CHANNELS, CONTROL_TYPES, loads
+from bridge.mapping.predexon_channels import CHANNELS, CONTROL_TYPES
+from bridge.mapping.predexon_json import loads
 from bridge.sources.backoff import Backoff
 from bridge.sources.predexon_liveness import SERVER_DROP_BYTES, Liveness, PongTimeout
 from bridge.sources.predexon_reconnect import ReconnectPolicy

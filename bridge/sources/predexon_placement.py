@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from bridge.errors import AuthError, ConfigError
-from bridge.mapping.predexon import CHANNELS, dumps
+from bridge.mapping.predexon_channels import CHANNELS
+from bridge.mapping.predexon_json import dumps
 from bridge.sources.backoff import Backoff
 from bridge.sources.predexon_connection import Connection, ConnectionSettings
 from bridge.sources.predexon_reconnect import ReconnectPolicy, failing_backoff

@@ -5,7 +5,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from bridge.mapping.predexon import CHANNELS, matches
+from bridge.mapping.predexon_channels import CHANNELS
+from bridge.mapping.predexon_filters import matches
 from bridge.sources.predexon_subscription import Handle
 
 _SUBSCRIPTION_ID = re.compile(rb'"subscription_id"\s*:\s*"([^"]+)"')

@@ -9,7 +9,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from bridge.backfill.task import SOURCE_HEADER
+from bridge.backfill.writer import SOURCE_HEADER
 from bridge.kafka.readback import header, read_topic
 from bridge.records import STREAM_HEADER
 from bridge.sim.dropcopy import SimConfig, SimulatorThread

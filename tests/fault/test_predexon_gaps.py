@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from bridge.mapping.predexon import dumps, loads
+from bridge.mapping.predexon_json import dumps, loads
 from bridge.sim.predexon import SimConfig, SimulatorThread
 from tests.predexon_harness import (
     BridgeProcess,

@@ -19,7 +19,8 @@ from bridge.backfill.cursor import (
 )
 from bridge.backfill.history import Page, Window
 from bridge.backfill.kafka import KafkaBackfillIO, backfill_transactional_id
-from bridge.backfill.task import SOURCE_HEADER, BackfillStats, BackfillTask
+from bridge.backfill.task import BackfillStats, BackfillTask
+from bridge.backfill.writer import SOURCE_HEADER
 from bridge.commands.backfill import Progress, backfill
 from bridge.commands.state import show
 from bridge.config import Settings

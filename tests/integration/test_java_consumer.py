@@ -33,7 +33,8 @@ from typing import Any
 import pytest
 from confluent_kafka import Producer
 
-from bridge.mapping.predexon import CHANNELS, dumps
+from bridge.mapping.predexon_channels import CHANNELS
+from bridge.mapping.predexon_json import dumps
 from bridge.serde.avro import Serializer, SingleObjectFormat
 from bridge.sim import dropcopy as dsim
 from bridge.sim import predexon as psim

@@ -13,7 +13,8 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.frames import Opcode
 
-from bridge.mapping.predexon import CHANNELS, loads
+from bridge.mapping.predexon_channels import CHANNELS
+from bridge.mapping.predexon_json import loads
 from bridge.sim.predexon import PredexonSimulator, SimConfig, SimulatorThread
 from tests.bridge_harness import until
 

@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 import pytest
 
 from bridge.errors import AuthError, UpstreamError
-from bridge.mapping.predexon import CHANNELS
+from bridge.mapping.predexon_channels import CHANNELS
 from bridge.records import Batch, Position
 from bridge.serde.avro import SingleObjectFormat
 from bridge.sim.predexon import PredexonSimulator, SimConfig
@@ -146,7 +146,7 @@ def test_every_missed_event_falls_in_a_gap_and_positions_advance() -> None:
 
 
 def _raw(data: dict[str, Any]) -> Any:
-    from bridge.mapping.predexon import dumps, loads
+    from bridge.mapping.predexon_json import dumps, loads
 
     return loads(dumps(data))
 

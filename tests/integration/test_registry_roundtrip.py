@@ -22,7 +22,9 @@ from confluent_kafka import Producer
 from bridge.config import SchemaRegistrySettings
 from bridge.kafka.state import state_datum
 from bridge.mapping.dropcopy import DropCopyMapper
-from bridge.mapping.predexon import CHANNELS, PredexonMapper, loads
+from bridge.mapping.predexon import PredexonMapper
+from bridge.mapping.predexon_channels import CHANNELS
+from bridge.mapping.predexon_json import loads
 from bridge.records import Position
 from bridge.serde.avro import Serializer, SingleObjectFormat, WireFormat
 from bridge.serde.decode import Decoder

@@ -25,7 +25,8 @@ from bridge.backfill.cursor import (
     gap_record,
 )
 from bridge.backfill.history import History, Page, Unfillable, Window
-from bridge.backfill.task import SOURCE_HEADER, BackfillStats, BackfillTask
+from bridge.backfill.task import BackfillStats, BackfillTask
+from bridge.backfill.writer import SOURCE_HEADER
 from bridge.eos.pipeline import Producer, SideTopics
 from bridge.errors import FencedError, KafkaError
 from bridge.kafka.state import StateEntry, decode_state
@@ -467,7 +468,7 @@ def test_natural_keys_match_rest_rows_to_stream_records_by_count() -> None:
 
 @_sync
 async def test_reconciliation_writes_what_the_stream_missed_in_the_recent_past() -> None:
-    from bridge.backfill.task import Reconcile
+    from bridge.backfill.reconcile import Reconcile
 
     kafka = FakeKafka()
     kafka.committed.append(
@@ -503,10 +504,10 @@ async def test_reconciliation_writes_what_the_stream_missed_in_the_recent_past()
 @_sync
 async def test_predexon_rest_fills_match_live_records_on_tx_and_order_hash() -> None:
     from bridge.backfill.known import Known, natural_key_of
-    from bridge.backfill.rest_history import PredexonHistory
+    from bridge.backfill.predexon_history import PredexonHistory
     from bridge.mapping.predexon import PredexonMapper
     from bridge.serde.decode import Decoder
-    from bridge.sources.rest.exchange import RestPage
+    from bridge.sources.rest.page import RestPage
 
     prefix = SingleObjectFormat().prefix("predexon.polymarket.TradeEvent", "t")
     live = PredexonMapper("orders", "predexon.fills", "trades", prefix, '{"users":["0xu"]}')
@@ -531,6 +532,44 @@ async def test_predexon_rest_fills_match_live_records_on_tx_and_order_hash() -> 
     known = Known([(r.event_id, r.value) for r in kafka], natural)
     # The REST row of the confirmed live fill has another id, yet it is found in Kafka.
     assert [known.holds(r) for r in page.records] == [True, False]
+
+
+@_sync
+async def test_predexon_windows_reach_back_to_block_times_and_wait_for_rest_to_settle() -> None:
+    from bridge.backfill.predexon_history import PredexonHistory
+    from bridge.mapping.predexon import PredexonMapper
+    from bridge.sources.rest.page import RestPage
+    from bridge.timeutil import now_us
+
+    prefix = SingleObjectFormat().prefix("predexon.polymarket.TradeEvent", "t")
+    live = PredexonMapper("orders", "predexon.fills", "trades", prefix, '{"users":["0xu"]}')
+    start_s = 1_000
+    # A fill mined 20 s before the gap opened (its confirmation arrived inside the gap), one
+    # in the gap's first, partial second, and one older than the lookback.
+    rows = [
+        {"tx_hash": f"0x{at}", "order_hash": "0xo", "timestamp": at, "user": "0xu"}
+        for at in (start_s - 20, start_s, start_s - 80)
+    ]
+    asked: list[tuple[dict[str, object], int]] = []
+
+    class Client:
+        async def trades(self, params: dict[str, object], cursor: str | None) -> RestPage:
+            asked.append((params, now_us()))
+            return RestPage(rows, None)
+
+    history = PredexonHistory(
+        Client(),  # type: ignore[arg-type]
+        live,
+        {"users": ["0xu"]},
+        lookback_s=60,
+        rest_lag_s=0.3,
+    )
+    # The gap: from the middle of second 1000 to now.
+    window = Window(start_s * 1_000_000 + 500_000, now_us())
+    (page,) = [p async for p in history.pages(window, None)]
+    assert [r.event_time_us for r in page.records] == [980_000_000, 1_000_000_000]
+    ((params, at),) = asked
+    assert params["start_time"] < start_s - 60 and at >= window.to_us + 300_000
 
 
 def test_the_pipeline_tells_its_gaps_only_once_committed() -> None:

@@ -11,7 +11,7 @@ import asyncio
 import itertools
 from dataclasses import dataclass
 
-from bridge.mapping.predexon import loads
+from bridge.mapping.predexon_json import loads
 from bridge.records import Batch, Gap
 from bridge.sources.predexon import PredexonSource
 from bridge.sources.predexon_subscription import (

@@ -10,7 +10,9 @@ from typing import Any
 
 import pytest
 
-from bridge.mapping.predexon import CHANNELS, PredexonMapper, RawNumber, dumps, loads
+from bridge.mapping.predexon import PredexonMapper
+from bridge.mapping.predexon_channels import CHANNELS
+from bridge.mapping.predexon_json import RawNumber, dumps, loads
 from bridge.serde.avro import Serializer, SingleObjectFormat, load_schema, schema_text
 from bridge.sim.predexon_events import EventFactory
 
@@ -251,7 +253,7 @@ def test_ten_thousand_bad_frames_each_dead_letter_and_valid_ones_are_unaffected(
 
 
 def test_schemas_on_disk_match_the_mapper_fields() -> None:
-    from bridge.mapping.predexon import avro_schema
+    from bridge.mapping.predexon_schema import avro_schema
 
     for channel in CHANNELS.values():
         on_disk = json.loads(schema_text(channel.schema))

@@ -17,8 +17,9 @@ from typing import Any
 
 import pytest
 
+from bridge.backfill.exchange_history import ExchangeHistory
 from bridge.backfill.history import Page, Unfillable, Window
-from bridge.backfill.rest_history import ExchangeHistory, PredexonHistory
+from bridge.backfill.predexon_history import PredexonHistory
 from bridge.mapping.dropcopy import DropCopyMapper
 from bridge.mapping.predexon import PredexonMapper
 from bridge.serde.avro import Serializer

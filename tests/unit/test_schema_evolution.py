@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from bridge.commands.schemas import check_history, export
-from bridge.mapping.predexon import CHANNELS
+from bridge.mapping.predexon_channels import CHANNELS
 from bridge.serde.avro import expanded_schema, named_schemas
 from bridge.serde.compat import check, history_names, problems, released_versions
 from bridge.sources.dropcopy_kinds import KINDS

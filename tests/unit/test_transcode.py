@@ -21,14 +21,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bridge.serde.avro import load_schema
-from bridge.serde.transcode import (
-    SchemaMismatch,
-    compile_encoder,
-    int_map_bytes,
-    long_bytes,
-    string_bytes,
-    uvarint,
-)
+from bridge.serde.avro_binary import int_map_bytes, long_bytes, string_bytes, uvarint
+from bridge.serde.transcode import SchemaMismatch, compile_encoder
 from polymarket.v1 import dropcopy_pb2, orders_pb2, refdata_pb2, trading_pb2
 
 PROPERTY = settings(

@@ -20,7 +20,7 @@ from bridge.drift import compare, compiled_files, served_files
 from bridge.eos.repeats import LatestPerKey
 from bridge.mapping.dropcopy import DropCopyMapper
 from bridge.serde.avro import Serializer, SingleObjectFormat
-from bridge.serde.transcode import unknown_field_bytes
+from bridge.serde.proto_unknown import unknown_field_bytes
 from bridge.sim.contract import Contract, block_trade, newer_files
 from bridge.sources.dropcopy_kinds import KINDS
 from polymarket.v1 import orders_pb2, refdata_pb2, trading_pb2, types_pb2

@@ -26,11 +26,11 @@ Wire facts (the exchange's REST documentation, 2026 editions):
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from bridge.sources.auth import TokenProvider
-from bridge.sources.rest.http import DEFAULT_POLICY, Pacer, RestClient, RestError, RetryPolicy
+from bridge.sources.rest.http import DEFAULT_POLICY, Pacer, RestClient, RetryPolicy
+from bridge.sources.rest.page import RestPage, answer_object, page_rows, with_page_token
 
 EXECUTIONS_PATH = "/v1/report/executions/search"
 TRADES_PATH = "/v1/report/trades/search"
@@ -42,14 +42,6 @@ starts its window when a request arrives, later than we send it, so pacing at ex
 meets a 429 now and then."""
 LEDGER_PACING = (5, 10.5)
 """Documented: about 30/min, 0.5/s with burst 5: at most 5 per 10 s (plus a margin)."""
-
-
-@dataclass(frozen=True, slots=True)
-class RestPage:
-    """Rows of one page (JSON objects as sent) and the token of the next (None: the end)."""
-
-    rows: list[dict[str, Any]]
-    next_token: str | None
 
 
 def exchange_headers(
@@ -66,26 +58,13 @@ def exchange_headers(
     return headers
 
 
-def _rows(data: Any, *keys: str) -> list[dict[str, Any]]:
-    if not isinstance(data, dict):
-        raise RestError("response is not a JSON object", status=200, reason="bad_response")
-    for key in keys:
-        rows = data.get(key)
-        if rows is not None:
-            if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
-                raise RestError(
-                    f"{key} is not a list of objects", status=200, reason="bad_response"
-                )
-            return rows
-    return []  # an empty list is omitted from protobuf JSON
-
-
-def _next(data: dict[str, Any], has_eof: bool) -> str | None:
-    token = data.get("nextPageToken") or data.get("next_page_token") or None
-    eof = data.get("eof") is True
-    if has_eof and eof:
-        return None
-    return str(token) if token else None
+def _page(data: Any, *keys: str, has_eof: bool) -> RestPage:
+    """The rows under the first of `keys` and the next page's token (none after `eof`)."""
+    answer = answer_object(data)
+    token = answer.get("nextPageToken") or answer.get("next_page_token") or None
+    if has_eof and answer.get("eof") is True:
+        token = None
+    return RestPage(page_rows(answer, *keys), str(token) if token else None)
 
 
 class ExchangeRestClient:
@@ -115,28 +94,28 @@ class ExchangeRestClient:
 
     async def search_executions(self, query: Mapping[str, Any], page_token: str | None) -> RestPage:
         """One page of `POST /v1/report/executions/search` (`query`: camelCase fields)."""
-        body = dict(query) | ({"pageToken": page_token} if page_token else {})
+        body = with_page_token(query, "pageToken", page_token)
         data = await self.http.request(
             "POST", EXECUTIONS_PATH, body=body, pacer=self._pacers[EXECUTIONS_PATH]
         )
-        return RestPage(_rows(data, "executions"), _next(data, has_eof=True))
+        return _page(data, "executions", has_eof=True)
 
     async def search_trades(self, query: Mapping[str, Any], page_token: str | None) -> RestPage:
         """One page of `POST /v1/report/trades/search` (rows under `trade`, singular)."""
-        body = dict(query) | ({"pageToken": page_token} if page_token else {})
+        body = with_page_token(query, "pageToken", page_token)
         data = await self.http.request(
             "POST", TRADES_PATH, body=body, pacer=self._pacers[TRADES_PATH]
         )
         # "trade" is the documented key; "trades" is accepted should an edition pluralise it.
-        return RestPage(_rows(data, "trade", "trades"), _next(data, has_eof=False))
+        return _page(data, "trade", "trades", has_eof=False)
 
     async def ledger(self, params: Mapping[str, str | int], page_token: str | None) -> RestPage:
         """One page of `GET /v1/positions/ledger` (`params`: account, symbol, startTime, ...)."""
-        query = dict(params) | ({"pageToken": page_token} if page_token else {})
+        query = with_page_token(params, "pageToken", page_token)
         data = await self.http.request(
             "GET", LEDGER_PATH, params=query, pacer=self._pacers[LEDGER_PATH]
         )
-        return RestPage(_rows(data, "entries"), _next(data, has_eof=True))
+        return _page(data, "entries", has_eof=True)
 
     async def aclose(self) -> None:
         await self.http.aclose()

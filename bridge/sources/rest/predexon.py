@@ -16,7 +16,7 @@ Wire facts (Predexon's documentation and SDK, 2026):
   `{"error", "message"}` (docs) or `{"detail": {"error", "message"}}` (SDK); 422 is a
   validation error.
 
-Numbers are parsed exactly (`bridge.mapping.predexon.loads`: decimals kept as their text),
+Numbers are parsed exactly (`bridge.mapping.predexon_json.loads`: decimals kept as their text),
 so a REST price is written to Avro byte for byte as sent, like the WebSocket's.
 """
 
@@ -25,9 +25,9 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-from bridge.mapping.predexon import loads
-from bridge.sources.rest.exchange import RestPage
-from bridge.sources.rest.http import DEFAULT_POLICY, Pacer, RestClient, RestError, RetryPolicy
+from bridge.mapping.predexon_json import loads
+from bridge.sources.rest.http import DEFAULT_POLICY, Pacer, RestClient, RetryPolicy
+from bridge.sources.rest.page import RestPage, answer_object, page_rows, with_page_token
 
 TRADES_PATH = "/v2/polymarket/trades"
 ACTIVITY_PATH = "/v2/polymarket/activity"
@@ -49,12 +49,10 @@ def predexon_parse(body: bytes) -> Any:
 
 
 def _page(data: Any, key: str) -> RestPage:
-    if not isinstance(data, dict):
-        raise RestError("response is not a JSON object", status=200, reason="bad_response")
-    rows = data.get(key) or []
-    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
-        raise RestError(f"{key} is not a list of objects", status=200, reason="bad_response")
-    pagination = data.get("pagination") or {}
+    """The rows under `key` and the next page's key (none once `has_more` is false)."""
+    answer = answer_object(data)
+    rows = page_rows(answer, key)
+    pagination = answer.get("pagination") or {}
     cursor = pagination.get("pagination_key") if isinstance(pagination, dict) else None
     if isinstance(pagination, dict) and pagination.get("has_more") is False:
         cursor = None
@@ -73,14 +71,14 @@ class PredexonRestClient:
         self._pacer = Pacer(requests_per_s, 1.0) if requests_per_s else None
 
     async def trades(self, params: Mapping[str, str | int], cursor: str | None) -> RestPage:
-        query = dict(params) | ({"pagination_key": cursor} if cursor else {})
+        query = with_page_token(params, "pagination_key", cursor)
         data = await self.http.request("GET", TRADES_PATH, params=query, pacer=self._pacer)
         return _page(data, "trades")
 
     async def activity(self, params: Mapping[str, str | int], cursor: str | None) -> RestPage:
         if not params.get("wallet"):
             raise ValueError("Predexon activity history requires a wallet")
-        query = dict(params) | ({"pagination_key": cursor} if cursor else {})
+        query = with_page_token(params, "pagination_key", cursor)
         data = await self.http.request("GET", ACTIVITY_PATH, params=query, pacer=self._pacer)
         return _page(data, "activities")
 
