@@ -35,8 +35,8 @@ from bridge.mapping.dropcopy import DropCopyMapper
 from bridge.mapping.predexon import PredexonMapper
 from bridge.sim import predexon as px
 from bridge.sim.dropcopy import DropCopySimulator, SimConfig
-from bridge.sim.exchange_rest import RestConfig
-from bridge.sim.predexon_rest import PredexonRestConfig
+from bridge.sim.dropcopy.rest import RestConfig
+from bridge.sim.predexon.rest import PredexonRestConfig
 from bridge.sources.dropcopy_kinds import KINDS
 from bridge.sources.rest.exchange import ExchangeRestClient
 from bridge.sources.rest.http import RestClient

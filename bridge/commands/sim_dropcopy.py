@@ -18,8 +18,8 @@ import grpc
 
 from bridge.sim.contract import CONTRACTS
 from bridge.sim.dropcopy import DropCopySimulator
-from bridge.sim.dropcopy_config import SimConfig
-from bridge.sim.dropcopy_faults import TOKEN_REFUSED_CODES, Faults
+from bridge.sim.dropcopy.config import SimConfig
+from bridge.sim.dropcopy.faults import TOKEN_REFUSED_CODES, Faults
 from bridge.sim.tokens import DEFAULT_API_AUDIENCE, ClientRegistration
 
 log = logging.getLogger(__name__)

@@ -1,7 +1,7 @@
 """What the simulators' REST endpoints share: a tiny HTTP/1.1 server on asyncio streams,
 rate limiters, REST fault knobs and the walk through one page of sorted rows.
 
-Used by `bridge.sim.exchange_rest` and `bridge.sim.predexon_rest`. The server runs on the
+Used by `bridge.sim.dropcopy.rest` and `bridge.sim.predexon.rest`. The server runs on the
 simulator's own event loop, so handlers read the simulator's journals and ground truth
 without locks (the stdlib `http.server` the token endpoint uses runs in a thread and could
 not). It speaks just enough HTTP/1.1 for JSON APIs: one request per read, `Content-Length`

@@ -13,7 +13,7 @@ from bridge.backfill.writer import SOURCE_HEADER
 from bridge.kafka.readback import header, read_topic
 from bridge.records import STREAM_HEADER
 from bridge.sim.dropcopy import SimConfig, SimulatorThread
-from bridge.sim.exchange_rest import RestConfig
+from bridge.sim.dropcopy.rest import RestConfig
 from bridge.sim.journal import Retention
 from bridge.sim.market import DEFAULT_FIRMS
 from bridge.sim.rest import RestFaults

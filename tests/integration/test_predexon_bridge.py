@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from bridge.sim.predexon import SimConfig, SimulatorThread
-from bridge.sim.predexon_events import Universe
+from bridge.sim.predexon.events import Universe
 from tests.predexon_harness import BridgeProcess, PredexonSetup, Sub, wait_until, write_setup
 
 EVENTS_PER_SUB = 15

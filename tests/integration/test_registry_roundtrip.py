@@ -30,7 +30,7 @@ from bridge.serde.avro import Serializer, SingleObjectFormat, WireFormat
 from bridge.serde.decode import Decoder
 from bridge.serde.registry import RegistryFormat, registry_client
 from bridge.sim.market import MarketGenerator
-from bridge.sim.predexon_events import EventFactory
+from bridge.sim.predexon.events import EventFactory
 from bridge.sources.dropcopy_kinds import KINDS
 
 T0_US = 1_767_000_000_000_000

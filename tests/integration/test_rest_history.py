@@ -20,8 +20,8 @@ from bridge.records import Record
 from bridge.serde.avro import Serializer
 from bridge.sim import predexon as px
 from bridge.sim.dropcopy import DropCopySimulator, SimConfig
-from bridge.sim.exchange_rest import RestConfig
-from bridge.sim.predexon_rest import PredexonRestConfig
+from bridge.sim.dropcopy.rest import RestConfig
+from bridge.sim.predexon.rest import PredexonRestConfig
 from bridge.sim.rest import RestFaults
 from bridge.sources.dropcopy_kinds import KINDS
 from bridge.sources.rest.exchange import ExchangeRestClient

@@ -13,8 +13,8 @@ from google.protobuf import json_format
 from bridge.mapping.predexon_json import loads
 from bridge.sim import predexon as px
 from bridge.sim.dropcopy import DropCopySimulator, SimConfig
-from bridge.sim.exchange_rest import RATE_LIMITED, RestConfig
-from bridge.sim.predexon_rest import PredexonRestConfig, activity_row, trade_row
+from bridge.sim.dropcopy.rest import RATE_LIMITED, RestConfig
+from bridge.sim.predexon.rest import PredexonRestConfig, activity_row, trade_row
 from bridge.sim.rest import RestFaults
 from tests.bridge_harness import until
 

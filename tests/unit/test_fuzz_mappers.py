@@ -26,7 +26,7 @@ from bridge.mapping.predexon_json import dumps, loads
 from bridge.records import DeadLetter, Record
 from bridge.serde.avro import Serializer, SingleObjectFormat
 from bridge.serde.avro_binary import bytes_map_bytes, string_bytes
-from bridge.sim.predexon_events import EventFactory
+from bridge.sim.predexon.events import EventFactory
 from bridge.sources.dropcopy_kinds import KINDS, StreamKind
 from tests.unit.test_transcode import messages
 

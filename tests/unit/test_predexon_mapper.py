@@ -14,7 +14,7 @@ from bridge.mapping.predexon import PredexonMapper
 from bridge.mapping.predexon_channels import CHANNELS
 from bridge.mapping.predexon_json import RawNumber, dumps, loads
 from bridge.serde.avro import Serializer, SingleObjectFormat, load_schema, schema_text
-from bridge.sim.predexon_events import EventFactory
+from bridge.sim.predexon.events import EventFactory
 
 RECEIVED = 1_700_000_000_123_456
 

@@ -8,8 +8,8 @@ from typing import Any
 
 import grpc
 
-from bridge.sim.dropcopy_faults import Faults
-from bridge.sim.dropcopy_rpcs import Refusal
+from bridge.sim.dropcopy.faults import Faults
+from bridge.sim.dropcopy.rpcs import Refusal
 from bridge.sim.journal import InvalidToken, Journal, TokenCodec
 from bridge.timeutil import now_us as _now_us
 

@@ -34,7 +34,7 @@ the documentation warns that an empty answer is no proof of no activity);
 ledger's history starts at `ledger_start` (2026-05-01T00:00:00Z on the real exchange):
 earlier `startTime`s are clamped.
 
-Rows and ledger entries are rendered by `bridge.sim.exchange_rows`.
+Rows and ledger entries are rendered by `bridge.sim.dropcopy.rest_rows`.
 
 Fault knobs: `sim.rest.faults` (`bridge.sim.rest.RestFaults`): 429 storms, 5xx, slow pages,
 short pages, history that ends early.
@@ -51,7 +51,7 @@ from typing import Any
 
 from google.protobuf import timestamp_pb2
 
-from bridge.sim.exchange_rows import ReportRow, report_rows, rfc3339, row_position
+from bridge.sim.dropcopy.rest_rows import ReportRow, report_rows, rfc3339, row_position
 from bridge.sim.journal import Journal
 from bridge.sim.market import EXECUTIONS, POSITION_CHANGES, TRADE_CAPTURES
 from bridge.sim.rest import (

@@ -7,7 +7,7 @@ from typing import Any
 
 import grpc
 
-from bridge.sim.dropcopy_rpcs import STREAM_RPCS, Refusal
+from bridge.sim.dropcopy.rpcs import STREAM_RPCS, Refusal
 from bridge.sim.tokens import AccessClaims, AccessTokenError, AccessTokens
 
 _PARTICIPANT = re.compile(r"(firms/[^/]+)/users/[^/]+")

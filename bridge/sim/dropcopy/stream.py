@@ -10,10 +10,10 @@ from typing import Any
 
 import grpc
 
-from bridge.sim.dropcopy_config import SimConfig
-from bridge.sim.dropcopy_faults import Faults
-from bridge.sim.dropcopy_rpcs import Refusal
-from bridge.sim.dropcopy_stats import SimStats
+from bridge.sim.dropcopy.config import SimConfig
+from bridge.sim.dropcopy.faults import Faults
+from bridge.sim.dropcopy.rpcs import Refusal
+from bridge.sim.dropcopy.stats import SimStats
 from bridge.sim.journal import Journal, TokenCodec, frame_token
 from bridge.sim.market import INSTRUMENT_STATES
 from bridge.timeutil import now_us as _now_us

@@ -36,11 +36,11 @@ Wire behaviour (as the exchange documents it):
   `SimConfig.contract` "current" (as compiled) or "newer" (fields the exchange added since,
   also sent on the wire; see `bridge.sim.contract`).
 
-This module is the public face (the names above, and `SimulatorThread`). The parts:
-`dropcopy_server` (lifecycle, tokens, ground truth), `dropcopy_service` (admitting a call),
-`dropcopy_auth`, `dropcopy_resume`, `dropcopy_stream` (one call's responses),
-`dropcopy_journals` (records from the market), `dropcopy_config` / `dropcopy_faults` /
-`dropcopy_stats`. The command line is `bridge.commands.sim_dropcopy`.
+This package is the exchange simulator; this module its public face (the names above, and
+`SimulatorThread`). The parts: `server` (lifecycle, tokens, ground truth), `service`
+(admitting a call), `auth`, `resume`, `stream` (one call's responses), `journals` (records
+from the market), `rest` and `rest_rows` (the Report API and position ledger), `config`,
+`faults`, `stats`. The command line is `bridge.commands.sim_dropcopy`.
 """
 
 from __future__ import annotations
@@ -51,11 +51,11 @@ from typing import TypeVar
 
 from google.protobuf.message import Message
 
-from bridge.sim.dropcopy_config import SimConfig
-from bridge.sim.dropcopy_faults import Faults
-from bridge.sim.dropcopy_rpcs import STREAM_RPCS
-from bridge.sim.dropcopy_server import DropCopySimulator
-from bridge.sim.dropcopy_stats import SimStats
+from bridge.sim.dropcopy.config import SimConfig
+from bridge.sim.dropcopy.faults import Faults
+from bridge.sim.dropcopy.rpcs import STREAM_RPCS
+from bridge.sim.dropcopy.server import DropCopySimulator
+from bridge.sim.dropcopy.stats import SimStats
 from bridge.sim.market import STREAMS
 from bridge.sim.thread import LoopThread
 from bridge.sim.tokens import ALL_SCOPES

@@ -11,13 +11,13 @@ from typing import Any
 
 import grpc
 
-from bridge.sim.dropcopy_auth import authorize
-from bridge.sim.dropcopy_config import SimConfig
-from bridge.sim.dropcopy_faults import Faults
-from bridge.sim.dropcopy_resume import start_position
-from bridge.sim.dropcopy_rpcs import SERVICE, STREAM_RPCS, Refusal
-from bridge.sim.dropcopy_stats import SimStats
-from bridge.sim.dropcopy_stream import responses
+from bridge.sim.dropcopy.auth import authorize
+from bridge.sim.dropcopy.config import SimConfig
+from bridge.sim.dropcopy.faults import Faults
+from bridge.sim.dropcopy.resume import start_position
+from bridge.sim.dropcopy.rpcs import SERVICE, STREAM_RPCS, Refusal
+from bridge.sim.dropcopy.stats import SimStats
+from bridge.sim.dropcopy.stream import responses
 from bridge.sim.journal import Journal, TokenCodec
 from bridge.sim.tokens import AccessTokens
 

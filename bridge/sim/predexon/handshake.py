@@ -15,8 +15,8 @@ from websockets.asyncio.server import ServerConnection
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
-from bridge.sim.predexon_config import PLANS, SimConfig
-from bridge.sim.predexon_connections import SimConnection
+from bridge.sim.predexon.config import PLANS, SimConfig
+from bridge.sim.predexon.connections import SimConnection
 
 
 class Handshake:

@@ -13,8 +13,8 @@ from pathlib import Path
 from google.protobuf.message import Message
 
 from bridge.sim.contract import Contract
-from bridge.sim.dropcopy_rpcs import STREAM_RPCS
-from bridge.sim.dropcopy_stats import SimStats
+from bridge.sim.dropcopy.rpcs import STREAM_RPCS
+from bridge.sim.dropcopy.stats import SimStats
 from bridge.sim.journal import Journal, Retention
 from bridge.sim.market import STREAMS, MarketGenerator
 from bridge.timeutil import now_us as _now_us

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from bridge.mapping.predexon_channels import CHANNELS
-from bridge.sim.predexon_rest import PredexonRestConfig
+from bridge.sim.predexon.rest import PredexonRestConfig
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,4 +69,4 @@ class SimConfig:
     drop_code: int = 1006
     """Close code of `drop_every_events` drops (1006: abort TCP, see `drop_connections`)."""
     rest: PredexonRestConfig = field(default_factory=PredexonRestConfig)
-    """REST history (`/v2/polymarket/trades`, `/activity`): `bridge.sim.predexon_rest`."""
+    """REST history (`/v2/polymarket/trades`, `/activity`): `bridge.sim.predexon.rest`."""

@@ -22,11 +22,11 @@ from __future__ import annotations
 
 import random
 
-from bridge.sim.market_instruments import IS, LISTINGS, Instrument, Listing, new_instrument
-from bridge.sim.market_matching import OrderBooks
-from bridge.sim.market_orders import Participants
-from bridge.sim.market_positions import PositionLedger
-from bridge.sim.market_records import (
+from bridge.sim.market.instruments import IS, LISTINGS, Instrument, Listing, new_instrument
+from bridge.sim.market.matching import OrderBooks
+from bridge.sim.market.orders import Participants
+from bridge.sim.market.positions import PositionLedger
+from bridge.sim.market.records import (
     EXECUTIONS,
     INSTRUMENT_STATES,
     POSITION_CHANGES,
@@ -63,7 +63,7 @@ class MarketGenerator:
     """Deterministic market: `step(now_us)` returns the next action's records.
 
     It picks the action and runs the instruments' lifecycle; the order books
-    (`market_matching`), orders (`market_orders`) and positions (`market_positions`) do the
+    (`matching`), orders (`orders`) and positions (`positions`) do the
     rest, all drawing from one seeded random source in the same order for the same clock.
     """
 

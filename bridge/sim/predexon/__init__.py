@@ -4,7 +4,7 @@ It speaks the documented protocol: key in the URL path (`/v1/<KEY>`, or `?api_ke
 handshake refusals (401 unknown key, 403 Free plan, 429 connection limit, 503 capacity),
 `connected` on open, subscribe/update/unsubscribe answered by `ack` or `error` in request
 order, plan limits, protocol pings with a pong deadline, the 4000 idle close, 4001/4002.
-Events come from one seeded global stream per channel (`predexon_events`); each is recorded
+Events come from one seeded global stream per channel (`events`); each is recorded
 in the ground truth with the time it was generated, then sent to every matching
 subscription. What was actually written to each subscription (or dropped, and why) is
 recorded too, so tests can tell "lost while disconnected" from "sent".
@@ -19,9 +19,10 @@ Python API: `PredexonSimulator(SimConfig(...))` with `await start()` / `await st
 `SimulatorThread` runs one in its own event-loop thread for synchronous tests.
 CLI: `polybridge sim predexon` (`bridge.commands.sim_predexon`).
 
-This module runs the server: lifecycle, connections and fault knobs. The parts live in
-`predexon_handshake` (keys, refusals), `predexon_control` (subscriptions, plan limits),
-`predexon_fanout` (events to subscriptions) and `predexon_config` (settings, plans).
+This package is the Predexon simulator; this module runs the server: lifecycle,
+connections and fault knobs. The parts: `handshake` (keys, refusals), `control`
+(subscriptions, plan limits), `fanout` (events to subscriptions), `events` (the seeded
+event factory), `rest` (REST history), `connections` and `config` (settings, plans).
 """
 
 from __future__ import annotations
@@ -40,13 +41,13 @@ from websockets.exceptions import ConnectionClosed
 
 from bridge.mapping.predexon_filters import matches
 from bridge.mapping.predexon_json import dumps
-from bridge.sim.predexon_config import PLANS, PlanLimits, SimConfig
-from bridge.sim.predexon_connections import SentEvent, SimConnection, SimSubscription
-from bridge.sim.predexon_control import ControlHandler
-from bridge.sim.predexon_events import EventFactory
-from bridge.sim.predexon_fanout import Fanout
-from bridge.sim.predexon_handshake import Handshake
-from bridge.sim.predexon_rest import PredexonRest
+from bridge.sim.predexon.config import PLANS, PlanLimits, SimConfig
+from bridge.sim.predexon.connections import SentEvent, SimConnection, SimSubscription
+from bridge.sim.predexon.control import ControlHandler
+from bridge.sim.predexon.events import EventFactory
+from bridge.sim.predexon.fanout import Fanout
+from bridge.sim.predexon.handshake import Handshake
+from bridge.sim.predexon.rest import PredexonRest
 from bridge.sim.thread import LoopThread
 
 log = logging.getLogger(__name__)

@@ -3,8 +3,8 @@ each fill (and reversed by a bust), each change emitted as a `PositionChange`.""
 
 from __future__ import annotations
 
-from bridge.sim.market_orders import Order
-from bridge.sim.market_records import POSITION_CHANGES, Tape, account_firm
+from bridge.sim.market.orders import Order
+from bridge.sim.market.records import POSITION_CHANGES, Tape, account_firm
 from polymarket.v1 import dropcopy_pb2, positions_pb2
 
 

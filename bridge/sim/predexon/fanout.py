@@ -14,9 +14,9 @@ from typing import Any
 
 from bridge.mapping.predexon_filters import matches
 from bridge.mapping.predexon_json import dumps
-from bridge.sim.predexon_config import SimConfig
-from bridge.sim.predexon_connections import SentEvent, SimConnection, SimSubscription
-from bridge.sim.predexon_events import EventFactory
+from bridge.sim.predexon.config import SimConfig
+from bridge.sim.predexon.connections import SentEvent, SimConnection, SimSubscription
+from bridge.sim.predexon.events import EventFactory
 
 
 class Fanout:

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from bridge.sim.market_instruments import Instrument
-from bridge.sim.market_orders import Order, Participants, emit_execution, new_order
-from bridge.sim.market_positions import PositionLedger
-from bridge.sim.market_records import TRADE_CAPTURES, Tape, account_firm
+from bridge.sim.market.instruments import Instrument
+from bridge.sim.market.orders import Order, Participants, emit_execution, new_order
+from bridge.sim.market.positions import PositionLedger
+from bridge.sim.market.records import TRADE_CAPTURES, Tape, account_firm
 from polymarket.v1 import enums_pb2, orders_pb2
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bridge.sim.dropcopy_faults import Faults
-from bridge.sim.exchange_rest import RestConfig
+from bridge.sim.dropcopy.faults import Faults
+from bridge.sim.dropcopy.rest import RestConfig
 from bridge.sim.market import DEFAULT_FIRMS
 from bridge.sim.tokens import DEFAULT_API_AUDIENCE, ClientRegistration
 
@@ -44,7 +44,7 @@ class SimConfig:
     secret: bytes | None = None
     """Signs resume and access tokens; None = random per instance."""
     rest: RestConfig = field(default_factory=RestConfig)
-    """The REST history (Report API searches, position ledger): `bridge.sim.exchange_rest`."""
+    """The REST history (Report API searches, position ledger): `bridge.sim.dropcopy.rest`."""
     contract: str = "current"
     """Wire contract served (`bridge.sim.contract`): "current" = `proto/` as compiled;
     "newer" = with the fields the exchange added since, sent on the wire and described by

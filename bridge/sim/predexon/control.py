@@ -11,8 +11,8 @@ from typing import Any
 
 from bridge.mapping.predexon_channels import CHANNELS
 from bridge.mapping.predexon_filters import WILDCARD
-from bridge.sim.predexon_config import PLANS, SimConfig
-from bridge.sim.predexon_connections import SimConnection, SimSubscription, error, reply
+from bridge.sim.predexon.config import PLANS, SimConfig
+from bridge.sim.predexon.connections import SimConnection, SimSubscription, error, reply
 
 
 class ControlHandler:

@@ -6,8 +6,8 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from bridge.sim.market_instruments import Instrument
-from bridge.sim.market_records import EXECUTIONS, Tape
+from bridge.sim.market.instruments import Instrument
+from bridge.sim.market.records import EXECUTIONS, Tape
 from polymarket.v1 import enums_pb2, trading_pb2
 
 _USERS = ("alice", "bob", "carol", "dave", "erin", "frank")

@@ -1,8 +1,8 @@
 """The DropCopy simulator server (`DropCopySimulator`): serves the gRPC service, the token
 endpoint and the REST history on loopback, and gives tests tokens and ground truth.
 
-The wire behaviour is described in `bridge.sim.dropcopy`; the parts live in `dropcopy_service`
-(calls), `dropcopy_journals` (records) and `dropcopy_config` / `dropcopy_faults` (settings).
+The wire behaviour is described in `bridge.sim.dropcopy`; the parts live in `service`
+(calls), `journals` (records) and `config` / `faults` (settings).
 """
 
 from __future__ import annotations
@@ -20,11 +20,11 @@ import grpc
 from google.protobuf.message import Message
 
 from bridge.sim.contract import Contract
-from bridge.sim.dropcopy_config import SimConfig
-from bridge.sim.dropcopy_journals import MarketJournals
-from bridge.sim.dropcopy_service import DropCopyService
-from bridge.sim.dropcopy_stats import SimStats
-from bridge.sim.exchange_rest import ExchangeRest
+from bridge.sim.dropcopy.config import SimConfig
+from bridge.sim.dropcopy.journals import MarketJournals
+from bridge.sim.dropcopy.rest import ExchangeRest
+from bridge.sim.dropcopy.service import DropCopyService
+from bridge.sim.dropcopy.stats import SimStats
 from bridge.sim.journal import Retention, TokenCodec
 from bridge.sim.market import MarketGenerator
 from bridge.sim.tls import TlsFiles, generate_tls
