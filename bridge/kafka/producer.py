@@ -16,6 +16,9 @@ Every librdkafka error is translated here into `bridge.errors`:
 - any other fatal error (e.g. OUT_OF_ORDER_SEQUENCE_NUMBER after a broker restart)
                                            -> `KafkaError(retriable=True)`, state BROKEN:
                                               fatal for this producer instance only
+- on commit: timed out, or `retriable()` without `txn_requires_abort()`
+                                           -> `CommitPending`: the commit's outcome is not
+                                              known yet (the broker may have it): commit again
 - `txn_requires_abort()` or `retriable()`  -> `KafkaError(retriable=True)`: abort, resume
 - anything else                            -> `KafkaError(retriable=False)`
 """
@@ -332,11 +335,17 @@ class TransactionalProducer:
             # A delivery report's error says more than the commit's summary of it.
             if self._txn_error is not None and self._txn_error.code() in _FENCED_CODES:
                 err = self._txn_error
-            if err.code() == LibKafkaError._TIMED_OUT:
-                # Replacing the producer now would race with the commit still going on.
+            if err.code() == LibKafkaError._TIMED_OUT or (
+                err.retriable() and not err.txn_requires_abort() and not err.fatal()
+            ):
+                # librdkafka's contract: a retriable commit error means "commit again". The
+                # coordinator may already hold the commit, so aborting and resuming from the
+                # previous position would write the transaction's records twice; and
+                # replacing the producer now would race with the commit still going on.
                 raise CommitPending(
                     f"commit for stream {self.stream_id} (transactional.id="
-                    f"{self.transactional_id}) did not finish within {timeout:.0f} s",
+                    f"{self.transactional_id}) not finished within {timeout:.0f} s: "
+                    f"{err.name()}: {err.str()}",
                     retriable=True,
                 ) from exc
             raise self._error(err, "commit") from exc

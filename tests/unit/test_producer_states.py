@@ -6,9 +6,11 @@ import asyncio
 import itertools
 
 import pytest
+from confluent_kafka import KafkaError as LibKafkaError
+from confluent_kafka import KafkaException as LibKafkaException
 
 from bridge.errors import KafkaError
-from bridge.kafka.producer import TRANSITIONS, TransactionalProducer, TxnState
+from bridge.kafka.producer import TRANSITIONS, CommitPending, TransactionalProducer, TxnState
 
 
 def _producer() -> TransactionalProducer:
@@ -60,4 +62,47 @@ def test_give_up_leaves_a_producer_that_must_be_replaced() -> None:
         with pytest.raises(KafkaError):
             producer._move(TxnState.READY)
     finally:
+        producer.close()
+
+
+class _RefusingCommit:
+    """librdkafka's producer, as far as commit() uses it: the commit fails with `error`."""
+
+    def __init__(self, error: LibKafkaError) -> None:
+        self.error = error
+
+    def commit_transaction(self, timeout: float) -> None:
+        raise LibKafkaException(self.error)
+
+
+@pytest.mark.parametrize(
+    ("error", "pending"),
+    [
+        # "Commit again": the coordinator may already hold the commit.
+        (LibKafkaError(LibKafkaError._TIMED_OUT, "timed out", retriable=True), True),
+        (LibKafkaError(LibKafkaError._TRANSPORT, "broker down", retriable=True), True),
+        (LibKafkaError(LibKafkaError.NOT_COORDINATOR, "moved", retriable=True), True),
+        # "Abort": the transaction did not commit.
+        (
+            LibKafkaError(
+                LibKafkaError._MSG_TIMED_OUT, "undelivered", retriable=True, txn_requires_abort=True
+            ),
+            False,
+        ),
+    ],
+)
+def test_a_retriable_commit_error_is_committed_again_not_aborted(
+    error: LibKafkaError, pending: bool
+) -> None:
+    producer = _producer()
+    real = producer._producer
+    try:
+        producer._producer = _RefusingCommit(error)  # type: ignore[assignment]
+        producer.state = TxnState.OPEN
+        with pytest.raises(KafkaError) as raised:
+            asyncio.run(producer.commit(timeout=0.1))
+        assert isinstance(raised.value, CommitPending) is pending, raised.value
+        assert raised.value.retriable
+    finally:
+        producer._producer = real
         producer.close()
