@@ -6,9 +6,10 @@ Rules (from the upstreams' documentation):
 - 15 s per call (the exchange's client guidance; requests over 30 s are 504 server-side).
 - Documented limits are paced client-side (`Pacer`, per endpoint), so a lone client does not
   run into them; 429s still happen when other clients share the firm's or key's budget.
-- HTTP 429: wait at least `min_429_wait_s` (1 s), or `Retry-After` when the response
-  carries one and it is longer (the exchange's pages disagree on whether it is sent: honour it
-  when present), then back off exponentially with full jitter, never below that floor.
+- HTTP 429 with `Retry-After`: wait what it says (at least `min_429_wait_s`, plus up to a
+  tenth more so that clients sharing a budget do not return together): the server knows when
+  its window frees. Without it (the exchange's pages disagree on whether it is sent): back
+  off exponentially with full jitter, never below `min_429_wait_s` (1 s).
 - 5xx, timeouts and connection errors: retried with exponential backoff and jitter.
 - 401 once: the token provider is told (`on_unauthorized`) and the call is retried with a
   new token; a second 401, or 403, raises `AuthError`.
@@ -277,11 +278,11 @@ class RestClient:
                 last = error_message(response.content)
                 if status == 429:
                     self.stats.rate_limited += 1
-                    floor = max(
-                        policy.min_429_wait_s,
-                        retry_after_s(response.headers.get("retry-after")) or 0.0,
-                    )
-                    wait = max(floor, self._backoff(limited))
+                    told = retry_after_s(response.headers.get("retry-after"))
+                    if told is not None:
+                        wait = max(policy.min_429_wait_s, told) * (1.0 + 0.1 * self._rng())
+                    else:
+                        wait = max(policy.min_429_wait_s, self._backoff(limited))
                     limited += 1
                 elif status >= 500:
                     self.stats.server_errors += 1
