@@ -97,6 +97,12 @@ class BridgeSetup:
         return len(kafka_rows(self.kafka, self.topic(kind), f"dropcopy.{kind}"))
 
 
+ALONE = "[cluster]\nenabled = false\n"
+"""Configuration for one instance SIGKILLed and restarted in place: outside a stream group it
+starts at once, instead of waiting out its dead predecessor's group session (10 s by
+default). The stream group under kills is tests/fault/test_high_availability.py's subject."""
+
+
 def write_setup(
     tmp_path: Path,
     bootstrap: str,

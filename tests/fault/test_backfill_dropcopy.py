@@ -18,7 +18,14 @@ from bridge.sim.journal import Retention
 from bridge.sim.market import DEFAULT_FIRMS
 from bridge.sim.rest import RestFaults
 from bridge.verify import compare, expected_dropcopy_rows, kafka_rows
-from tests.bridge_harness import BridgeProcess, BridgeSetup, gap_records, wait_until, write_setup
+from tests.bridge_harness import (
+    ALONE,
+    BridgeProcess,
+    BridgeSetup,
+    gap_records,
+    wait_until,
+    write_setup,
+)
 
 KINDS = ("executions", "trade_captures")
 OWN_FIRM = DEFAULT_FIRMS[0]
@@ -66,6 +73,7 @@ def test_gap_filled_from_rest_across_sigkills(
             unique_name("bf") + ".",
             kinds=KINDS,
             dropcopy="reconnect_initial_s = 0.05\nreconnect_max_s = 0.2",
+            extra=ALONE,
         )
         text = setup.config_path.read_text()
         firms = ", ".join(f'"{f}"' for f in DEFAULT_FIRMS)

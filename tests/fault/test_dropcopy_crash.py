@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from bridge.sim.dropcopy import SimConfig, SimulatorThread
-from tests.bridge_harness import ALL_KINDS, BridgeProcess, wait_until, write_setup
+from tests.bridge_harness import ALL_KINDS, ALONE, BridgeProcess, wait_until, write_setup
 
 TOTAL_RECORDS = 200_000
 KILLS = 20
@@ -34,7 +34,7 @@ def test_sigkill_at_random_instants_loses_and_doubles_nothing(
             sim,
             unique_name("crash") + ".",
             pipeline="max_latency_ms = 20\nmax_batch_records = 2000",
-            extra="",
+            extra=ALONE,
         )
         log = tmp_path / "bridge.log"
         served = sim.simulator.stats.responses

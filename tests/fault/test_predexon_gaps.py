@@ -20,6 +20,7 @@ import pytest
 
 from bridge.mapping.predexon_json import dumps, loads
 from bridge.sim.predexon import SimConfig, SimulatorThread
+from tests.bridge_harness import ALONE
 from tests.predexon_harness import (
     BridgeProcess,
     Gap,
@@ -74,6 +75,7 @@ def test_disconnects_sigkill_and_stall_lose_nothing_outside_one_gap_each(
     log = tmp_path / "bridge.log"
     with SimulatorThread(config) as sim:
         setup = write_setup(tmp_path, kafka_bootstrap, sim, unique_name("pdx-fault") + ".", SUBS)
+        setup.config_path.write_text(setup.config_path.read_text() + ALONE)
         bridge = BridgeProcess(setup, log)
         faults: list[tuple[str, int]] = []  # (expected gap reason, instant of the fault)
         try:
