@@ -10,7 +10,6 @@ import signal
 import socket
 import uuid
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -22,15 +21,13 @@ from bridge.cluster.group import Failures, run_alone, run_in_group
 from bridge.cluster.membership import Membership
 from bridge.cluster.runner import StreamRunner
 from bridge.config import (
-    DropCopyAuthSettings,
-    DropCopySettings,
     DropCopyStreamSettings,
-    PredexonSettings,
     PredexonSubscriptionSettings,
     Settings,
     parse_time,
 )
-from bridge.eos.pipeline import Pipeline, SideTopics
+from bridge.eos.contract import SideTopics
+from bridge.eos.pipeline import Pipeline
 from bridge.eos.positions import PositionStore
 from bridge.eos.repeats import LatestPerKey, RecentIds, RepeatFilter
 from bridge.errors import BridgeError, ConfigError
@@ -44,12 +41,12 @@ from bridge.metrics import streams_of
 from bridge.records import EVENT_ID_HEADER, Record, Source
 from bridge.serde.avro import Serializer, WireFormat
 from bridge.serde.registry import RegistryFormat, configured_topic_schemas, wire_format_of
-from bridge.sources.auth import PrivateKeyJwtProvider, StaticToken, TokenProvider
 from bridge.sources.backoff import Backoff
-from bridge.sources.dropcopy import DropCopySource, open_channel
+from bridge.sources.dropcopy import DropCopySource
 from bridge.sources.dropcopy_kinds import KINDS
 from bridge.sources.predexon import PredexonSource
 from bridge.sources.predexon_placement import PredexonConnectionManager
+from bridge.sources.upstreams import dropcopy_channel, predexon_key, token_provider
 
 log = logging.getLogger(__name__)
 
@@ -399,52 +396,6 @@ class Bridge:
             **callbacks,
         )
         return self.membership
-
-
-def dropcopy_channel(dropcopy: DropCopySettings) -> grpc.aio.Channel:
-    """The one gRPC channel every DropCopy stream of the configuration shares."""
-    return open_channel(
-        dropcopy.endpoint,
-        tls=dropcopy.tls,
-        ca_file=dropcopy.ca_file,
-        keepalive_time_s=dropcopy.keepalive_time_s,
-        keepalive_timeout_s=dropcopy.keepalive_timeout_s,
-    )
-
-
-def token_provider(auth: DropCopyAuthSettings) -> TokenProvider:
-    """The exchange access tokens the configuration asks for."""
-    if auth.mode == "static":
-        return StaticToken(
-            env=None if auth.token_file else auth.token_env, path=auth.token_file or None
-        )
-    return PrivateKeyJwtProvider(
-        client_id=auth.client_id,
-        private_key_path=auth.private_key_file,
-        token_url=auth.token_url,
-        audience=auth.audience,
-        refresh_margin_s=auth.refresh_margin_s,
-        ca_file=auth.ca_file or None,
-    )
-
-
-def predexon_key(settings: PredexonSettings) -> str:
-    """The API key from the configured file or environment variable (never logged)."""
-    if settings.api_key_file:
-        try:
-            key = Path(settings.api_key_file).read_text().strip()
-        except OSError as exc:
-            raise ConfigError(
-                f"predexon.api_key_file {settings.api_key_file}: cannot read it ({exc.strerror})"
-            ) from None
-    else:
-        key = os.environ.get(settings.api_key_env, "").strip()
-    if not key:
-        where = settings.api_key_file or f"environment variable {settings.api_key_env}"
-        raise ConfigError(
-            f"predexon: no API key in {where} (set predexon.api_key_env or api_key_file)"
-        )
-    return key
 
 
 async def run_until_signalled(bridge: Bridge, reload: Callable[[], Settings] | None = None) -> int:

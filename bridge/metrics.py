@@ -27,7 +27,7 @@ from prometheus_client.registry import Collector
 
 from bridge.backfill.task import BackfillStats, lag_seconds
 from bridge.cluster.runner import Handovers, StreamRunner
-from bridge.eos.pipeline import PipelineStats
+from bridge.eos.contract import PipelineStats
 
 PREFIX = "polybridge_"
 

@@ -47,3 +47,13 @@ def make_topic(kafka_bootstrap: str) -> Callable[..., str]:
 def read_topic(kafka_bootstrap: str) -> Callable[[str], list[Row]]:
     """Reads a whole topic read_committed: [(key, value, headers, partition, offset)]."""
     return lambda topic: kafka_fixture.read_all(kafka_bootstrap, topic)
+
+
+_FIRST = {"fault": 0, "integration": 1, "unit": 2}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Longest first: fault tests, then integration, then unit tests. `make test` runs on
+    several workers, and the suite lasts as long as its slowest worker: handing out the long
+    tests first lets the short ones fill the gaps instead of trailing one long test."""
+    items.sort(key=lambda item: _FIRST.get(item.path.parent.name, 1))

@@ -11,7 +11,7 @@ from typing import Any
 from confluent_kafka import TopicPartition
 
 from bridge.backfill.cursor import GapRecord, cursor_key, gap_record
-from bridge.eos.pipeline import Positions, Producer
+from bridge.eos.contract import Positions, Producer
 from bridge.errors import KafkaError
 from bridge.kafka.producer import TransactionalProducer
 from bridge.kafka.readback import (

@@ -53,7 +53,7 @@ from bridge.backfill.history import History, Page, Unfillable
 from bridge.backfill.known import Known, NaturalKey
 from bridge.backfill.reconcile import Reconcile, ReconcileSchedule
 from bridge.backfill.writer import BackfillWriter, FollowUp, Transaction, outcome_of
-from bridge.eos.pipeline import Producer, SideTopics
+from bridge.eos.contract import Producer, SideTopics
 from bridge.errors import FencedError, KafkaError
 from bridge.kafka.state import StateEntry
 from bridge.records import Gap, Record

@@ -12,7 +12,7 @@ from bridge.backfill.known import natural_key_of
 from bridge.backfill.reconcile import Reconcile
 from bridge.backfill.streams import BackfillStream, RestHistories, history_for
 from bridge.backfill.task import BackfillStats, BackfillTask
-from bridge.eos.pipeline import Positions, SideTopics
+from bridge.eos.contract import Positions, SideTopics
 from bridge.mapping.predexon_json import dumps
 from bridge.serde.avro import WireFormat
 from bridge.serde.decode import Decoder

@@ -25,7 +25,7 @@ from bridge.backfill.cursor import (
     encode_cursor,
     gap_datum,
 )
-from bridge.eos.pipeline import Producer, SideTopics
+from bridge.eos.contract import Producer, SideTopics
 from bridge.errors import FencedError, KafkaError
 from bridge.records import EVENT_ID_HEADER, STREAM_HEADER, DeadLetter, Record
 from bridge.timeutil import now_us

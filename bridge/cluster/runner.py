@@ -13,7 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from bridge.backfill.task import BackfillStats, BackfillTask
-from bridge.eos.pipeline import Pipeline, PipelineStats
+from bridge.eos.contract import PipelineStats
+from bridge.eos.pipeline import Pipeline
 from bridge.records import Gap
 
 log = logging.getLogger(__name__)

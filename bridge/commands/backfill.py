@@ -29,7 +29,7 @@ from bridge.backfill.streams import BackfillStream, RestHistories, history_for
 from bridge.backfill.task import BackfillStats, BackfillTask, HistoryFor
 from bridge.backfill.wiring import decoder_of
 from bridge.config import Settings, load_settings, parse_time
-from bridge.eos.pipeline import SideTopics
+from bridge.eos.contract import SideTopics
 from bridge.eos.positions import PositionStore
 from bridge.errors import ConfigError
 from bridge.mapping.predexon_channels import CHANNELS
@@ -151,7 +151,7 @@ async def backfill(
     stream = backfill_stream(settings, wire_format, stream_id)
     own: RestClients | None = None
     if rest is None:
-        from bridge.app import predexon_key, token_provider
+        from bridge.sources.upstreams import predexon_key, token_provider
 
         rest = own = RestClients(
             settings,

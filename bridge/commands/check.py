@@ -40,7 +40,6 @@ from confluent_kafka.admin import AdminClient
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus, WebSocketException
 
-from bridge.app import dropcopy_channel, predexon_key, token_provider
 from bridge.config import Settings, load_settings
 from bridge.drift import ReflectionError, compare, served_files
 from bridge.errors import BridgeError
@@ -50,6 +49,7 @@ from bridge.sources.auth import TokenProvider
 from bridge.sources.dropcopy_kinds import KINDS
 from bridge.sources.predexon_placement import PLAN_LIMITS
 from bridge.sources.predexon_subscription import SubscriptionSpec
+from bridge.sources.upstreams import dropcopy_channel, predexon_key, token_provider
 
 CONNECT_TIMEOUT_S = 10.0
 """Bound for each connectivity check (Kafka metadata, gRPC channel, WebSocket handshake):

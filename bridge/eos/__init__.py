@@ -2,6 +2,7 @@
 
     pipeline.py       the loop: batches from a source -> one open transaction -> commit,
                       abort and resume from the last committed position, fencing
+    contract.py       what the loop works with: producer, positions, side topics, stats
     commit_policy.py  when the open transaction commits (size, latency, heartbeat)
     positions.py      every stream's committed position, in memory, followed from the
                       compacted state topic

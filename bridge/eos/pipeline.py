@@ -24,15 +24,14 @@ import hashlib
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Protocol
 
 from bridge.config import PipelineSettings
 from bridge.eos.commit_policy import CommitPolicy
+from bridge.eos.contract import PipelineStats, Positions, Producer, SideTopics
 from bridge.eos.repeats import RepeatFilter
 from bridge.errors import FencedError, KafkaError
 from bridge.kafka.producer import CommitPending, Headers
-from bridge.kafka.state import StateEntry, encode_state
+from bridge.kafka.state import encode_state
 from bridge.records import (
     EVENT_ID_HEADER,
     STREAM_HEADER,
@@ -43,7 +42,6 @@ from bridge.records import (
     Record,
     Source,
 )
-from bridge.serde.avro import Serializer
 from bridge.timeutil import now_us
 
 log = logging.getLogger(__name__)
@@ -56,39 +54,6 @@ _RETRY_DELAY_S = 1.0
 _MAX_DEAD_LETTER_RAW = 900_000
 # How often an idle loop wakes to notice a stop request.
 _IDLE_WAKE_S = 0.1
-
-
-@dataclass(frozen=True, slots=True)
-class SideTopics:
-    """The bridge's own topics and their serializers."""
-
-    state: str
-    dead_letters: str
-    gaps: str
-    state_serializer: Serializer
-    dead_letter_serializer: Serializer
-    gap_serializer: Serializer
-
-
-@dataclass(slots=True)
-class PipelineStats:
-    """Counters a pipeline keeps for metrics, health and the demo's live view."""
-
-    records: int = 0
-    bytes: int = 0
-    repeats_dropped: int = 0
-    dead_letters: int = 0
-    gaps: int = 0
-    commits: int = 0
-    aborts: int = 0
-    commit_seconds: list[float] = field(default_factory=list)
-    last_commit_at: float | None = None
-    first_commit_at: float | None = None
-    """The first commit since the stream (re)started on this instance (hand-over time)."""
-    last_event_time_us: int | None = None
-    running: bool = False
-    fenced: int = 0
-    """1 once the stream ended because another instance took it over."""
 
 
 class _OpenTransaction:
@@ -104,37 +69,6 @@ class _OpenTransaction:
         self.first_at: float | None = None
         """When its first record, dead letter or gap was produced (None: heartbeats only)."""
         self.position: Position | None = None
-
-
-class Producer(Protocol):
-    """What the loop needs of a transactional producer (`bridge.kafka.producer`)."""
-
-    transactional_id: str
-
-    @property
-    def broken(self) -> bool: ...
-
-    async def init(self) -> None: ...
-
-    def begin(self) -> None: ...
-
-    def produce(
-        self, topic: str, key: bytes | None, value: bytes | None, headers: Headers | None = None
-    ) -> None: ...
-
-    async def commit(self) -> None: ...
-
-    def give_up(self) -> None: ...
-
-    async def abort(self) -> None: ...
-
-    def close(self) -> None: ...
-
-
-class Positions(Protocol):
-    """Where the loop reads its stream's committed position (`bridge.eos.positions`)."""
-
-    def latest(self, stream_id: str) -> StateEntry | None: ...
 
 
 class Pipeline:

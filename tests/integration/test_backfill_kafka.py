@@ -24,7 +24,7 @@ from bridge.backfill.writer import SOURCE_HEADER
 from bridge.commands.backfill import Progress, backfill
 from bridge.commands.state import show
 from bridge.config import Settings
-from bridge.eos.pipeline import SideTopics
+from bridge.eos.contract import SideTopics
 from bridge.eos.positions import PositionStore
 from bridge.kafka.producer import TransactionalProducer
 from bridge.kafka.readback import header

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from bridge.eos.pipeline import PipelineStats
+from bridge.eos.contract import PipelineStats
 from bridge.health import HealthServer, not_ready
 from bridge.metrics import StreamView
 from bridge.sim.dropcopy import Faults, SimConfig, SimulatorThread

@@ -7,7 +7,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from bridge.eos.pipeline import PipelineStats
+from bridge.eos.contract import PipelineStats
 from bridge.metrics import BridgeCollector, StreamView, by_stream, parse_text
 from bridge.sim.dropcopy import SimConfig, SimulatorThread
 from tests.bridge_harness import BridgeProcess, wait_until, write_setup

@@ -27,7 +27,7 @@ from bridge.backfill.cursor import (
 from bridge.backfill.history import History, Page, Unfillable, Window
 from bridge.backfill.task import BackfillStats, BackfillTask
 from bridge.backfill.writer import SOURCE_HEADER
-from bridge.eos.pipeline import Producer, SideTopics
+from bridge.eos.contract import Producer, SideTopics
 from bridge.errors import FencedError, KafkaError
 from bridge.kafka.state import StateEntry, decode_state
 from bridge.records import EVENT_ID_HEADER, DeadLetter, Gap, Record
@@ -415,7 +415,7 @@ async def test_fenced_task_waits_for_the_next_gap() -> None:
 
 
 def test_metrics_show_the_backfill() -> None:
-    from bridge.eos.pipeline import PipelineStats
+    from bridge.eos.contract import PipelineStats
     from bridge.metrics import StreamView, make_registry, parse_text, render
 
     stats = BackfillStats(

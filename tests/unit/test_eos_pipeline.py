@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 import pytest
 
 from bridge.config import PipelineSettings
-from bridge.eos.pipeline import Pipeline, SideTopics
+from bridge.eos.contract import SideTopics
+from bridge.eos.pipeline import Pipeline
 from bridge.eos.repeats import RecentIds
 from bridge.errors import FencedError, KafkaError
 from bridge.kafka.producer import CommitPending

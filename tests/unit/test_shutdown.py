@@ -9,7 +9,7 @@ import time
 import pytest
 
 from bridge.cluster.runner import StreamRunner
-from bridge.eos.pipeline import PipelineStats
+from bridge.eos.contract import PipelineStats
 
 
 class _Pipeline:

@@ -1,0 +1,76 @@
+"""What the exactly-once loop (`bridge.eos.pipeline`) works with: the producer and the
+committed positions it needs, the side topics it writes besides the stream's own, and the
+counters it reports. The backfill task works with the same."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from bridge.kafka.producer import Headers
+from bridge.kafka.state import StateEntry
+from bridge.serde.avro import Serializer
+
+
+@dataclass(frozen=True, slots=True)
+class SideTopics:
+    """The bridge's own topics and their serializers."""
+
+    state: str
+    dead_letters: str
+    gaps: str
+    state_serializer: Serializer
+    dead_letter_serializer: Serializer
+    gap_serializer: Serializer
+
+
+@dataclass(slots=True)
+class PipelineStats:
+    """Counters a pipeline keeps for metrics, health and the demo's live view."""
+
+    records: int = 0
+    bytes: int = 0
+    repeats_dropped: int = 0
+    dead_letters: int = 0
+    gaps: int = 0
+    commits: int = 0
+    aborts: int = 0
+    commit_seconds: list[float] = field(default_factory=list)
+    last_commit_at: float | None = None
+    first_commit_at: float | None = None
+    """The first commit since the stream (re)started on this instance (hand-over time)."""
+    last_event_time_us: int | None = None
+    running: bool = False
+    fenced: int = 0
+    """1 once the stream ended because another instance took it over."""
+
+
+class Producer(Protocol):
+    """What the loop needs of a transactional producer (`bridge.kafka.producer`)."""
+
+    transactional_id: str
+
+    @property
+    def broken(self) -> bool: ...
+
+    async def init(self) -> None: ...
+
+    def begin(self) -> None: ...
+
+    def produce(
+        self, topic: str, key: bytes | None, value: bytes | None, headers: Headers | None = None
+    ) -> None: ...
+
+    async def commit(self) -> None: ...
+
+    def give_up(self) -> None: ...
+
+    async def abort(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class Positions(Protocol):
+    """Where the loop reads its stream's committed position (`bridge.eos.positions`)."""
+
+    def latest(self, stream_id: str) -> StateEntry | None: ...
