@@ -52,6 +52,8 @@ PREFIX = "demo."
 # How often the live view scrapes /metrics, and how often plain mode prints its lines.
 VIEW_REFRESH_S = 1.0
 PLAIN_EVERY_S = 2.0
+STREAMING_TIMEOUT_S = 60.0
+"""How long the demo waits for the bridge's first committed records before its clock runs."""
 
 
 def _free_port() -> int:
@@ -199,6 +201,7 @@ def run_demo(duration: float, bootstrap: str | None) -> int:
         print(f"bridge metrics: {view.url} (also /healthz, /readyz)", flush=True)
         bridge = _start_bridge(config, log)
         try:
+            _until_streaming(view)
             _run_for(half, kafka, dc, "running", view, console)
             bridge.send_signal(signal.SIGKILL)
             bridge.wait()
@@ -244,6 +247,17 @@ def run_demo(duration: float, bootstrap: str | None) -> int:
         if not ok:
             print(f"bridge log:\n{log.read_text(errors='replace')[-4000:]}")
         return 0 if ok else 1
+
+
+def _until_streaming(view: MetricsView, timeout: float = STREAMING_TIMEOUT_S) -> None:
+    """Wait until the bridge has committed DropCopy executions: the kill must land
+    mid-stream, not while a slow machine is still starting the bridge."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        rows = view.sample() or []
+        if any(r.stream == "dropcopy.executions" and r.records > 0 for r in rows):
+            return
+        time.sleep(VIEW_REFRESH_S)
 
 
 def _run_for(
