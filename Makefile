@@ -18,10 +18,11 @@ lint: $(STAMP)
 	$(BIN)/mypy
 
 # Three workers, each with its own Apache Kafka: most tests wait on brokers, simulators and
-# subprocesses, so three share two cores well. tests/conftest.py hands out the longest tests
-# first, and worksteal lets an idle worker take the tests still queued on a busy one.
+# subprocesses, so three share two cores well. tests/conftest.py orders the longest tests
+# first, and xdist deals them out one at a time (--maxschedchunk 1), so they spread over the
+# workers instead of queueing on one.
 test: lint promtool
-	$(BIN)/pytest -q -n 3 --dist worksteal --durations=40
+	$(BIN)/pytest -q -n 3 --maxschedchunk 1 --durations=40
 
 # The unit tests alone (no Kafka, no simulators, no subprocesses): under a minute.
 test-fast: $(STAMP)

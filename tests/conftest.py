@@ -52,8 +52,15 @@ def read_topic(kafka_bootstrap: str) -> Callable[[str], list[Row]]:
 _FIRST = {"fault": 0, "integration": 1, "unit": 2}
 
 
+def _seconds(item: pytest.Item) -> float:
+    """A long test's typical duration under `make test`: `@pytest.mark.slow(seconds)`."""
+    marker = item.get_closest_marker("slow")
+    return float(marker.args[0]) if marker is not None and marker.args else 0.0
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Longest first: fault tests, then integration, then unit tests. `make test` runs on
-    several workers, and the suite lasts as long as its slowest worker: handing out the long
-    tests first lets the short ones fill the gaps instead of trailing one long test."""
-    items.sort(key=lambda item: _FIRST.get(item.path.parent.name, 1))
+    """Longest first: the tests marked slow by their duration, then fault, integration and
+    unit tests. `make test` runs on several workers and lasts as long as its busiest one:
+    handing out the long tests first (one to each worker) lets the short ones fill the gaps
+    instead of one long test trailing at the end."""
+    items.sort(key=lambda item: (-_seconds(item), _FIRST.get(item.path.parent.name, 1)))

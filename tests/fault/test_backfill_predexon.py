@@ -17,6 +17,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from bridge.backfill.writer import REST_SOURCE, SOURCE_HEADER
 from bridge.records import STREAM_HEADER
 from bridge.sim.predexon import SimConfig, SimulatorThread
@@ -96,6 +98,7 @@ def _all_closed(setup: PredexonSetup, gaps: int) -> Callable[[], bool]:
     return closed
 
 
+@pytest.mark.slow(95)
 def test_trades_gaps_filled_from_rest_across_disconnects_kills_and_rest_faults(
     kafka_bootstrap: str, tmp_path: Path, unique_name
 ) -> None:

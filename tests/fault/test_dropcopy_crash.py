@@ -6,6 +6,8 @@ import random
 import time
 from pathlib import Path
 
+import pytest
+
 from bridge.sim.dropcopy import SimConfig, SimulatorThread
 from tests.bridge_harness import ALL_KINDS, ALONE, BridgeProcess, wait_until, write_setup
 
@@ -13,6 +15,7 @@ TOTAL_RECORDS = 200_000
 KILLS = 20
 
 
+@pytest.mark.slow(140)
 def test_sigkill_at_random_instants_loses_and_doubles_nothing(
     kafka_bootstrap: str, tmp_path: Path, unique_name
 ) -> None:

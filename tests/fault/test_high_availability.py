@@ -19,6 +19,8 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
+import pytest
+
 from bridge.eos.positions import PositionStore
 from bridge.kafka.state import StateEntry
 from bridge.sim.dropcopy import STREAMS, SimulatorThread
@@ -155,6 +157,7 @@ def _assert_one_holder_at_a_time(both: Both, limit: float) -> dict[str, float]:
     return overlaps
 
 
+@pytest.mark.slow(380)
 def test_sigkilled_owners_hand_their_streams_over_within_15_s(
     tmp_path: Path, kafka_bootstrap: str, unique_name
 ) -> None:
@@ -197,6 +200,7 @@ def test_sigkilled_owners_hand_their_streams_over_within_15_s(
     assert codes == [0, 0, 0]
 
 
+@pytest.mark.slow(80)
 def test_a_rolling_restart_loses_and_doubles_nothing(
     tmp_path: Path, kafka_bootstrap: str, unique_name
 ) -> None:

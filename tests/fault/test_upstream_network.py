@@ -20,6 +20,8 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import pytest
+
 from bridge.sim import predexon as psim_mod
 from tests.bridge_harness import ALL_KINDS, BridgeProcess, wait_until
 from tests.fault.tcp_proxy import TcpProxy
@@ -84,6 +86,7 @@ however long the bridge took to start), and lag is only a test of the fault whil
 upstream still has records to send."""
 
 
+@pytest.mark.slow(85)
 def test_upstream_network_cut_then_half_open(
     tmp_path: Path, kafka_bootstrap: str, unique_name
 ) -> None:
@@ -134,6 +137,7 @@ SLOW_BYTES_PER_S = 80_000.0
 the bridge falls behind on both."""
 
 
+@pytest.mark.slow(90)
 def test_upstream_slow_links(tmp_path: Path, kafka_bootstrap: str, unique_name) -> None:
     with proxied(tmp_path, kafka_bootstrap, unique_name("upslow") + ".") as (
         both,
@@ -177,6 +181,7 @@ STARVED_STOP_S = 0.2
 """While starved the bridge runs 20 ms in every 220 ms: under a tenth of one core."""
 
 
+@pytest.mark.slow(80)
 def test_bridge_cpu_starved_while_upstreams_keep_sending(
     tmp_path: Path, kafka_bootstrap: str, unique_name
 ) -> None:
