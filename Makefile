@@ -19,10 +19,10 @@ lint: $(STAMP)
 
 # Three workers, each with its own Apache Kafka: most tests wait on brokers, simulators and
 # subprocesses, so three share two cores well. tests/conftest.py orders the longest tests
-# first, and xdist deals them out one at a time (--maxschedchunk 1), so they spread over the
-# workers instead of queueing on one.
+# first; xdist deals out one test (or one xdist_group) at a time, in that order. The group
+# "cpu" keeps the test that starves the CPU from running beside the timed hand-over test.
 test: lint promtool
-	$(BIN)/pytest -q -n 3 --maxschedchunk 1 --durations=40
+	$(BIN)/pytest -q -n 3 --dist loadgroup --durations=40
 
 # The unit tests alone (no Kafka, no simulators, no subprocesses): under a minute.
 test-fast: $(STAMP)

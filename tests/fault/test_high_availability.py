@@ -158,6 +158,7 @@ def _assert_one_holder_at_a_time(both: Both, limit: float) -> dict[str, float]:
 
 
 @pytest.mark.slow(380)
+@pytest.mark.xdist_group("cpu")
 def test_sigkilled_owners_hand_their_streams_over_within_15_s(
     tmp_path: Path, kafka_bootstrap: str, unique_name
 ) -> None:
