@@ -158,7 +158,7 @@ def _assert_one_holder_at_a_time(both: Both, limit: float) -> dict[str, float]:
 
 
 @pytest.mark.slow(380)
-@pytest.mark.xdist_group("cpu")
+@pytest.mark.timed
 def test_sigkilled_owners_hand_their_streams_over_within_15_s(
     tmp_path: Path, kafka_bootstrap: str, unique_name
 ) -> None:
@@ -202,6 +202,7 @@ def test_sigkilled_owners_hand_their_streams_over_within_15_s(
 
 
 @pytest.mark.slow(80)
+@pytest.mark.timed
 def test_a_rolling_restart_loses_and_doubles_nothing(
     tmp_path: Path, kafka_bootstrap: str, unique_name
 ) -> None:

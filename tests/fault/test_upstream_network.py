@@ -182,7 +182,6 @@ STARVED_STOP_S = 0.2
 
 
 @pytest.mark.slow(80)
-@pytest.mark.xdist_group("cpu")
 def test_bridge_cpu_starved_while_upstreams_keep_sending(
     tmp_path: Path, kafka_bootstrap: str, unique_name
 ) -> None:
