@@ -65,6 +65,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.predexon_e2e
 	$(BIN)/python -m bench.predexon_reconnect
 	$(BIN)/python -m bench.scaling
+	$(BIN)/python -m bench.rest_backfill
 
 # Quix Streams needs confluent-kafka < 2.13 (the bridge uses 2.16): its own venv, not in pyproject.
 QUIX_VENV := .venv-quix
