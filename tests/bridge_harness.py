@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -151,10 +151,16 @@ def _static_auth(token_file: Path) -> str:
 
 def gap_records(setup: BridgeSetup) -> list[dict[str, Any]]:
     """Decoded gap records in the setup's gaps topic."""
+    return decoded_gaps(setup.kafka, setup.prefix)
+
+
+def decoded_gaps(kafka: Mapping[str, Any], prefix: str) -> list[dict[str, Any]]:
+    """Every record of the gaps topic under `prefix`, decoded whole (open gaps and their
+    follow-ups), in commit order."""
     serializer = Serializer("polybridge.Gap", SingleObjectFormat().prefix("polybridge.Gap", ""))
     return [
         serializer.decode(r.value)
-        for r in read_topic(setup.kafka, setup.prefix + "polybridge.gaps")
+        for r in read_topic(kafka, prefix + "polybridge.gaps")
         if r.value is not None
     ]
 

@@ -30,7 +30,7 @@ from bridge.serde.avro import Serializer, SingleObjectFormat
 from bridge.sim.predexon import SimSubscription, SimulatorThread
 from bridge.verify import Comparison, Row, compare
 from tests import kafka_fixture
-from tests.bridge_harness import BridgeProcess, wait_until
+from tests.bridge_harness import BridgeProcess, decoded_gaps, wait_until
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +113,11 @@ class PredexonSetup:
             if dict(row[2]).get(STREAM_HEADER) == wanted
         ]
 
+    def records(self, sub: Sub) -> list[kafka_fixture.Row]:
+        """The stream's committed records in its topic: (key, value, headers, partition,
+        offset)."""
+        return self._records(self.topic(sub), sub.stream_id)
+
     def rows(self, sub: Sub) -> list[Row]:
         """(key, event_id header) of the stream's records, in partition then offset order."""
         return [
@@ -137,11 +142,7 @@ class PredexonSetup:
 
     def gap_values(self) -> list[dict[str, Any]]:
         """Every record of the gaps topic, decoded whole (open gaps and their follow-ups)."""
-        return [
-            self._gap_serializer.decode(value)
-            for _, value, _, _, _ in kafka_fixture.read_all(self.bootstrap, self.gaps_topic)
-            if value is not None
-        ]
+        return decoded_gaps({"bootstrap.servers": self.bootstrap}, self.prefix)
 
     @cached_property
     def _gap_serializer(self) -> Serializer:

@@ -11,7 +11,6 @@ backfilled record and the live record of the same fill have in common (`docs/bac
 
 from __future__ import annotations
 
-import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -20,11 +19,10 @@ from typing import Any
 import pytest
 
 from bridge.backfill.writer import REST_SOURCE, SOURCE_HEADER
-from bridge.records import STREAM_HEADER
 from bridge.sim.predexon import SimConfig, SimulatorThread
 from bridge.sim.predexon.rest import PredexonRestConfig
 from bridge.sim.rest import RestFaults
-from tests import kafka_fixture
+from bridge.timeutil import now_us
 from tests.bridge_harness import ALONE
 from tests.predexon_harness import BridgeProcess, PredexonSetup, Sub, wait_until, write_setup
 
@@ -32,10 +30,6 @@ TRADES = Sub("trades", "orders", {"users": ["*"], "status": "confirmed"})
 
 Fill = tuple[str, str]
 """(tx_hash, order_hash)."""
-
-
-def _now_us() -> int:
-    return time.time_ns() // 1000
 
 
 def _fill(event: dict[str, Any]) -> Fill | None:
@@ -56,14 +50,10 @@ def _truth(sim: SimulatorThread) -> list[tuple[int, Fill]]:
 def _fills_in_kafka(setup: PredexonSetup) -> list[tuple[Fill, bool]]:
     """(fill, whether it was backfilled from REST) of every confirmed fill in the topic."""
     serializer = setup.mapper(TRADES).serializer
-    wanted = TRADES.stream_id.encode()
     fills = []
-    for _, value, headers, _, _ in kafka_fixture.read_all(setup.bootstrap, setup.topic(TRADES)):
-        named = dict(headers)
-        if value is None or named.get(STREAM_HEADER) != wanted:
-            continue
-        if (fill := _fill(serializer.decode(value))) is not None:
-            fills.append((fill, named.get(SOURCE_HEADER) == REST_SOURCE))
+    for _, value, headers, _, _ in setup.records(TRADES):
+        if value is not None and (fill := _fill(serializer.decode(value))) is not None:
+            fills.append((fill, dict(headers).get(SOURCE_HEADER) == REST_SOURCE))
     return fills
 
 
@@ -160,7 +150,7 @@ def test_trades_gaps_filled_from_rest_across_disconnects_kills_and_rest_faults(
                 )
 
             wait_until(_all_closed(setup, gaps), 120, "every gap closed", poll=0.5)
-            end_us = _now_us()
+            end_us = now_us()
             wait_until(more_fills(10), 30, "live fills after the backfill", poll=0.3)
         finally:
             assert bridge.terminate() == 0, bridge.log()
