@@ -27,6 +27,7 @@ import pytest
 from bridge.embedded import EmbeddedBroker, free_port
 from bridge.sim import dropcopy as dsim_mod
 from bridge.sim import predexon as psim_mod
+from bridge.timeutil import now_us
 from tests.bridge_harness import ALL_KINDS, BridgeProcess, BridgeSetup, wait_until, write_setup
 from tests.fault.tcp_proxy import TcpProxy
 from tests.predexon_harness import PredexonSetup, Sub, predexon_section
@@ -42,10 +43,6 @@ FAST_RECONNECT = "reconnect_initial_s = 0.05\nreconnect_max_s = 0.5"
 RECOVERY_S = 120
 """Deadline for Kafka to catch up after a fault: the producer's own timeouts are 30 s
 (commit, buffer-full) and recovery re-reads the state topic, so two of those plus margin."""
-
-
-def now_us() -> int:
-    return time.time_ns() // 1000
 
 
 # -- the two upstreams, one bridge ------------------------------------------------------

@@ -25,13 +25,13 @@ from bridge.eos.positions import PositionStore
 from bridge.kafka.state import StateEntry
 from bridge.sim.dropcopy import STREAMS, SimulatorThread
 from bridge.sim.predexon import SimulatorThread as PredexonThread
+from bridge.timeutil import now_us
 from tests.bridge_harness import ALL_KINDS, BridgeProcess, wait_until
 from tests.fault.test_broker_faults import (
     SUBS,
     Both,
     assert_dropcopy_equal,
     assert_predexon_covered,
-    now_us,
     simulators,
     start_both,
 )

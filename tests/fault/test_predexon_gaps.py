@@ -10,7 +10,6 @@ committed is in Kafka once, and every event it missed lies inside exactly one ga
 from __future__ import annotations
 
 import itertools
-import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -20,6 +19,7 @@ import pytest
 
 from bridge.mapping.predexon_json import dumps, loads
 from bridge.sim.predexon import SimConfig, SimulatorThread
+from bridge.timeutil import now_us
 from tests.bridge_harness import ALONE
 from tests.predexon_harness import (
     BridgeProcess,
@@ -38,10 +38,6 @@ SUBS = [
 PONG_DETECTION_S = 40
 """Upper bound for the bridge to notice a connection that answers nothing: its ping every
 5 s, 10 s without a pong, 2 s close timeout (`PredexonConnectionManager` defaults), plus margin."""
-
-
-def now_us() -> int:
-    return time.time_ns() // 1000
 
 
 def progress(setup: PredexonSetup, more: int = 10) -> Callable[[], bool]:

@@ -23,9 +23,10 @@ from pathlib import Path
 import pytest
 
 from bridge.sim import predexon as psim_mod
+from bridge.timeutil import now_us
 from tests.bridge_harness import ALL_KINDS, BridgeProcess, wait_until
 from tests.fault.tcp_proxy import TcpProxy
-from tests.fault.test_broker_faults import SUBS, Both, now_us, run_fault, simulators, start_both
+from tests.fault.test_broker_faults import SUBS, Both, run_fault, simulators, start_both
 from tests.predexon_harness import write_setup as pdx_setup
 
 log = logging.getLogger(__name__)
