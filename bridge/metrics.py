@@ -90,7 +90,8 @@ METRICS: tuple[tuple[str, str, str], ...] = (
     (
         "polybridge_unknown_fields_total",
         "counter",
-        "records mapped that carry protobuf fields the compiled contract does not know (DropCopy)",
+        "records mapped that carry upstream fields this version does not know (DropCopy:"
+        " protobuf fields kept as raw bytes; Predexon: JSON keys kept in extra)",
     ),
     ("polybridge_stream_owned", "gauge", "1 where this instance runs the stream, 0 on standbys"),
     (

@@ -39,6 +39,9 @@ from bridge.mapping.predexon_json import dumps, json_excerpt, json_type_name, lo
 from bridge.records import DeadLetter, Record
 from bridge.serde.avro import Serializer
 
+_NESTED_KINDS = ("tokens", "levels")
+"""Field kinds whose items keep their own unknown keys in an `extra`."""
+
 MAX_FRAME_BYTES = 4 * 1024 * 1024
 """Frames larger than this become dead letters instead of records. Predexon terminates a
 client whose buffer passes 4 MB, so no legitimate frame is larger; the WebSocket client
@@ -55,7 +58,11 @@ def _content_hash(data: Mapping[str, Any], salt: str = "") -> str:
 
 
 class PredexonMapper:
-    """Maps the frames of one subscription (one stream) to records of one channel topic."""
+    """Maps the frames of one subscription (one stream) to records of one channel topic.
+
+    `unknown_field_records` counts the records mapped that keep keys this version does not
+    know in an `extra` (the metric `polybridge_unknown_fields_total`).
+    """
 
     def __init__(
         self,
@@ -77,6 +84,8 @@ class PredexonMapper:
         self.serializer = Serializer(self.channel.schema, prefix)
         self._known = {name for name, _ in self.channel.fields} | {"event_type"}
         self._converters = [(name, KINDS[kind][0]) for name, kind in self.channel.fields]
+        self._nested = [name for name, kind in self.channel.fields if kind in _NESTED_KINDS]
+        self.unknown_field_records = 0
 
     def map_frame(
         self, raw: bytes | str, receive_time_us: int
@@ -159,6 +168,10 @@ class PredexonMapper:
                 dead.append(self._dead(one, receive_time_us, "mapping_error", str(exc)))
         return records, dead
 
+    def _nested_extra(self, value: dict[str, Any]) -> bool:
+        """Whether a token or price level of this event kept unknown keys in its `extra`."""
+        return any(item["extra"] is not None for name in self._nested for item in value[name] or ())
+
     def map_event(self, data: Any, receive_time_us: int, subscription_id: str | None) -> Record:
         """One event object (the envelope's `data`) -> one record; `MappingError` if not."""
         if not isinstance(data, dict):
@@ -177,6 +190,7 @@ class PredexonMapper:
                 raise MappingError(f"{event_type}.{name}: {exc}") from None
         rest = {k: v for k, v in data.items() if k not in self._known}
         value["extra"] = dumps(rest) if rest else None
+        unknown = bool(rest) or self._nested_extra(value)
         timestamp = value.get("timestamp")
         event_time = None if timestamp is None else timestamp * self.channel.time_unit_us
         value.update(
@@ -195,6 +209,7 @@ class PredexonMapper:
             encoded = self.serializer(value)
         except (ValueError, TypeError, OverflowError) as exc:
             raise MappingError(f"{event_type}: cannot encode: {exc}") from None
+        self.unknown_field_records += unknown
         return Record(
             topic=self.topic,
             key=None if key is None else str(key).encode(),

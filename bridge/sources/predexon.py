@@ -93,6 +93,12 @@ class PredexonSource:
         mapper = PredexonMapper(channel, stream_id, topic, prefix, spec.filters_json)
         return cls(manager, spec, mapper)
 
+    @property
+    def unknown_fields(self) -> int:
+        """Records mapped so far that keep keys Predexon added after this version in an
+        `extra`; /metrics shows it as polybridge_unknown_fields_total."""
+        return self.mapper.unknown_field_records
+
     def update_filters(self, filters: dict[str, Any]) -> None:
         """Change the subscription's filters (update, or replace on the orderbook)."""
         self.spec = SubscriptionSpec(self.spec.stream_id, self.spec.channel, filters)

@@ -5,7 +5,7 @@ Hand-over time is read from the state topic: a stream has moved when a state rec
 another instance (`owner`, whose middle part is its pid) is committed after the fault; the
 time is that record's `committed_at` minus the instant of the fault. The simulator records
 every call's open interval, so the tests also check how long two instances ever held the
-same DropCopy stream at once.
+same upstream stream at once (a DropCopy call or a Predexon subscription).
 """
 
 from __future__ import annotations
@@ -152,7 +152,12 @@ def _three_instances(
 
 
 def _assert_one_holder_at_a_time(both: Both, limit: float) -> dict[str, float]:
+    """The longest time two instances held one upstream stream at once: a DropCopy call,
+    or a Predexon subscription (each configured subscription has a channel of its own)."""
     overlaps = {s: both.dsim.simulator.stats.longest_overlap(s) for s in STREAMS}
+    psim = both.psim.sim
+    overlaps |= {sub.stream_id: psim.longest_overlap(sub.channel) for sub in SUBS}
+    assert len({sub.channel for sub in SUBS}) == len(SUBS)
     assert all(o <= limit for o in overlaps.values()), overlaps
     return overlaps
 

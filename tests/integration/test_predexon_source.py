@@ -425,3 +425,36 @@ def test_failing_handshakes_back_off_with_growing_jittered_delays_then_fast_agai
         await sim.stop()
 
     arun(body)
+
+
+def test_keys_a_newer_predexon_sends_are_kept_as_sent_and_counted() -> None:
+    """A server that adds keys (on events and on their tokens): every record keeps them in
+    its `extra`, exact decimals as sent, and each such record counts once in
+    `unknown_fields` (polybridge_unknown_fields_total)."""
+
+    async def body() -> None:
+        sim = await started(SimConfig(rate=40, channels=("lifecycle",), newer_keys=True))
+        mgr = PredexonConnectionManager(sim.url_for(PRO), "pro")
+        source = make_source(mgr, "life", "lifecycle", {"condition_ids": ["*"]})
+        it = source.stream(None).__aiter__()
+        batches = await take_until(it, lambda b: sum(len(x.records) for x in b) >= 30)
+        values = [source.mapper.serializer.decode(r.value) for b in batches for r in b.records]
+        sent = {
+            e.data["venue_sequence"]["n"]: e.data
+            for sub in sim.subscriptions()
+            for e in sim.sent(sub.id)
+        }
+        assert values and source.unknown_fields == len(values)
+        for value in values:
+            assert value["extra"].startswith('{"venue_sequence":{"n":')
+            assert value["extra"].endswith(',"weight":1.10}}')  # the decimal as sent
+            n = int(value["extra"].split('"n":')[1].split(",")[0])
+            tokens = sent[n].get("tokens") or []
+            assert [t["extra"] for t in value["tokens"] or []] == [
+                f'{{"icon":"{t["icon"]}"}}' for t in tokens
+            ]
+        assert any(value["tokens"] for value in values)
+        await mgr.close()
+        await sim.stop()
+
+    arun(body)

@@ -87,7 +87,7 @@ def test_every_alert_has_a_severity_and_tells_the_operator_what_to_do() -> None:
         assert annotations["summary"].strip(), rule["alert"]
         assert len(annotations["description"]) > 150, rule["alert"]
     gap = next(r for r in rules if r["alert"] == "PolybridgeGapOpened")
-    assert "does not backfill yet" in gap["annotations"]["description"]
+    assert "[backfill] enabled" in gap["annotations"]["description"]  # says what fills it
     maintenance = next(r for r in rules if r["alert"] == "PolybridgeUpstreamMaintenance")
     assert maintenance["labels"]["severity"] == "info"
 

@@ -111,6 +111,27 @@ def test_unknown_fields_are_kept_in_extra() -> None:
     }
     (record,), _ = mapper.map_frame(json.dumps(data).replace("1.1", "1.10"), RECEIVED)
     assert mapper.serializer.decode(record.value)["extra"] == '{"new_field":{"n":1.10}}'
+    assert mapper.unknown_field_records == 1
+
+
+def test_records_with_unknown_keys_are_counted_at_the_top_and_in_tokens() -> None:
+    """polybridge_unknown_fields_total: a record counts once if it or any of its tokens
+    keeps keys in an `extra`; known-only and dead-lettered events do not count."""
+    factory = EventFactory(5)
+    events = [data for _ in range(40) for _, data in factory.make("lifecycle", 1_700_000_000)]
+    with_tokens = next(e for e in events if e.get("tokens"))
+    mapper = mapper_for("lifecycle")
+    mapper.map_frame(dumps(with_tokens), RECEIVED)
+    assert mapper.unknown_field_records == 0
+    nested = {**with_tokens, "tokens": [{**with_tokens["tokens"][0], "icon": "i.png"}]}
+    (record,), _ = mapper.map_frame(dumps(nested), RECEIVED)
+    assert mapper.serializer.decode(record.value)["tokens"][0]["extra"] == '{"icon":"i.png"}'
+    assert mapper.unknown_field_records == 1
+    mapper.map_frame(dumps({**nested, "venue_sequence": 3}), RECEIVED)
+    assert mapper.unknown_field_records == 2  # top level and token: one record, one count
+    records, dead = mapper.map_frame(dumps({**nested, "timestamp": "soon"}), RECEIVED)
+    assert not records and len(dead) == 1
+    assert mapper.unknown_field_records == 2
 
 
 def test_event_ids_follow_natural_identity() -> None:

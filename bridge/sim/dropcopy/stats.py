@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from bridge.sim.market import STREAMS
+from bridge.sim.spans import longest_overlap
 
 
 @dataclass
@@ -26,10 +27,4 @@ class SimStats:
 
     def longest_overlap(self, stream: str) -> float:
         """The longest stretch during which two or more calls of `stream` were open."""
-        spans = sorted((start, end) for start, end in self.call_spans[stream])
-        longest, horizon = 0.0, float("-inf")
-        for start, end in spans:
-            if start < horizon:  # overlaps an earlier call still open
-                longest = max(longest, min(end, horizon) - start)
-            horizon = max(horizon, end)
-        return longest
+        return longest_overlap((start, end) for start, end in self.call_spans[stream])

@@ -48,6 +48,7 @@ from bridge.sim.predexon.events import EventFactory
 from bridge.sim.predexon.fanout import Fanout
 from bridge.sim.predexon.handshake import Handshake
 from bridge.sim.predexon.rest import PredexonRest
+from bridge.sim.spans import longest_overlap
 from bridge.sim.thread import LoopThread
 
 log = logging.getLogger(__name__)
@@ -87,7 +88,11 @@ class PredexonSimulator:
 
     def __init__(self, config: SimConfig | None = None) -> None:
         self.config = config or SimConfig()
-        self.factory = EventFactory(self.config.seed, confirm_scale=self.config.confirm_scale)
+        self.factory = EventFactory(
+            self.config.seed,
+            confirm_scale=self.config.confirm_scale,
+            newer_keys=self.config.newer_keys,
+        )
         self._rng = random.Random(self.config.seed + 1)  # framing choices, not event content
         self._server: Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -183,6 +188,15 @@ class PredexonSimulator:
         """Every subscription ever acked, in order."""
         return list(self._all_subs.values())
 
+    def longest_overlap(self, channel: str, filters: dict[str, Any] | None = None) -> float:
+        """The longest stretch during which two or more subscriptions to `channel` (with
+        `filters` as acked; None: any) were held at once, by any connections."""
+        return longest_overlap(
+            (s.opened, s.ended)
+            for s in self._all_subs.values()
+            if s.channel == channel and (filters is None or s.filters == filters)
+        )
+
     def connections(self) -> list[SimConnection]:
         return [c for c in self._conns.values() if not c.closed]
 
@@ -258,6 +272,9 @@ class PredexonSimulator:
             pass
         finally:
             conn.closed = True
+            ended = time.monotonic()
+            for sub in conn.subs.values():
+                sub.ended = ended
             conn.subs.clear()
             sender.cancel()
             idle.cancel()

@@ -68,5 +68,8 @@ class SimConfig:
     A flaky server or load balancer, for the reconnect benchmark."""
     drop_code: int = 1006
     """Close code of `drop_every_events` drops (1006: abort TCP, see `drop_connections`)."""
+    newer_keys: bool = False
+    """Events carry keys the bridge does not know, as a newer Predexon would send
+    (`EventFactory._add_newer_keys`)."""
     rest: PredexonRestConfig = field(default_factory=PredexonRestConfig)
     """REST history (`/v2/polymarket/trades`, `/activity`): `bridge.sim.predexon.rest`."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,6 +33,9 @@ class SimSubscription:
     wildcard: bool
     sent: list[SentEvent] = field(default_factory=list)
     batch: list[dict[str, Any]] = field(default_factory=list)
+    opened: float = field(default_factory=time.monotonic)
+    ended: float = math.inf
+    """Monotonic time of the unsubscribe or of the connection's end (inf while held)."""
 
 
 @dataclass(eq=False)

@@ -73,6 +73,7 @@ class ControlHandler:
             sub = self._find(conn, request)
             if sub is not None:
                 del conn.subs[sub.id]
+                sub.ended = time.monotonic()
                 if not conn.subs:
                     conn.idle_since = time.monotonic()
                 reply(conn, {"type": "ack", "subscription_id": sub.id, "channel": "trades"})

@@ -84,10 +84,12 @@ class EventFactory:
     their pending rows, `fee_refund`s 2-50 ms after a V1 confirmation.
     """
 
-    def __init__(self, seed: int, *, confirm_scale: float = 1.0) -> None:
+    def __init__(self, seed: int, *, confirm_scale: float = 1.0, newer_keys: bool = False) -> None:
         self.rng = random.Random(seed)
         self.universe = Universe(self.rng)
         self.confirm_scale = confirm_scale
+        self.newer_keys = newer_keys
+        self._made = 0
         self._block = 68_000_000
         self._log = 0
         self._prices = dict(_FEED_PRICE)
@@ -124,7 +126,19 @@ class EventFactory:
         return out
 
     def make(self, channel: str, now_s: float) -> list[tuple[float, dict[str, Any]]]:
-        return getattr(self, f"_make_{channel}")(now_s)  # type: ignore[no-any-return]
+        events: list[tuple[float, dict[str, Any]]] = getattr(self, f"_make_{channel}")(now_s)
+        if self.newer_keys:
+            for _, data in events:
+                self._add_newer_keys(data)
+        return events
+
+    def _add_newer_keys(self, data: dict[str, Any]) -> None:
+        """Keys a newer Predexon might send, unknown to the bridge's mapper: one on every
+        event (an exact decimal inside, to show it is kept as sent) and one on each token."""
+        self._made += 1
+        data["venue_sequence"] = {"n": self._made, "weight": Decimal("1.10")}
+        for token in data.get("tokens") or ():
+            token["icon"] = f"https://example.invalid/{token['token_id'][:8]}.png"
 
     # -- orders ----------------------------------------------------------------------
     def _make_orders(self, now_s: float) -> list[tuple[float, dict[str, Any]]]:
