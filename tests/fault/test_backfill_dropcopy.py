@@ -81,7 +81,7 @@ def _same_records(setup: BridgeSetup, kind: str, want: list[tuple[bytes | None, 
     )
 
 
-@pytest.mark.slow(170)
+@pytest.mark.slow(75)
 def test_gap_filled_from_rest_across_sigkills(
     kafka_bootstrap: str, tmp_path: Path, unique_name
 ) -> None:

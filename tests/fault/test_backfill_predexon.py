@@ -88,7 +88,7 @@ def _all_closed(setup: PredexonSetup, gaps: int) -> Callable[[], bool]:
     return closed
 
 
-@pytest.mark.slow(95)
+@pytest.mark.slow(100)
 def test_trades_gaps_filled_from_rest_across_disconnects_kills_and_rest_faults(
     kafka_bootstrap: str, tmp_path: Path, unique_name
 ) -> None:

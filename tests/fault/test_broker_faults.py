@@ -183,7 +183,7 @@ def run_fault(both: Both, log: Path, fault: Callable[[BridgeProcess], None]) -> 
 PAUSE_S = 30.0
 
 
-@pytest.mark.slow(95)
+@pytest.mark.slow(85)
 def test_broker_paused_30s_then_resumed(tmp_path: Path, unique_name) -> None:
     with (
         EmbeddedBroker(log_path=tmp_path / "kafka.log") as broker,
@@ -212,7 +212,7 @@ DOWN_S = 5.0
 KILLS = 2
 
 
-@pytest.mark.slow(150)
+@pytest.mark.slow(200)
 def test_broker_killed_and_restarted_on_its_data_directory(tmp_path: Path, unique_name) -> None:
     """SIGKILL (no flush, no controlled shutdown) twice; each time the broker restarts on
     the same ports and data directory and keeps every record it acknowledged."""
@@ -250,7 +250,7 @@ CUT_S = 10.0
 HALF_OPEN_S = 20.0
 
 
-@pytest.mark.slow(80)
+@pytest.mark.slow(85)
 def test_broker_network_cut_and_half_open_then_restored(tmp_path: Path, unique_name) -> None:
     port = free_port()
     proxy = TcpProxy(port)

@@ -15,7 +15,7 @@ TOTAL_RECORDS = 200_000
 KILLS = 20
 
 
-@pytest.mark.slow(140)
+@pytest.mark.slow(250)
 def test_sigkill_at_random_instants_loses_and_doubles_nothing(
     kafka_bootstrap: str, tmp_path: Path, unique_name
 ) -> None:

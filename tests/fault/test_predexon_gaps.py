@@ -62,7 +62,7 @@ def freeze_connections(sim: SimulatorThread) -> None:
     sim.call(freeze)
 
 
-@pytest.mark.slow(55)
+@pytest.mark.slow(65)
 def test_disconnects_sigkill_and_stall_lose_nothing_outside_one_gap_each(
     kafka_bootstrap: str, tmp_path: Path, unique_name
 ) -> None:

@@ -87,7 +87,7 @@ however long the bridge took to start), and lag is only a test of the fault whil
 upstream still has records to send."""
 
 
-@pytest.mark.slow(85)
+@pytest.mark.slow(65)
 def test_upstream_network_cut_then_half_open(
     tmp_path: Path, kafka_bootstrap: str, unique_name
 ) -> None:

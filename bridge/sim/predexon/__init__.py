@@ -34,6 +34,7 @@ import json
 import logging
 import random
 import time
+from collections.abc import Callable
 from typing import Any
 
 from websockets.asyncio.server import Server, ServerConnection, serve
@@ -63,16 +64,17 @@ def malformed_frame(kind: str, sub_id: str) -> str:
         "subscription_id": sub_id,
         "data": {"event_type": "price_feed", "feed": "BTC/USD", "price": 1.5},
     }
-    frames = {
-        "invalid_json": '{"type": "event", "subscription_id": ' + f'"{sub_id}", data: ]',
-        "truncated": json.dumps(good)[:-7],
-        "oversized": json.dumps(good | {"pad": "x" * (5 * 1024 * 1024)}),
-        "wrong_types": json.dumps(
+    # Built on demand: the oversized one alone takes ~20 ms, and tests send thousands.
+    frames: dict[str, Callable[[], str]] = {
+        "invalid_json": lambda: '{"type": "event", "subscription_id": ' + f'"{sub_id}", data: ]',
+        "truncated": lambda: json.dumps(good)[:-7],
+        "oversized": lambda: json.dumps(good | {"pad": "x" * (5 * 1024 * 1024)}),
+        "wrong_types": lambda: json.dumps(
             good | {"data": {"event_type": "price_feed", "feed": 7, "price": "abc"}}
         ),
-        "unknown_type": json.dumps(good | {"data": {"event_type": "surprise"}}),
+        "unknown_type": lambda: json.dumps(good | {"data": {"event_type": "surprise"}}),
     }
-    return frames[kind]
+    return frames[kind]()
 
 
 _CLOSE_REASONS = {
