@@ -175,8 +175,10 @@ class Membership:
             "client.id": self.client_id,
             "partition.assignment.strategy": "cooperative-sticky",
             "session.timeout.ms": self._session_timeout_ms,
-            # Heartbeats a third of the session, as Kafka recommends.
-            "heartbeat.interval.ms": max(100, self._session_timeout_ms // 3),
+            # A member learns of a rebalance at its next heartbeat, so the interval adds to
+            # every hand-over (twice when an instance joins: cooperative rebalancing takes two
+            # rounds). Every second, or a third of the session if that is shorter.
+            "heartbeat.interval.ms": min(1_000, max(100, self._session_timeout_ms // 3)),
             "enable.auto.commit": False,
             "auto.offset.reset": "latest",
         }

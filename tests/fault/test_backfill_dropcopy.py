@@ -187,6 +187,10 @@ def test_gap_filled_from_rest_across_sigkills(
             wait_until(
                 lambda: all(served[k] > opened_calls[k] + 2 for k in KINDS), 60, "live again"
             )
+            # Until its first commit after the restart the live stream's lag is the time since
+            # the last record before the kill: sample from its first fresh commit on.
+            limit = max(baseline) + LAG_MARGIN_S
+            wait_until(lambda: _lags(port, 1, sim)[0] <= limit, 60, "live records committed")
             during: list[float] = []
             deadline = time.monotonic() + 180
             while not _all_closed(setup):

@@ -175,19 +175,23 @@ def test_events_a_server_drops_with_no_backlog_are_the_documented_blind_spot(
         dropped = [e for e in sim.call(sim.sim.sent, sim_sub.id) if e.status == "dropped_stalled"]
         mapper = setup.mapper(subs[0])
         gaps = setup.gaps(subs[0])
+        written = {event_id for _, event_id in setup.rows(subs[0])}
 
         def key(data: dict[str, Any]) -> str:
             return mapper.map_event(_wire(data), 0, None).event_id
 
     assert dropped, "the stall should have dropped events"
-    lost = sorted(key(e["data"]) for e in uncovered)
+    lost = {key(e["data"]) for e in uncovered}
+    # A tick equal to one that was sent (same feed, second and price: ids are content
+    # hashes) is the same event to the bridge, so a dropped twin of a written tick is not lost.
+    dropped_ids = {key(e.data) for e in dropped} - written
     if not gaps:
-        assert lost == sorted(key(e.data) for e in dropped)
+        assert lost == dropped_ids, (sorted(lost ^ dropped_ids), len(dropped))
     else:
         # On a starved machine the bridge may also report a slow consumer and write a gap
         # over part of the stall: then what it covers is not "uncovered", but nothing the
         # server sent is missing and every uncovered event is one the server dropped.
-        assert set(lost) <= {key(e.data) for e in dropped}, (lost, gaps)
+        assert lost <= dropped_ids, (sorted(lost - dropped_ids), gaps)
 
 
 ELEVEN_CONDITIONS = [f"0x{n:064x}" for n in range(11)]
