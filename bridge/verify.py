@@ -29,10 +29,16 @@ class Comparison:
     keys_out_of_order: int
 
     @property
-    def equal(self) -> bool:
+    def same_records(self) -> bool:
+        """Every expected row once and nothing else, whatever the order."""
         return self.expected == self.actual and not (
-            self.missing or self.duplicated or self.unexpected or self.keys_out_of_order
+            self.missing or self.duplicated or self.unexpected
         )
+
+    @property
+    def equal(self) -> bool:
+        """The same records, and each key's in the expected order."""
+        return self.same_records and not self.keys_out_of_order
 
     def summary(self) -> str:
         verdict = "EQUAL" if self.equal else "DIFFERENT"

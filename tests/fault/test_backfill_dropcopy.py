@@ -75,10 +75,7 @@ def _same_records(setup: BridgeSetup, kind: str, want: list[tuple[bytes | None, 
     """Every wanted record once, nothing else. Not the per-key order: records that arrive
     live while a gap is filled land before the gap's older records of the same key
     (`docs/backfill.md`, "Order:")."""
-    result = _comparison(setup, kind, want)
-    return result.expected == result.actual and not (
-        result.missing or result.duplicated or result.unexpected
-    )
+    return _comparison(setup, kind, want).same_records
 
 
 @pytest.mark.slow(75)

@@ -14,12 +14,7 @@ import pytest
 
 from bridge.kafka.readback import read_topic
 from bridge.serde.avro import Serializer, SingleObjectFormat
-from bridge.sim.predexon import (
-    PredexonSimulator,
-    SimConfig,
-    SimulatorThread,
-    malformed_frame,
-)
+from bridge.sim.predexon import SimConfig, SimulatorThread, malformed_frame
 from tests.predexon_harness import BridgeProcess, PredexonSetup, Sub, wait_until, write_setup
 
 SUB = Sub("crypto", "crypto", {"feeds": ["*"]})
@@ -40,11 +35,6 @@ def dead_letters(setup: PredexonSetup) -> list[dict[str, Any]]:
         for r in read_topic({"bootstrap.servers": setup.bootstrap}, topic)
         if r.value is not None
     ]
-
-
-def _send_many(sim: PredexonSimulator, kind: str, frames: int) -> None:
-    for _ in range(frames):
-        sim.send_malformed(kind)
 
 
 def _count(setup: PredexonSetup) -> int:
@@ -73,7 +63,7 @@ def test_malformed_frames_land_in_the_dlq_with_their_raw_bytes(
             # Then 10,000 more bad frames in rounds, valid events flowing in between.
             for round_ in range(1, BULK_ROUNDS + 1):
                 for kind in BULK_KINDS:
-                    sim.call(_send_many, sim.sim, kind, PER_ROUND)
+                    sim.call(sim.sim.send_malformed, kind, PER_ROUND)
                 want = len(KINDS) + round_ * PER_ROUND * len(BULK_KINDS)
                 wait_until(lambda w=want: _count(setup) >= w, 60, "bulk dead letters", poll=0.5)
             sim.call(setattr, sim.sim.config, "rate", 0.0)  # what was sent stops changing

@@ -236,11 +236,13 @@ class PredexonSimulator:
             if key is None or conn.key == key:
                 conn.stalled_until = until
 
-    def send_malformed(self, kind: str) -> None:
-        """Send one bad frame on every connection (see `malformed_frame` for the kinds)."""
+    def send_malformed(self, kind: str, count: int = 1) -> None:
+        """Send `count` bad frames on every connection (see `malformed_frame` for the
+        kinds)."""
         for conn in self.connections():
-            sub_id = next(iter(conn.subs), "sub_000000000000")
-            conn.outbox.put_nowait((malformed_frame(kind, sub_id), []))
+            frame = malformed_frame(kind, next(iter(conn.subs), "sub_000000000000"))
+            for _ in range(count):
+                conn.outbox.put_nowait((frame, []))
 
     def send_resync(self) -> None:
         """Orderbook subscriptions get `resync`, then fresh snapshots and `snapshots_done`."""
