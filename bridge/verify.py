@@ -105,12 +105,41 @@ def collapse_repeats_per_key(rows: Sequence[Row]) -> list[Row]:
 
 def expected_dropcopy_rows(kind_name: str, stream_id: str, messages: Sequence[Any]) -> list[Row]:
     """(key, event_id) the bridge must write for the upstream `messages`, in order."""
-    from bridge.mapping.dropcopy import DropCopyMapper
-    from bridge.sources.dropcopy_kinds import KINDS
+    return ExpectedDropCopyRows(kind_name, stream_id)(messages)
 
-    kind = KINDS[kind_name]
-    response = kind.response_type()
-    getattr(response, kind.list_field).extend(messages)
-    records, _ = DropCopyMapper(kind, stream_id, "verify", b"").map_response(response, 0)
-    rows = [(record.key, record.event_id) for record in records]
-    return collapse_repeats_per_key(rows) if kind.latest_per_key else rows
+
+class ExpectedDropCopyRows:
+    """`expected_dropcopy_rows` for a journal read again and again while it grows: each call
+    maps only the messages appended since the last one (mapping is per message, and costs
+    seconds for 100,000 of them). A journal trimmed at its start is mapped afresh."""
+
+    def __init__(self, kind_name: str, stream_id: str) -> None:
+        from bridge.sources.dropcopy_kinds import KINDS
+
+        self._kind = KINDS[kind_name]
+        self._stream_id = stream_id
+        self._mapped: Sequence[Any] = ()
+        self._rows: list[Row] = []
+
+    def __call__(self, messages: Sequence[Any]) -> list[Row]:
+        done = len(self._mapped)
+        if done and (
+            len(messages) < done
+            or messages[0] != self._mapped[0]
+            or messages[done - 1] != self._mapped[-1]
+        ):
+            done, self._rows = 0, []
+        self._rows += self._map(messages[done:])
+        self._mapped = messages
+        return collapse_repeats_per_key(self._rows) if self._kind.latest_per_key else self._rows[:]
+
+    def _map(self, messages: Sequence[Any]) -> list[Row]:
+        from bridge.mapping.dropcopy import DropCopyMapper
+
+        if not messages:
+            return []
+        response = self._kind.response_type()
+        getattr(response, self._kind.list_field).extend(messages)
+        mapper = DropCopyMapper(self._kind, self._stream_id, "verify", b"")
+        records, _ = mapper.map_response(response, 0)
+        return [(record.key, record.event_id) for record in records]

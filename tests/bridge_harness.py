@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,7 @@ from bridge.serde.avro import Serializer, SingleObjectFormat
 from bridge.sim.dropcopy import SimulatorThread
 from bridge.sim.market import DEFAULT_FIRMS
 from bridge.sources.dropcopy_kinds import KINDS
-from bridge.verify import Comparison, compare, expected_dropcopy_rows, kafka_rows
+from bridge.verify import Comparison, ExpectedDropCopyRows, compare, kafka_rows
 
 ALL_KINDS = ("executions", "trade_captures", "instrument_states", "position_changes")
 PARTICIPANT = f"{DEFAULT_FIRMS[0]}/users/alice"
@@ -61,6 +61,7 @@ class BridgeSetup:
     kafka: dict[str, Any]
     prefix: str
     kinds: Sequence[str]
+    _expected: dict[str, ExpectedDropCopyRows] = field(default_factory=dict, repr=False)
 
     def topic(self, kind: str) -> str:
         return self.prefix + KINDS[kind].topic
@@ -68,7 +69,9 @@ class BridgeSetup:
     def expected(self, sim: SimulatorThread, kind: str) -> list[tuple[bytes | None, str]]:
         """(key, event_id) the bridge must write for what the simulator generated so far."""
         truth = sim.ground_truth(kind, firms=DEFAULT_FIRMS if KINDS[kind].account_scoped else ())
-        return expected_dropcopy_rows(kind, f"dropcopy.{kind}", truth)
+        if kind not in self._expected:
+            self._expected[kind] = ExpectedDropCopyRows(kind, f"dropcopy.{kind}")
+        return self._expected[kind](truth)
 
     def compare(self, sim: SimulatorThread, kind: str) -> Comparison:
         stream_id = f"dropcopy.{kind}"

@@ -219,7 +219,7 @@ def test_broker_killed_and_restarted_on_its_data_directory(tmp_path: Path, uniqu
     broker = EmbeddedBroker(data_dir=tmp_path / "kafka", log_path=tmp_path / "kafka.log")
     broker.start()
     try:
-        with simulators(total=20_000, rate=250) as (dsim, psim):
+        with simulators(total=20_000, rate=400) as (dsim, psim):
             both = start_both(
                 tmp_path, broker.bootstrap_servers, dsim, psim, unique_name("kill") + "."
             )
