@@ -162,9 +162,11 @@ class HealthServer:
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            request_line = await asyncio.wait_for(reader.readline(), _REQUEST_TIMEOUT_S)
+            async with asyncio.timeout(_REQUEST_TIMEOUT_S):
+                request_line = await reader.readline()
             for _ in range(_MAX_HEADER_LINES):
-                line = await asyncio.wait_for(reader.readline(), _REQUEST_TIMEOUT_S)
+                async with asyncio.timeout(_REQUEST_TIMEOUT_S):
+                    line = await reader.readline()
                 if line in (b"\r\n", b"\n", b""):
                     break
             parts = request_line.decode("latin-1").split()

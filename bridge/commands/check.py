@@ -124,7 +124,8 @@ async def _check_channel(settings: Settings) -> str:
             f"dropcopy.ca_file {dropcopy.ca_file}: cannot read it ({exc.strerror})"
         ) from None
     try:
-        await asyncio.wait_for(channel.channel_ready(), CONNECT_TIMEOUT_S)
+        async with asyncio.timeout(CONNECT_TIMEOUT_S):
+            await channel.channel_ready()
     except TimeoutError:
         hint = (
             " (TLS handshake did not complete: is the endpoint serving TLS, and does "

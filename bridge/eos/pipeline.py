@@ -211,7 +211,8 @@ class Pipeline:
         with contextlib.suppress(asyncio.QueueEmpty):
             return queue.get_nowait()
         try:
-            return await asyncio.wait_for(queue.get(), self._wait_budget())
+            async with asyncio.timeout(self._wait_budget()):
+                return await queue.get()
         except TimeoutError:
             return None
 
@@ -398,4 +399,5 @@ def _describe(position: Position | None) -> str:
 
 async def _sleep_unless(stop: asyncio.Event, seconds: float) -> None:
     with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), seconds)
+        async with asyncio.timeout(seconds):
+            await stop.wait()

@@ -241,7 +241,8 @@ class Connection:
         self.exchange.reset()
 
     async def _session(self, ws: ClientConnection) -> None:
-        first = await asyncio.wait_for(ws.recv(), self.settings.open_timeout_s)
+        async with asyncio.timeout(self.settings.open_timeout_s):
+            first = await ws.recv()
         self.liveness.opened()
         message = _parse(first)
         if not isinstance(message, dict) or message.get("type") != "connected":

@@ -72,12 +72,14 @@ class Liveness:
         self.ping_due.clear()
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.ping_due.wait(), self.ping_interval_s)
+                async with asyncio.timeout(self.ping_interval_s):
+                    await self.ping_due.wait()
             self.ping_due.clear()
             sent, sent_bytes = now_us(), self.bytes_received
             waiter = await ws.ping()
             try:
-                await asyncio.wait_for(waiter, self.ping_timeout_s)
+                async with asyncio.timeout(self.ping_timeout_s):
+                    await waiter
             except TimeoutError:
                 # A dead link would hold a polite close for `close_timeout` (2 s) more
                 # before the reconnect: abort the TCP connection instead.

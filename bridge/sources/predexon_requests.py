@@ -152,7 +152,8 @@ class Exchange:
         self.subscribing = subscribing
         await ws.send(dumps(body, sort_keys=False))
         try:
-            return await asyncio.wait_for(self.reply, self.timeout_s)
+            async with asyncio.timeout(self.timeout_s):
+                return await self.reply
         except TimeoutError:
             raise RequestTimeout from None
         finally:

@@ -146,7 +146,8 @@ class Handle:
             return
         self.wake.clear()
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.wake.wait(), timeout_s)
+            async with asyncio.timeout(timeout_s):
+                await self.wake.wait()
 
     def alive_us(self) -> int | None:
         """Last evidence the subscription's connection was delivering, when it is acked."""

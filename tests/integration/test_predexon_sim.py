@@ -24,7 +24,8 @@ PRO, DEV = "sim-pro-key", "sim-dev-key"
 
 def arun(factory: Callable[[], Awaitable[T]], timeout: float = 20) -> T:
     async def main() -> T:
-        return await asyncio.wait_for(factory(), timeout)
+        async with asyncio.timeout(timeout):  # not wait_for: on 3.11 it can swallow a cancel
+            return await factory()
 
     return asyncio.run(main())
 

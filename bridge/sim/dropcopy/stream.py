@@ -109,7 +109,8 @@ async def responses(
             deadline = min(deadline, last_data + idle)
         if deadline > now:
             try:
-                await asyncio.wait_for(changed.wait(), deadline - now)
+                async with asyncio.timeout(deadline - now):
+                    await changed.wait()
                 continue
             except TimeoutError:
                 pass
