@@ -16,6 +16,7 @@ import fastavro
 from confluent_kafka import Consumer, TopicPartition
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
+from bridge.kafka.readback import next_messages
 from bridge.sim.dropcopy import SimConfig, SimulatorThread
 from tests.bridge_harness import ALL_KINDS, BridgeProcess, write_setup
 
@@ -45,7 +46,7 @@ def read_values(bootstrap: str, topic: str) -> list[bytes]:
         consumer.assign([TopicPartition(topic, p, 0) for p in parts])
         values, ended = [], set()
         while len(ended) < len(parts):
-            for msg in consumer.consume(1000, 1.0):
+            for msg in next_messages(consumer):
                 if msg.error() is None:
                     values.append(msg.value())
                 elif msg.error().code() == -191:  # _PARTITION_EOF
