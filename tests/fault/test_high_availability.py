@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -97,17 +98,21 @@ class Cluster:
 
 
 def _wait_balanced(cluster: Cluster, instances: int) -> None:
-    """Every stream committing, spread over `instances` processes."""
+    """Every stream committing, evenly spread over `instances` processes. Even, not merely
+    on all of them: cooperative rebalancing moves streams to a new member over two rounds,
+    and a kill during the second one waits out the dead member's session before the
+    rebalance completes (a 26.9 s "hand-over" once). A stream shows its previous owner until
+    the next one commits, so an even spread means the last move has ended."""
+    share = len(STREAM_IDS) // instances
+    assert share * instances == len(STREAM_IDS)
+
+    def balanced() -> bool:
+        owners = cluster.owners()
+        counts = Counter(pid_of(e.owner) for e in owners.values())
+        return len(owners) == len(STREAM_IDS) and sorted(counts.values()) == [share] * instances
+
     try:
-        wait_until(
-            lambda: (
-                len(cluster.owners()) == len(STREAM_IDS)
-                and len({pid_of(e.owner) for e in cluster.owners().values()}) == instances
-            ),
-            90,
-            f"streams spread over {instances} instances",
-            0.3,
-        )
+        wait_until(balanced, 90, f"streams spread evenly over {instances} instances", 0.3)
     except AssertionError as exc:
         owners = {s: (pid_of(e.owner), e.committed_at_us) for s, e in cluster.owners().items()}
         pids = [b.process.pid for b in cluster.bridges]
