@@ -257,9 +257,7 @@ class Reader:
 
     def batch(self, timeout: float = 0.05) -> list[Any]:
         """Records that became visible (errors and partition EOFs dropped)."""
-        from bridge.kafka.readback import next_messages
-
-        return [m for m in next_messages(self._consumer, timeout) if m.error() is None]
+        return [m for m in self._consumer.consume(10_000, timeout) if m.error() is None]
 
     def close(self) -> None:
         self._consumer.close()

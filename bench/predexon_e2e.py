@@ -39,7 +39,6 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from bench.dropcopy_e2e import stop_process
 from bench.predexon_common import broker, predexon_bridge_config
-from bridge.kafka.readback import next_messages
 from bridge.mapping.predexon import PredexonMapper
 from bridge.mapping.predexon_channels import CHANNELS
 from bridge.mapping.predexon_json import dumps, loads
@@ -104,7 +103,7 @@ class VisibleTimes:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            messages = next_messages(self._consumer, 0.05)
+            messages = self._consumer.consume(10_000, 0.05)
             now = time.time()
             self.rows.extend((now, m.value()) for m in messages if m.error() is None)
 

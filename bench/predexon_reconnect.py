@@ -43,7 +43,6 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartiti
 from bench.common import machine_facts, percentile
 from bench.dropcopy_e2e import stop_process
 from bench.predexon_common import broker, predexon_bridge_config
-from bridge.kafka.readback import next_messages
 from bridge.mapping.predexon import PredexonMapper
 from bridge.mapping.predexon_channels import CHANNELS
 from bridge.mapping.predexon_json import dumps, loads
@@ -135,7 +134,7 @@ def read_topic(bootstrap: str, topic: str, timeout: float = 60) -> list[Any]:
         while len(done) < len(parts):
             if time.monotonic() > deadline:
                 raise TimeoutError(f"reading {topic}: timed out")
-            for msg in next_messages(consumer):
+            for msg in consumer.consume(1000, 0.2):
                 err = msg.error()
                 if err is None:
                     out.append(msg)

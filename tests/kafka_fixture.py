@@ -29,8 +29,6 @@ from confluent_kafka import (
 )
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
-from bridge.kafka.readback import next_messages
-
 log = logging.getLogger(__name__)
 
 DOCKER_PING_TIMEOUT_S = 2
@@ -161,7 +159,7 @@ def read_all(
                     for tp in consumer.position(stuck)
                 ]
                 raise TimeoutError(f"reading {topic}: unfinished {', '.join(where)}")
-            for msg in next_messages(consumer):
+            for msg in consumer.consume(1000, 0.2):
                 part, offset = msg.partition(), msg.offset()
                 assert part is not None and offset is not None
                 err = msg.error()

@@ -31,6 +31,12 @@ from bridge.kafka import readback
 from bridge.serde.decode import Decoder, to_json
 from bridge.serde.registry import registry_client
 
+_POLL_S = 0.5
+"""One consume() wait: short enough that Ctrl-C and --max stop promptly."""
+
+_BATCH = 1_000
+"""Messages per consume() call; lines are written as they come, so keep batches modest."""
+
 
 def _settings(args: argparse.Namespace) -> Settings:
     settings = load_settings(args.config) if args.config else load_settings(None)
@@ -68,7 +74,7 @@ def records(
         consumer.assign([TopicPartition(topic, p, start) for p in parts])
         ended: set[int] = set()
         while follow or len(ended) < len(parts):
-            for msg in readback.next_messages(consumer):
+            for msg in consumer.consume(_BATCH, _POLL_S):
                 err = msg.error()
                 part = msg.partition()
                 if part is None:

@@ -38,25 +38,10 @@ CONNECT_TIMEOUT_S = 10.0
 """How long to wait for the cluster to answer metadata before calling it unreachable."""
 
 _POLL_S = 0.2
-"""The longest wait for the next message: short so deadlines are honoured promptly."""
+"""One consume() wait: short so deadlines are honoured promptly."""
 
 _BATCH = 10_000
 """Messages per consume() call: amortises the Python<->C crossing."""
-
-
-def next_messages(consumer: Consumer, wait_s: float = _POLL_S) -> list[Any]:
-    """What the consumer has ready (up to `_BATCH`), else the next message within `wait_s`.
-
-    Not `consume(_BATCH, wait_s)`: that returns only once `_BATCH` messages are there or
-    the whole `wait_s` has passed, so every read ending on a partial batch (every small
-    read) took `wait_s` longer, and a latency measured on return included that wait.
-    """
-    ready: list[Any] = consumer.consume(_BATCH, 0)
-    if ready:
-        return ready
-    msg = consumer.poll(wait_s)
-    return [] if msg is None else [msg]
-
 
 Headers = list[tuple[str, bytes | None]]
 
@@ -134,7 +119,7 @@ def read_ranges(
                     f"({_where(consumer, topic, missing)})",
                     retriable=True,
                 )
-            for msg in next_messages(consumer):
+            for msg in consumer.consume(_BATCH, _POLL_S):
                 err = msg.error()
                 part = msg.partition()
                 offset = msg.offset()

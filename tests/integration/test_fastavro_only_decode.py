@@ -16,7 +16,6 @@ import fastavro
 from confluent_kafka import Consumer, TopicPartition
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
-from bridge.kafka.readback import next_messages
 from bridge.sim.dropcopy import SimConfig, SimulatorThread
 from tests.bridge_harness import ALL_KINDS, BridgeProcess, write_setup
 
@@ -46,7 +45,7 @@ def read_values(bootstrap: str, topic: str) -> list[bytes]:
         consumer.assign([TopicPartition(topic, p, 0) for p in parts])
         values, ended = [], set()
         while len(ended) < len(parts):
-            for msg in next_messages(consumer):
+            for msg in consumer.consume(1000, 1.0):
                 if msg.error() is None:
                     values.append(msg.value())
                 elif msg.error().code() == -191:  # _PARTITION_EOF
