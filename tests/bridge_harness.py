@@ -29,25 +29,20 @@ def wait_until(
     condition: Callable[[], bool], timeout: float, what: str, poll: float = 0.05
 ) -> None:
     """Poll `condition` until true; fail with `what` after `timeout` seconds. A KafkaError
-    (e.g. the topic is not created yet) counts as "not yet".
-
-    A check that costs time (reading a topic back) waits twice its own duration before the
-    next one: polling must not take the CPU from the processes it waits for."""
+    (e.g. the topic is not created yet) counts as "not yet"."""
     deadline = time.monotonic() + timeout
     error: KafkaError | None = None
     while True:
-        checked_at = time.monotonic()
         try:
             if condition():
                 return
             error = None
         except KafkaError as exc:
             error = exc
-        now = time.monotonic()
-        if now > deadline:
+        if time.monotonic() > deadline:
             why = f" (the last check raised {error})" if error is not None else ""
             raise AssertionError(f"timed out after {timeout}s waiting for {what}{why}")
-        time.sleep(max(poll, 2 * (now - checked_at)))
+        time.sleep(poll)
 
 
 async def until(condition: Callable[[], bool], deadline_s: float = 10) -> None:
