@@ -49,7 +49,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.common import RssSampler, cpu_seconds, machine_facts, markdown_table, percentile
+from bench.common import (
+    RssSampler,
+    cpu_seconds,
+    machine_facts,
+    markdown_table,
+    percentile,
+    ready_messages,
+)
 
 SIM_BATCH = 500
 """Records per simulator response (the exchange batches up to this under load)."""
@@ -257,7 +264,7 @@ class Reader:
 
     def batch(self, timeout: float = 0.05) -> list[Any]:
         """Records that became visible (errors and partition EOFs dropped)."""
-        return [m for m in self._consumer.consume(10_000, timeout) if m.error() is None]
+        return [m for m in ready_messages(self._consumer, timeout) if m.error() is None]
 
     def close(self) -> None:
         self._consumer.close()
