@@ -207,6 +207,7 @@ def run_demo(duration: float, bootstrap: str | None) -> int:
             bridge.wait()
             print("[kill -9] the bridge is gone mid-stream; restarting it", flush=True)
             bridge = _start_bridge(config, log)
+            _until_streaming(view)  # on a loaded machine the restart alone can outlast the phase
             _run_for(duration - half, kafka, dc, "restarted", view, console)
             deadline = time.monotonic() + 120
             while dc.simulator.stats.generated < total or not all(
