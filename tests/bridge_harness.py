@@ -8,10 +8,10 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from bridge.errors import KafkaError
 from bridge.kafka.readback import read_topic
@@ -20,6 +20,8 @@ from bridge.sim.dropcopy import SimulatorThread
 from bridge.sim.market import DEFAULT_FIRMS
 from bridge.sources.dropcopy_kinds import KINDS
 from bridge.verify import Comparison, ExpectedDropCopyRows, compare, kafka_rows
+
+T = TypeVar("T")
 
 ALL_KINDS = ("executions", "trade_captures", "instrument_states", "position_changes")
 PARTICIPANT = f"{DEFAULT_FIRMS[0]}/users/alice"
@@ -43,6 +45,17 @@ def wait_until(
             why = f" (the last check raised {error})" if error is not None else ""
             raise AssertionError(f"timed out after {timeout}s waiting for {what}{why}")
         time.sleep(poll)
+
+
+def run_within(factory: Callable[[], Awaitable[T]], timeout: float) -> T:
+    """`asyncio.run(factory())`, failing after `timeout` seconds. With asyncio.timeout, not
+    wait_for: on Python 3.11 wait_for can swallow the cancel, and a hang then passes."""
+
+    async def main() -> T:
+        async with asyncio.timeout(timeout):
+            return await factory()
+
+    return asyncio.run(main())
 
 
 async def until(condition: Callable[[], bool], deadline_s: float = 10) -> None:

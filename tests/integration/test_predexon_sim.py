@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from collections.abc import Awaitable, Callable
@@ -16,18 +15,14 @@ from websockets.frames import Opcode
 from bridge.mapping.predexon_channels import CHANNELS
 from bridge.mapping.predexon_json import loads
 from bridge.sim.predexon import PredexonSimulator, SimConfig, SimulatorThread
-from tests.bridge_harness import until
+from tests.bridge_harness import run_within, until
 
 T = TypeVar("T")
 PRO, DEV = "sim-pro-key", "sim-dev-key"
 
 
 def arun(factory: Callable[[], Awaitable[T]], timeout: float = 20) -> T:
-    async def main() -> T:
-        async with asyncio.timeout(timeout):  # not wait_for: on 3.11 it can swallow a cancel
-            return await factory()
-
-    return asyncio.run(main())
+    return run_within(factory, timeout)
 
 
 async def with_sim(body: Callable[[PredexonSimulator], Awaitable[None]], **config: Any) -> None:

@@ -21,18 +21,14 @@ from bridge.sources.backoff import Backoff
 from bridge.sources.predexon import PredexonSource
 from bridge.sources.predexon_placement import PredexonConnectionManager
 from bridge.sources.predexon_reconnect import FAIL_JITTER, ReconnectPolicy
-from tests.bridge_harness import until
+from tests.bridge_harness import run_within, until
 
 T = TypeVar("T")
 PRO, DEV = "sim-pro-key", "sim-dev-key"
 
 
 def arun(factory: Callable[[], Awaitable[T]], timeout: float = 30) -> T:
-    async def main() -> T:
-        async with asyncio.timeout(timeout):  # not wait_for: on 3.11 it can swallow a cancel
-            return await factory()
-
-    return asyncio.run(main())
+    return run_within(factory, timeout)
 
 
 def fast_backoff() -> Backoff:

@@ -2,22 +2,16 @@
 
 from __future__ import annotations
 
-from bridge.sim.market import MarketGenerator
 from bridge.verify import ExpectedDropCopyRows, expected_dropcopy_rows
 from tests.bridge_harness import ALL_KINDS
-
-START_US = 1_767_225_600_000_000
+from tests.unit.test_sim_market import generate
 
 
 def journals(count: int) -> dict[str, list[object]]:
     """About `count` generated messages, by stream (stream names are the kinds' names)."""
-    generator = MarketGenerator(11)
     out: dict[str, list[object]] = {kind: [] for kind in ALL_KINDS}
-    step = 0
-    while sum(map(len, out.values())) < count:
-        step += 1
-        for record in generator.step(START_US + step * 1_000):
-            out[record.stream].append(record.message)
+    for record in generate(11, count):
+        out[record.stream].append(record.message)
     return out
 
 
