@@ -73,6 +73,10 @@ DEFAULTS: dict[str, ConfigValue] = {
     "delivery.report.only.error": True,
 }
 
+_FATAL_CAUSE_WAIT_S = 1.0
+"""How long to wait for librdkafka to name the cause of a fatal error (milliseconds,
+usually: nothing goes to the broker)."""
+
 INIT_TIMEOUT_S = 10.0
 """init_transactions() bound: also how long an unreachable broker takes to be reported."""
 
@@ -185,11 +189,12 @@ class TransactionalProducer:
     def _fatal_cause(self, err: LibKafkaError) -> LibKafkaError:
         """The error that made the producer fatal, for a bare `_FATAL` ("Local: Fatal
         error"): after a fence librdkafka answers every later call with it, and an abort
-        with no time to wait raises the real cause (e.g. `_FENCED`) at once."""
+        raises the real cause (e.g. `_FENCED`) as soon as librdkafka's own thread takes the
+        call. Not with timeout 0: under load that thread may not get to it in time."""
         if err.code() != LibKafkaError._FATAL:
             return err
         try:
-            self._producer.abort_transaction(0)
+            self._producer.abort_transaction(_FATAL_CAUSE_WAIT_S)
         except LibKafkaException as exc:
             cause: LibKafkaError = exc.args[0]
             return cause if cause.code() != LibKafkaError._TIMED_OUT else err
