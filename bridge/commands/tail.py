@@ -67,7 +67,7 @@ def records(
 ) -> Iterator[Any]:
     """Messages of `topic`, partition by partition as they arrive, until every partition's
     end (unless `follow`)."""
-    consumer = readback.open_reader(config)
+    consumer = readback.open_reader(config, follow)
     try:
         parts = readback.partitions_of(consumer, topic, config)
         start = OFFSET_BEGINNING if from_beginning else OFFSET_END

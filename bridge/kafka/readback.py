@@ -1,13 +1,14 @@
 """Reading our own topics back: partition ranges (the state topic) and partition tails (the
 repeat filters' seed).
 
-Every reader here is `isolation.level=read_committed`, uses `assign()` (no consumer group,
-so no rebalance delay and no committed offsets), and ends a partition where librdkafka's
-partition-EOF event says the fetch position reached the end a fetch response reported. For
-a read_committed reader that end is the last stable offset, so it excludes open
-transactions; and transaction control markers (which occupy offsets but are never
-delivered) are accounted for, because the end is compared with the fetch position, not
-with the offset of the last record seen.
+Every reader here is `isolation.level=read_committed` and uses `assign()` (no consumer
+group, so no rebalance delay and no committed offsets). A read ends where each partition
+ended when it began, like Kafka Connect's `readToEnd`: the last stable offset, asked by
+ListOffsets, so open transactions are excluded and records committed during the read do not
+keep it going. A partition is done once a record at or past that end is delivered, or once
+librdkafka's partition-EOF event says the fetch position reached the end: transaction
+control markers occupy offsets but are never delivered, so after a trailing marker only the
+EOF event (compared with the fetch position) can say the end was reached.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from confluent_kafka import OFFSET_INVALID, Consumer, TopicPartition
+from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka import KafkaError as LibKafkaError
 from confluent_kafka import KafkaException as LibKafkaException
 
@@ -38,7 +39,7 @@ CONNECT_TIMEOUT_S = 10.0
 """How long to wait for the cluster to answer metadata before calling it unreachable."""
 
 _POLL_S = 0.2
-"""One consume() wait: short so deadlines are honoured promptly."""
+"""The longest wait for the next message: short so deadlines are honoured promptly."""
 
 _BATCH = 10_000
 """Messages per consume() call: amortises the Python<->C crossing."""
@@ -59,8 +60,15 @@ class ReadRecord:
     """The record's Kafka timestamp (CreateTime: when the producer produced it)."""
 
 
-def reader_config(config: Mapping[str, Any]) -> dict[str, Any]:
-    """A read_committed, group-less consumer config from the bridge's common client config."""
+_READ_FETCH_WAIT_MS = 10
+"""How long the broker may hold an empty fetch of a read that ends. librdkafka reports a
+partition's EOF one fetch after its last records, and that fetch is empty: with Kafka's
+default (500 ms) every read to an end took half a second longer."""
+
+
+def reader_config(config: Mapping[str, Any], follow: bool = False) -> dict[str, Any]:
+    """A read_committed, group-less consumer config from the bridge's common client config;
+    `follow` for a reader that waits for new records (keeps the default fetch wait)."""
     conf = {k: v for k, v in config.items() if not k.startswith(("transactional.", "linger."))}
     conf.update(
         {
@@ -70,12 +78,14 @@ def reader_config(config: Mapping[str, Any]) -> dict[str, Any]:
             "enable.auto.commit": False,
             "enable.auto.offset.store": False,
             "isolation.level": "read_committed",
-            # Partition EOF is raised when the fetch position reaches the high watermark
-            # (the LSO for read_committed) reported by a fetch response: our "end".
+            # Partition EOF is raised when the fetch position reaches the end (the LSO for
+            # read_committed) a fetch response reported: past any trailing control marker.
             "enable.partition.eof": True,
             "auto.offset.reset": "earliest",
         }
     )
+    if not follow:
+        conf["fetch.wait.max.ms"] = _READ_FETCH_WAIT_MS
     conf.update(client_log_config(conf))
     return conf
 
@@ -101,25 +111,30 @@ def read_ranges(
     config: Mapping[str, Any],
     timeout: float = READ_TIMEOUT_S,
 ) -> tuple[list[ReadRecord], dict[int, int]]:
-    """Read each partition from `starts[p]` to its end; the records and each end offset.
+    """Read each partition from `starts[p]` to the end it had when the read began; the
+    records and the offset each partition's next read starts from.
 
     Records come in partition order, then offset order.
     """
     deadline = time.monotonic() + timeout
-    consumer.assign([TopicPartition(topic, p, o) for p, o in starts.items()])
+    targets = {p: low_high(consumer, topic, p)[1] for p in starts}
+    ends = {p: start for p, start in starts.items() if start >= targets[p]}
+    pending = {p: start for p, start in starts.items() if p not in ends}
     per_partition: dict[int, list[ReadRecord]] = {p: [] for p in starts}
-    ends: dict[int, int] = {}
+    if not pending:
+        return [], ends  # nothing was committed since: no fetch needed
+    consumer.assign([TopicPartition(topic, p, o) for p, o in pending.items()])
     try:
-        while len(ends) < len(starts):
+        while pending:
             if time.monotonic() > deadline:
-                missing = sorted(set(starts) - set(ends))
+                missing = sorted(pending)
                 raise KafkaError(
                     f"reading {topic} partitions {missing} from {bootstrap_of(config)} did not "
-                    f"reach the end within {timeout:.0f} s "
+                    f"reach offsets {[targets[p] for p in missing]} within {timeout:.0f} s "
                     f"({_where(consumer, topic, missing)})",
                     retriable=True,
                 )
-            for msg in consumer.consume(_BATCH, _POLL_S):
+            for msg in next_messages(consumer):
                 err = msg.error()
                 part = msg.partition()
                 offset = msg.offset()
@@ -127,9 +142,12 @@ def read_ranges(
                     if err is not None and (err.fatal() or not err.retriable()):
                         raise KafkaError(f"reading {topic}: {err.str()}")
                     continue
+                if part not in pending:
+                    continue  # fetched past the end of a partition that is done
                 if err is not None:
                     if err.code() == LibKafkaError._PARTITION_EOF:
                         ends[part] = offset
+                        del pending[part]
                         continue
                     if err.fatal() or not err.retriable():
                         raise KafkaError(f"reading {topic} [{part}]: {err.str()}")
@@ -145,11 +163,26 @@ def read_ranges(
                         msg.timestamp()[1],
                     )
                 )
-                ends.pop(part, None)  # more data arrived after an earlier EOF
-            _ends_from_watermarks(consumer, topic, starts, ends)
+                if offset + 1 >= targets[part]:
+                    ends[part] = offset + 1
+                    del pending[part]
     finally:
         consumer.unassign()
     return [r for p in sorted(per_partition) for r in per_partition[p]], ends
+
+
+def next_messages(consumer: Consumer, wait_s: float = _POLL_S) -> list[Any]:
+    """What the consumer has ready (up to `_BATCH`), else the next message within `wait_s`.
+
+    Not `consume(_BATCH, wait_s)`: that returns only once `_BATCH` messages are there or
+    the whole `wait_s` has passed, so every read ending on a partial batch (every small
+    read) would take `wait_s` longer.
+    """
+    ready: list[Any] = consumer.consume(_BATCH, 0)
+    if ready:
+        return ready
+    msg = consumer.poll(wait_s)
+    return [] if msg is None else [msg]
 
 
 def _headers(raw: Any) -> Headers:
@@ -160,28 +193,12 @@ def _headers(raw: Any) -> Headers:
     return [(k, v.encode() if isinstance(v, str) else v) for k, v in pairs]
 
 
-def _ends_from_watermarks(
-    consumer: Consumer, topic: str, starts: Mapping[int, int], ends: dict[int, int]
-) -> None:
-    """Mark partitions whose fetch position has reached the fetch-reported high watermark.
-
-    A backstop for the EOF event (which librdkafka raises once per reach of the end).
-    """
-    pending = [TopicPartition(topic, p) for p in starts if p not in ends]
-    if not pending:
-        return
-    for tp in consumer.position(pending):
-        _, high = consumer.get_watermark_offsets(tp, cached=True)
-        if high >= 0 and tp.offset != OFFSET_INVALID and tp.offset >= high:
-            ends[tp.partition] = tp.offset
-
-
 def _where(consumer: Consumer, topic: str, partitions: list[int]) -> str:
     """Each partition's fetch position and the end the broker last reported, for errors."""
     where = []
     for tp in consumer.position([TopicPartition(topic, p) for p in partitions]):
         _, high = consumer.get_watermark_offsets(tp, cached=True)
-        where.append(f"[{tp.partition}] at {tp.offset} of {high}")
+        where.append(f"[{tp.partition}] at {tp.offset}, last fetch saw {high}")
     return ", ".join(where)
 
 
@@ -199,8 +216,8 @@ def low_high(consumer: Consumer, topic: str, partition: int) -> tuple[int, int]:
     return int(low), int(high)
 
 
-def open_reader(config: Mapping[str, Any]) -> Consumer:
-    return Consumer(reader_config(config))
+def open_reader(config: Mapping[str, Any], follow: bool = False) -> Consumer:
+    return Consumer(reader_config(config, follow))
 
 
 def header(headers: Headers, name: str) -> bytes | None:

@@ -1,13 +1,22 @@
-"""Read-back of partition tails (dedupe seed): bounds, stream filter, control markers."""
+"""Read-back: partition tails (dedupe seed) with their bounds, stream filter and control
+markers; where a read ends."""
 
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Callable
 
 from bridge.kafka.producer import TransactionalProducer
-from bridge.kafka.readback import read_topic, recent_records
+from bridge.kafka.readback import (
+    low_high,
+    open_reader,
+    read_ranges,
+    read_topic,
+    recent_records,
+)
 from bridge.records import STREAM_HEADER
+from tests.bridge_harness import wait_until
 
 
 def _fill(
@@ -32,6 +41,21 @@ def _fill(
         producer.close()
 
     asyncio.run(run())
+    # Each transaction ends with a marker on every partition it wrote to; the broker writes
+    # the markers just after the commit returns. Reads start once they are there.
+    ends: dict[int, int] = {}
+    for txn in per_txn:
+        for part in {part for part, _, _ in txn}:
+            ends[part] = ends.get(part, 0) + sum(1 for p, _, _ in txn if p == part) + 1
+    reader = open_reader({"bootstrap.servers": bootstrap})
+    try:
+        wait_until(
+            lambda: all(low_high(reader, topic, p)[1] == end for p, end in ends.items()),
+            10,
+            "the commit markers",
+        )
+    finally:
+        reader.close()
 
 
 def test_reads_the_committed_tail_of_each_partition_for_one_stream(
@@ -66,3 +90,78 @@ def test_read_topic_reads_every_partition_to_its_end(
     _fill(kafka_bootstrap, unique_name("txn"), topic, [[(0, "s", "x"), (0, "s", "y")]])
     records = read_topic({"bootstrap.servers": kafka_bootstrap}, topic)
     assert [(r.partition, r.offset, r.value) for r in records] == [(0, 0, b"x"), (0, 1, b"y")]
+
+
+def test_a_read_ends_where_the_partition_ended_when_it_began(
+    kafka_bootstrap: str, make_topic: Callable[..., str], unique_name: Callable[[str], str]
+) -> None:
+    """A writer that keeps committing (a busy state topic) does not keep a read going; each
+    read resumes where the last ended, so together they see every record once, in order."""
+    topic = make_topic()
+    config = {"bootstrap.servers": kafka_bootstrap}
+    committed = 0
+    stop = threading.Event()
+
+    async def write() -> None:
+        nonlocal committed
+        producer = TransactionalProducer(config, unique_name("txn"), "busy")
+        await producer.init()
+        while not stop.is_set():
+            producer.begin()
+            producer.produce(topic, b"k", str(committed).encode())
+            await producer.commit()
+            committed += 1
+        producer.close()
+
+    writer = threading.Thread(target=asyncio.run, args=(write(),))
+    reader = open_reader(config)
+    writer.start()
+    try:
+        wait_until(lambda: committed >= 50, timeout=30, what="the writer's first commits")
+        values: list[bytes | None] = []
+        starts = {0: 0}
+        for _ in range(5):
+            records, starts = read_ranges(reader, topic, starts, config, timeout=10)
+            values += [r.value for r in records]
+        assert len(values) >= 50
+        assert values == [str(i).encode() for i in range(len(values))]
+    finally:
+        stop.set()
+        writer.join(30)
+        reader.close()
+
+
+def test_a_read_ends_before_an_open_transaction_and_after_a_trailing_abort(
+    kafka_bootstrap: str, make_topic: Callable[..., str], unique_name: Callable[[str], str]
+) -> None:
+    topic = make_topic()
+    config = {"bootstrap.servers": kafka_bootstrap}
+    _fill(kafka_bootstrap, unique_name("txn"), topic, [[(0, "s", "x")]])  # x, marker
+
+    async def leave_open() -> tuple[TransactionalProducer, TransactionalProducer]:
+        aborted = TransactionalProducer(config, unique_name("txn"), "aborted")
+        await aborted.init()
+        aborted.begin()
+        aborted.produce(topic, b"k", b"aborted")
+        await asyncio.to_thread(aborted._producer.flush, 10)
+        await aborted.abort()  # offsets 2 (record) and 3 (abort marker)
+        still_open = TransactionalProducer(config, unique_name("txn"), "open")
+        await still_open.init()
+        still_open.begin()
+        still_open.produce(topic, b"k", b"open")
+        await asyncio.to_thread(still_open._producer.flush, 10)  # offset 4, never committed
+        return aborted, still_open
+
+    reader = open_reader(config)
+    aborted, still_open = asyncio.run(leave_open())
+    try:
+        # The coordinator writes the abort marker after abort() returns.
+        wait_until(lambda: low_high(reader, topic, 0)[1] == 4, 10, "the abort marker")
+        records, ends = read_ranges(reader, topic, {0: 0}, config, timeout=10)
+        assert [r.value for r in records] == [b"x"]
+        assert ends == {0: 4}  # the last stable offset: the open transaction's first record
+        assert read_ranges(reader, topic, ends, config, timeout=10) == ([], ends)
+    finally:
+        aborted.close()
+        still_open.close()
+        reader.close()

@@ -16,12 +16,18 @@ from bridge.kafka.producer import TransactionalProducer
 from bridge.kafka.state import STATE_SCHEMA, encode_state, write_state
 from bridge.records import Position
 from bridge.serde.avro import Serializer, SingleObjectFormat
+from tests.bridge_harness import until, wait_until
 
 SER = Serializer(STATE_SCHEMA, SingleObjectFormat().prefix(STATE_SCHEMA, "state"))
 
 
 def _value(stream: str, token: bytes, owner: str = "me") -> bytes:
     return encode_state(stream, "dropcopy", Position(resume_token=token), owner, 1, SER)
+
+
+def _token(store: PositionStore, stream: str) -> bytes | None:
+    entry = store.latest(stream)
+    return entry.position.resume_token if entry is not None else None
 
 
 def test_load_returns_the_newest_committed_position_per_stream(
@@ -72,10 +78,14 @@ def test_write_state_replaces_and_resets_a_position(
     txn = unique_name("app") + ".s"
     store = PositionStore(config, topic)
     asyncio.run(write_state(config, topic, txn, "s", _value("s", b"t1", owner="reset")))
+    # The broker writes a transaction's commit marker just after the commit returns, so a
+    # read_committed reader sees it moments later.
+    wait_until(lambda: _token(store, "s") == b"t1", 10, "the written position")
     entry = store.latest("s")
-    assert entry is not None and entry.owner == "reset" and entry.position.resume_token == b"t1"
+    assert entry is not None and entry.owner == "reset"
     asyncio.run(write_state(config, topic, txn, "s", None))
-    assert store.latest("s") is None  # the same store follows the topic: no re-read
+    # The same store follows the topic: no re-read.
+    wait_until(lambda: store.latest("s") is None, 10, "the tombstone")
 
 
 def test_the_position_store_follows_the_topic_and_hides_open_transactions(
@@ -94,8 +104,7 @@ def test_the_position_store_follows_the_topic_and_hides_open_transactions(
             producer.begin()
             producer.produce(topic, b"s", _value("s", token))
             await producer.commit()
-            latest = await asyncio.to_thread(store.latest, "s")
-            assert latest is not None and latest.position.resume_token == token
+            await until(lambda t=token: _token(store, "s") == t)  # once its marker is written
         producer.begin()
         producer.produce(topic, b"s", _value("s", b"aborted"))
         await producer.abort()
@@ -105,8 +114,7 @@ def test_the_position_store_follows_the_topic_and_hides_open_transactions(
         latest = await asyncio.to_thread(store.latest, "s")
         assert latest is not None and latest.position.resume_token == b"t2"
         await producer.commit()
-        latest = await asyncio.to_thread(store.latest, "s")
-        assert latest is not None and latest.position.resume_token == b"open"
+        await until(lambda: _token(store, "s") == b"open")
         producer.close()
 
     try:

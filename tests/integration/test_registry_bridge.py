@@ -16,12 +16,12 @@ from pathlib import Path
 from bridge.app import Bridge
 from bridge.commands.state import RESET_OWNER, reset
 from bridge.config import load_settings
-from bridge.kafka.readback import read_topic
+from bridge.kafka.readback import ReadRecord, read_topic
 from bridge.kafka.state import decode_state
 from bridge.serde.decode import Decoder
 from bridge.serde.registry import configured_topic_schemas, registry_client
 from bridge.sim.dropcopy import SimConfig, SimulatorThread
-from tests.bridge_harness import ALL_KINDS, write_setup
+from tests.bridge_harness import ALL_KINDS, wait_until, write_setup
 
 
 def test_bridge_in_registry_mode_writes_confluent_framed_records_exactly_once(
@@ -70,7 +70,14 @@ def test_bridge_in_registry_mode_writes_confluent_framed_records_exactly_once(
     assert state and all(r.value is None or r.value[:1] == b"\x00" for r in state)
     # `state reset` writes the position in the same framing, with the State schema's id.
     asyncio.run(reset(settings, "dropcopy.executions", "2026-01-01T00:00:00Z"))
-    (rewound,) = [r for r in read_topic(setup.kafka, state_topic) if r.offset > state[-1].offset]
+    after: list[ReadRecord] = []
+
+    def reset_visible() -> bool:  # once the broker wrote the commit marker
+        after[:] = [r for r in read_topic(setup.kafka, state_topic) if r.offset > state[-1].offset]
+        return bool(after)
+
+    wait_until(reset_visible, 10, "the reset position")
+    (rewound,) = after
     state_id = client.get_latest_version(f"{state_topic}-value").schema_id
     assert rewound.value is not None and rewound.value[:5] == b"\x00" + state_id.to_bytes(4, "big")
     entry = decode_state(rewound.value)
