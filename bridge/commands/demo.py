@@ -259,6 +259,11 @@ def _until_streaming(view: MetricsView, timeout: float = STREAMING_TIMEOUT_S) ->
         if any(r.stream == "dropcopy.executions" and r.records > 0 for r in rows):
             return
         time.sleep(VIEW_REFRESH_S)
+    print(
+        f"[warning] the bridge committed nothing within {timeout:.0f} s; going on "
+        "(its log is in the work directory)",
+        flush=True,
+    )
 
 
 def _run_for(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import re
@@ -16,6 +15,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from bridge.sources.auth import PrivateKeyJwtProvider
 from polymarket.v1 import dropcopy_pb2, dropcopy_pb2_grpc, trading_pb2
+from tests.bridge_harness import run_within
 
 
 def test_cli_serves_tls_with_oauth_and_exports_ground_truth(tmp_path: Path) -> None:
@@ -64,7 +64,7 @@ def test_cli_serves_tls_with_oauth_and_exports_ground_truth(tmp_path: Path) -> N
                         return ids
                     ids += [e.id for e in response.executions]
 
-        received = asyncio.run(asyncio.wait_for(client(), 20))
+        received = run_within(client, 20)
         assert received
     finally:
         process.send_signal(signal.SIGTERM)

@@ -7,7 +7,6 @@ as int32: on the wire both are the same varint, and comparing numbers is what we
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import grpc
@@ -23,6 +22,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from bridge.sim.dropcopy import DropCopySimulator, SimConfig
 from polymarket.v1 import dropcopy_pb2
+from tests.bridge_harness import run_within
 
 F = descriptor_pb2.FieldDescriptorProto
 SCALARS = {
@@ -327,7 +327,7 @@ def set_fields(message: Any, seen: dict[str, set[str]]) -> None:
 
 def test_simulator_bytes_decode_identically_with_fact_sheet_descriptors() -> None:
     pool = build_pool()
-    responses = asyncio.run(asyncio.wait_for(raw_responses(20_000), 60))
+    responses = run_within(lambda: raw_responses(20_000), 60)
     seen: dict[str, set[str]] = {}
     for method, (_, generated_class, fact_name) in STREAMS.items():
         independent_class = message_factory.GetMessageClass(
