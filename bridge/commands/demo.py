@@ -24,13 +24,13 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from rich.console import Console
 from rich.live import Live
 
-from bridge.commands.demo_view import MetricsView, render_lines, render_table
+from bridge.commands.demo_view import MetricsView, StreamRow, render_lines, render_table
 from bridge.embedded import EmbeddedBroker
 from bridge.errors import KafkaError
 from bridge.kafka.readback import header, read_topic
@@ -207,7 +207,7 @@ def run_demo(duration: float, bootstrap: str | None) -> int:
             bridge.wait()
             print("[kill -9] the bridge is gone mid-stream; restarting it", flush=True)
             bridge = _start_bridge(config, log)
-            _until_streaming(view)  # on a loaded machine the restart alone can outlast the phase
+            _until_running(view)  # on a loaded machine the restart alone can outlast the phase
             _run_for(duration - half, kafka, dc, "restarted", view, console)
             deadline = time.monotonic() + 120
             while dc.simulator.stats.generated < total or not all(
@@ -253,15 +253,38 @@ def run_demo(duration: float, bootstrap: str | None) -> int:
 def _until_streaming(view: MetricsView, timeout: float = STREAMING_TIMEOUT_S) -> None:
     """Wait until the bridge has committed DropCopy executions: the kill must land
     mid-stream, not while a slow machine is still starting the bridge."""
+    _until(
+        view,
+        lambda rows: any(r.stream == "dropcopy.executions" and r.records > 0 for r in rows),
+        "the bridge committing executions",
+        timeout,
+    )
+
+
+def _until_running(view: MetricsView, timeout: float = STREAMING_TIMEOUT_S) -> None:
+    """Wait until every stream of the restarted bridge runs (it may have nothing left to
+    commit: the exchange simulator can have finished before the kill)."""
+    streams = len(KINDS) + len(PREDEXON_SUBSCRIPTIONS)
+    _until(
+        view,
+        lambda rows: sum(r.up for r in rows) == streams,
+        "every stream of the restarted bridge running",
+        timeout,
+    )
+
+
+def _until(
+    view: MetricsView, ready: Callable[[list[StreamRow]], bool], what: str, timeout: float
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        rows = view.sample() or []
-        if any(r.stream == "dropcopy.executions" and r.records > 0 for r in rows):
+        rows = view.sample()
+        if rows and ready(rows):
             return
         time.sleep(VIEW_REFRESH_S)
     print(
-        f"[warning] the bridge committed nothing within {timeout:.0f} s; going on "
-        "(its log is in the work directory)",
+        f"[warning] {what}: not seen within {timeout:.0f} s; going on "
+        "(the bridge's log is in the work directory)",
         flush=True,
     )
 

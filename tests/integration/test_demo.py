@@ -23,7 +23,7 @@ METRICS_LINE = re.compile(
 )
 
 
-@pytest.mark.slow(85)
+@pytest.mark.slow(60)
 def test_demo_reports_equality_with_ground_truth_after_a_kill() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "bridge", "--log-level", "WARNING", "demo", "--duration", "12"],
