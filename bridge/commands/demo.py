@@ -54,6 +54,24 @@ VIEW_REFRESH_S = 1.0
 PLAIN_EVERY_S = 2.0
 STREAMING_TIMEOUT_S = 60.0
 """How long the demo waits for the bridge's first committed records before its clock runs."""
+LIVE_RATE = 2_000
+"""Exchange records generated a second while the demo runs (all DropCopy streams)."""
+
+
+class _LiveExchange:
+    """Generates the exchange's live records at `LIVE_RATE` from the demo's own loop, so
+    they keep coming through the kill and the restart however slow the machine is, and
+    stop when the phases end (the comparison with the ground truth needs a still journal)."""
+
+    def __init__(self, dc: dropcopy_sim.SimulatorThread) -> None:
+        self._dc = dc
+        self._since = time.monotonic()
+
+    def tick(self) -> None:
+        owed = int((time.monotonic() - self._since) * LIVE_RATE)
+        if owed > 0:
+            self._dc.generate(owed)
+            self._since += owed / LIVE_RATE
 
 
 def _free_port() -> int:
@@ -173,14 +191,7 @@ def _progress(kafka: dict[str, str], dc: dropcopy_sim.SimulatorThread, label: st
 
 def run_demo(duration: float, bootstrap: str | None) -> int:
     half = max(3.0, duration / 2)
-    total = 20_000 + int(2_000 * duration)
-    dc_config = dropcopy_sim.SimConfig(
-        seed=7,
-        prefill=20_000,
-        rate=2_000,
-        max_records=total,
-        heartbeat_s=0.1,
-    )
+    dc_config = dropcopy_sim.SimConfig(seed=7, prefill=20_000, rate=0, heartbeat_s=0.1)
     pdx_config = predexon_sim.SimConfig(seed=7, rate=20.0)
     with (
         tempfile.TemporaryDirectory(prefix="polybridge-demo-") as tmp,
@@ -199,20 +210,19 @@ def run_demo(duration: float, bootstrap: str | None) -> int:
         print(f"Kafka: {servers}   exchange simulator: {dc.address}   Predexon simulator: {url}")
         print(f"bridge configuration: {config}")
         print(f"bridge metrics: {view.url} (also /healthz, /readyz)", flush=True)
+        live = _LiveExchange(dc)
         bridge = _start_bridge(config, log)
         try:
-            _until_streaming(view)
-            _run_for(half, kafka, dc, "running", view, console)
+            _until_streaming(view, live)
+            _run_for(half, kafka, dc, "running", view, console, live)
             bridge.send_signal(signal.SIGKILL)
             bridge.wait()
             print("[kill -9] the bridge is gone mid-stream; restarting it", flush=True)
             bridge = _start_bridge(config, log)
-            _until_running(view)  # on a loaded machine the restart alone can outlast the phase
-            _run_for(duration - half, kafka, dc, "restarted", view, console)
-            deadline = time.monotonic() + 120
-            while dc.simulator.stats.generated < total or not all(
-                c.equal for c in _dropcopy_comparisons(kafka, dc)
-            ):
+            _until_running(view, live)  # on a loaded machine the restart can outlast the phase
+            _run_for(duration - half, kafka, dc, "restarted", view, console, live)
+            deadline = time.monotonic() + 120  # live generation has stopped: let it catch up
+            while not all(c.equal for c in _dropcopy_comparisons(kafka, dc)):
                 if time.monotonic() > deadline:
                     break
                 time.sleep(1.0)
@@ -250,18 +260,23 @@ def run_demo(duration: float, bootstrap: str | None) -> int:
         return 0 if ok else 1
 
 
-def _until_streaming(view: MetricsView, timeout: float = STREAMING_TIMEOUT_S) -> None:
+def _until_streaming(
+    view: MetricsView, live: _LiveExchange, timeout: float = STREAMING_TIMEOUT_S
+) -> None:
     """Wait until the bridge has committed DropCopy executions: the kill must land
     mid-stream, not while a slow machine is still starting the bridge."""
     _until(
         view,
         lambda rows: any(r.stream == "dropcopy.executions" and r.records > 0 for r in rows),
         "the bridge committing executions",
+        live,
         timeout,
     )
 
 
-def _until_running(view: MetricsView, timeout: float = STREAMING_TIMEOUT_S) -> None:
+def _until_running(
+    view: MetricsView, live: _LiveExchange, timeout: float = STREAMING_TIMEOUT_S
+) -> None:
     """Wait until every stream of the restarted bridge runs (it may have nothing left to
     commit: the exchange simulator can have finished before the kill)."""
     streams = len(KINDS) + len(PREDEXON_SUBSCRIPTIONS)
@@ -269,15 +284,21 @@ def _until_running(view: MetricsView, timeout: float = STREAMING_TIMEOUT_S) -> N
         view,
         lambda rows: sum(r.up for r in rows) == streams,
         "every stream of the restarted bridge running",
+        live,
         timeout,
     )
 
 
 def _until(
-    view: MetricsView, ready: Callable[[list[StreamRow]], bool], what: str, timeout: float
+    view: MetricsView,
+    ready: Callable[[list[StreamRow]], bool],
+    what: str,
+    live: _LiveExchange,
+    timeout: float,
 ) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        live.tick()
         rows = view.sample()
         if rows and ready(rows):
             return
@@ -296,21 +317,24 @@ def _run_for(
     label: str,
     view: MetricsView,
     console: Console | None,
+    live: _LiveExchange,
 ) -> None:
     """Show the live view for `seconds` (rich table on a terminal, else plain lines),
     then where Kafka stands against the ground truth."""
     end = time.monotonic() + seconds
     if console is not None:
         title = f"[{label}] bridge /metrics"
-        with Live(render_table(view.sample(), title), console=console, auto_refresh=False) as live:
+        with Live(render_table(view.sample(), title), console=console, auto_refresh=False) as table:
             while time.monotonic() < end:
                 time.sleep(min(VIEW_REFRESH_S, max(0.0, end - time.monotonic())))
-                live.update(render_table(view.sample(), title))
-                live.refresh()
+                live.tick()
+                table.update(render_table(view.sample(), title))
+                table.refresh()
     else:
         next_print = time.monotonic() + PLAIN_EVERY_S
         while time.monotonic() < end:
             time.sleep(min(VIEW_REFRESH_S, max(0.0, end - time.monotonic())))
+            live.tick()
             rows = view.sample()  # every interval, so rates cover one interval
             if time.monotonic() >= next_print or time.monotonic() >= end:
                 next_print += PLAIN_EVERY_S
