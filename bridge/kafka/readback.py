@@ -110,14 +110,16 @@ def read_ranges(
     starts: Mapping[int, int],
     config: Mapping[str, Any],
     timeout: float = READ_TIMEOUT_S,
+    stable_ends: Mapping[int, int] | None = None,
 ) -> tuple[list[ReadRecord], dict[int, int]]:
     """Read each partition from `starts[p]` to the end it had when the read began; the
-    records and the offset each partition's next read starts from.
+    records and the offset each partition's next read starts from. A caller that has just
+    listed the partitions' last stable offsets passes them as `stable_ends`.
 
     Records come in partition order, then offset order.
     """
     deadline = time.monotonic() + timeout
-    targets = {p: low_high(consumer, topic, p)[1] for p in starts}
+    targets = dict(stable_ends or {p: low_high(consumer, topic, p)[1] for p in starts})
     ends = {p: start for p, start in starts.items() if start >= targets[p]}
     pending = {p: start for p, start in starts.items() if p not in ends}
     per_partition: dict[int, list[ReadRecord]] = {p: [] for p in starts}
@@ -244,11 +246,11 @@ def recent_records(
     wanted = stream_id.encode()
     consumer = open_reader(config)
     try:
-        starts = {}
+        starts, ends = {}, {}
         for p in partitions_of(consumer, topic, config):
-            low, high = low_high(consumer, topic, p)
-            starts[p] = max(low, high - per_partition)
-        records, _ = read_ranges(consumer, topic, starts, config)
+            low, ends[p] = low_high(consumer, topic, p)
+            starts[p] = max(low, ends[p] - per_partition)
+        records, _ = read_ranges(consumer, topic, starts, config, stable_ends=ends)
         return [r for r in records if header(r.headers, STREAM_HEADER) == wanted]
     finally:
         consumer.close()
@@ -260,9 +262,10 @@ def read_topic(
     """Every committed record of `topic`, all partitions, from the beginning to the end."""
     consumer = open_reader(config)
     try:
-        parts = partitions_of(consumer, topic, config)
-        starts = {p: low_high(consumer, topic, p)[0] for p in parts}
-        records, _ = read_ranges(consumer, topic, starts, config, timeout)
+        bounds = {p: low_high(consumer, topic, p) for p in partitions_of(consumer, topic, config)}
+        starts = {p: low for p, (low, _) in bounds.items()}
+        ends = {p: high for p, (_, high) in bounds.items()}
+        records, _ = read_ranges(consumer, topic, starts, config, timeout, stable_ends=ends)
         return records
     finally:
         consumer.close()
