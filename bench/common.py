@@ -1,5 +1,4 @@
-"""Small helpers shared by the benches: RSS sampling, percentiles, tables, machine facts,
-and the measuring readers' fetch."""
+"""Small helpers shared by the benches: RSS sampling, percentiles, tables, machine facts."""
 
 from __future__ import annotations
 
@@ -9,7 +8,6 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 
 def rss_mb(pid: int) -> float | None:
@@ -135,14 +133,3 @@ def machine_facts() -> str:
         f"nproc={len(os.sched_getaffinity(0))} cpu={model!r} mem={mem_gb:.0f} GiB "
         f"python={platform.python_version()} kernel={platform.release()}"
     )
-
-
-def ready_messages(consumer: Any, wait_s: float) -> list[Any]:
-    """What `consumer` has ready, else the next message within `wait_s`, stamped on return
-    by the caller. Not `consume(n, wait_s)`: it returns only once n messages are there or
-    the whole `wait_s` has passed, which added up to `wait_s` to every measured latency."""
-    ready: list[Any] = consumer.consume(10_000, 0)
-    if ready:
-        return ready
-    msg = consumer.poll(wait_s)
-    return [] if msg is None else [msg]

@@ -37,9 +37,9 @@ from typing import Any
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from bench.common import ready_messages
 from bench.dropcopy_e2e import stop_process
 from bench.predexon_common import broker, predexon_bridge_config
+from bridge.kafka.readback import next_messages
 from bridge.mapping.predexon import PredexonMapper
 from bridge.mapping.predexon_channels import CHANNELS
 from bridge.mapping.predexon_json import dumps, loads
@@ -104,7 +104,7 @@ class VisibleTimes:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            messages = ready_messages(self._consumer, 0.05)
+            messages = next_messages(self._consumer, 0.05)  # what is ready, not a full batch
             now = time.time()
             self.rows.extend((now, m.value()) for m in messages if m.error() is None)
 
