@@ -12,6 +12,7 @@ import signal
 
 from bridge.errors import ConfigError
 from bridge.sim.predexon import PredexonSimulator, SimConfig
+from bridge.sim.predexon.events import CRYPTO_TIME_UNITS
 
 
 class SimPredexonCommand:
@@ -39,6 +40,12 @@ class SimPredexonCommand:
         parser.add_argument("--bare-ratio", type=float, default=0.0)
         parser.add_argument("--duplicate-ratio", type=float, default=0.0)
         parser.add_argument(
+            "--crypto-time-unit",
+            choices=sorted(CRYPTO_TIME_UNITS),
+            default="s",
+            help="unit of the crypto channel's price_feed times (Predexon does not publish it)",
+        )
+        parser.add_argument(
             "--ground-truth-out", metavar="FILE", help="JSON lines, written on exit"
         )
 
@@ -54,6 +61,7 @@ class SimPredexonCommand:
             confirm_scale=args.confirm_scale,
             bare_ratio=args.bare_ratio,
             duplicate_ratio=args.duplicate_ratio,
+            crypto_time_unit=args.crypto_time_unit,
         )
         if args.key:
             config.keys = dict(_split_key(k) for k in args.key)

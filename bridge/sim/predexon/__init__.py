@@ -94,6 +94,7 @@ class PredexonSimulator:
             self.config.seed,
             confirm_scale=self.config.confirm_scale,
             newer_keys=self.config.newer_keys,
+            crypto_time_unit=self.config.crypto_time_unit,
         )
         self._rng = random.Random(self.config.seed + 1)  # framing choices, not event content
         self._server: Server | None = None

@@ -71,5 +71,8 @@ class SimConfig:
     newer_keys: bool = False
     """Events carry keys the bridge does not know, as a newer Predexon would send
     (`EventFactory._add_newer_keys`)."""
+    crypto_time_unit: str = "s"
+    """Unit of the crypto channel's `price_feed` times (`timestamp`, `observed_at`): "s",
+    "ms" or "us". Predexon does not publish it; other servers were seen to send ms."""
     rest: PredexonRestConfig = field(default_factory=PredexonRestConfig)
     """REST history (`/v2/polymarket/trades`, `/activity`): `bridge.sim.predexon.rest`."""

@@ -4,7 +4,7 @@ All randomness comes from one `random.Random(seed)`, so a seed gives the same ma
 users and event sequence. Numbers are `Decimal`s and are written to JSON as exact text,
 like Predexon: prices, shares and fees are JSON numbers on trades and activity, strings on
 the orderbook; `log_index` and `block_number` are hex strings; timestamps are Unix seconds
-(orderbook: milliseconds).
+(orderbook: milliseconds; crypto: `crypto_time_unit`, seconds by default).
 """
 
 from __future__ import annotations
@@ -29,6 +29,8 @@ EXCHANGE_V2 = "0xe111180000d2663c0091e4f400237545b87b996b"
 USDC = "0x2791bca1f2de4661ed88a30c99a7a9449aa84174"
 POLYUSD = "0x5e3b1ca0a1fc1b2b5ce1bd0ac0bb2a0b7e4a5d3f"
 ORACLE = "0x6a9d222616c90fca5754cd1333cfd9b7fb6a4f74"
+CRYPTO_TIME_UNITS = {"s": 1, "ms": 1_000, "us": 1_000_000}
+"""Units the crypto channel's times can be sent in: per second."""
 _CENT = Decimal("0.01")
 _MICRO = Decimal("0.000001")
 
@@ -84,8 +86,18 @@ class EventFactory:
     their pending rows, `fee_refund`s 2-50 ms after a V1 confirmation.
     """
 
-    def __init__(self, seed: int, *, confirm_scale: float = 1.0, newer_keys: bool = False) -> None:
+    def __init__(
+        self,
+        seed: int,
+        *,
+        confirm_scale: float = 1.0,
+        newer_keys: bool = False,
+        crypto_time_unit: str = "s",
+    ) -> None:
+        if crypto_time_unit not in CRYPTO_TIME_UNITS:
+            raise ValueError(f"crypto_time_unit must be one of {sorted(CRYPTO_TIME_UNITS)}")
         self.rng = random.Random(seed)
+        self._crypto_per_s = CRYPTO_TIME_UNITS[crypto_time_unit]
         self.universe = Universe(self.rng)
         self.confirm_scale = confirm_scale
         self.newer_keys = newer_keys
@@ -356,8 +368,8 @@ class EventFactory:
                     "price": price,
                     "bid": price - spread,
                     "ask": price + spread,
-                    "observed_at": int(now_s),
-                    "timestamp": int(now_s),
+                    "observed_at": int(now_s * self._crypto_per_s),
+                    "timestamp": int(now_s * self._crypto_per_s),
                 },
             )
         ]
