@@ -6,7 +6,7 @@ from collections.abc import Callable, Iterator, Mapping
 
 import pytest
 
-from tests import kafka_fixture
+from tests import kafka_fixture, registry_fixture
 from tests.kafka_fixture import KafkaTarget, Row
 
 
@@ -21,6 +21,13 @@ def kafka_target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaTarg
 def kafka_bootstrap(kafka_target: KafkaTarget) -> str:
     """`bootstrap.servers` of the session's broker."""
     return kafka_target.bootstrap_servers
+
+
+@pytest.fixture(scope="session")
+def schema_registry_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The Schema Registry for this test session (see `registry_fixture.schema_registry`)."""
+    with registry_fixture.schema_registry(str(tmp_path_factory.mktemp("registry"))) as url:
+        yield url
 
 
 @pytest.fixture
