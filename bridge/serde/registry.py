@@ -227,13 +227,17 @@ class RegistryFormat:
         if is_mock(self.client):
             return DEFAULT_LEVEL  # the mock registry has no configuration endpoints
         for scope in (subject, None):
-            try:
-                found = self.client.get_compatibility(scope)
-            except Exception:  # not set for the subject (40408), or not allowed: fall back
-                continue
+            found = self._configured_level(scope)
             if found:
-                return str(found).upper()
+                return found
         return DEFAULT_LEVEL
+
+    def _configured_level(self, scope: str | None) -> str | None:
+        try:
+            found = self.client.get_compatibility(scope)
+        except Exception:  # not set for the subject (40408), or not allowed: fall back
+            return None
+        return str(found).upper() if found else None
 
     def check(self, subject: str, text: str) -> None:
         """Refuse `text` when it is not compatible with `subject`'s registered versions."""
@@ -241,9 +245,19 @@ class RegistryFormat:
         if not versions:
             return
         level = self.level(subject)
-        reasons = compat.check(level, text, [json.loads(s) for _, s in versions])
-        if not reasons and not is_mock(self.client) and level != "NONE":
-            reasons = self._registry_verdict(subject, text, level)
+        existing = [json.loads(s) for _, s in versions]
+        reasons = compat.check(level, text, existing)
+        if (
+            not reasons
+            and not is_mock(self.client)
+            and not self._registry_accepts(subject, text, level)
+        ):
+            # Apicurio reports a subject without its own rule as NONE and applies the
+            # global rule: explain the refusal at that level.
+            if level == "NONE":
+                level = self._configured_level(None) or DEFAULT_LEVEL
+                reasons = compat.check(level, text, existing)
+            reasons = reasons or ["the registry reports it incompatible"]
         if reasons:
             latest = versions[-1][0]
             against = "every version" if level.endswith("_TRANSITIVE") else f"version {latest}"
@@ -257,19 +271,19 @@ class RegistryFormat:
                 "level if its consumers can follow"
             )
 
-    def _registry_verdict(self, subject: str, text: str, level: str) -> list[str]:
-        """The registry's own answer, when our checker found nothing (it knows its rules)."""
+    def _registry_accepts(self, subject: str, text: str, level: str) -> bool:
+        """The registry's own verdict, asked even when our checker found nothing (it knows
+        its rules); True when it cannot say."""
         test = (
             self.client.test_compatibility_all_versions
             if level.endswith("_TRANSITIVE")
             else self.client.test_compatibility
         )
         try:
-            ok = bool(test(subject, _schema(text)))
+            return bool(test(subject, _schema(text)))
         except Exception as exc:
             log.debug("registry compatibility test unavailable subject=%s error=%s", subject, exc)
-            return []
-        return [] if ok else ["the registry reports it incompatible"]
+            return True
 
     def _call(self, subject: str, what: str, call: Any) -> Any:
         try:
