@@ -8,6 +8,10 @@ what `python -m bridge schemas export DIR` writes. What Java prints is checked a
 DropCopy simulator's ground truth (the (key, event_id) rows, order per key included), and
 for every topic against what fastavro decodes from the same records.
 
+With Schema Registry framing the bridge registers its schemas in the session's registry
+(`schema_registry_url`), and the Java program fetches each writer schema by id from the
+registry's Confluent API; Python's view then is confluent-kafka's `AvroDeserializer`.
+
 The Maven build runs inside the test, once per content of `java/topic-reader` (pom and
 sources): its output stays in `java/topic-reader/target/` with a stamp naming that content.
 """
@@ -67,9 +71,15 @@ class TopicReader:
     jar: Path
 
     def run(
-        self, bootstrap: str, schemas: Path, topics: list[str]
+        self, bootstrap: str, schemas: Path | None, topics: list[str], registry: str = ""
     ) -> subprocess.CompletedProcess[str]:
-        command = [self.java, "-jar", str(self.jar), "--timeout-s", "60", bootstrap, str(schemas)]
+        """With `registry` (its Confluent API URL) values are read by schema id, else by
+        fingerprint among the `.avsc` files in `schemas`."""
+        command = [self.java, "-jar", str(self.jar), "--timeout-s", "60"]
+        if registry:
+            command += ["--registry", registry, bootstrap]
+        else:
+            command += [bootstrap, str(schemas)]
         return subprocess.run(
             [*command, *topics],
             capture_output=True,
@@ -79,9 +89,11 @@ class TopicReader:
             check=False,
         )
 
-    def read(self, bootstrap: str, schemas: Path, topics: list[str]) -> list[dict[str, Any]]:
+    def read(
+        self, bootstrap: str, schemas: Path | None, topics: list[str], registry: str = ""
+    ) -> list[dict[str, Any]]:
         """Every record of `topics`, as the JSON lines the program prints."""
-        done = self.run(bootstrap, schemas, topics)
+        done = self.run(bootstrap, schemas, topics, registry)
         assert done.returncode == 0, f"topic-reader exit {done.returncode}:\n{done.stderr}"
         return [json.loads(line) for line in done.stdout.splitlines()]
 
@@ -195,10 +207,13 @@ def _text(value: bytes | None) -> str | None:
     return value.decode() if value is not None else None
 
 
-def python_view(bootstrap: str, topic: str, schema: str) -> list[dict[str, Any]]:
+def python_view(
+    bootstrap: str, topic: str, schema: str, decode: Callable[[bytes], Any] | None = None
+) -> list[dict[str, Any]]:
     """The topic's committed records, read by the tests' own reader (confluent-kafka) and
-    decoded by fastavro, in the shape of the Java program's lines."""
-    serializer = Serializer(schema, SingleObjectFormat().prefix(schema, topic))
+    decoded by fastavro (or by `decode`), in the shape of the Java program's lines."""
+    if decode is None:
+        decode = Serializer(schema, SingleObjectFormat().prefix(schema, topic)).decode
     return [
         {
             "topic": topic,
@@ -208,7 +223,7 @@ def python_view(bootstrap: str, topic: str, schema: str) -> list[dict[str, Any]]
             "event_id": _text(dict(headers).get(EVENT_ID_HEADER)),
             "stream": _text(dict(headers).get(STREAM_HEADER)),
             "schema": schema,
-            "value": _plain(serializer.decode(value)) if value is not None else None,
+            "value": _plain(decode(value)) if value is not None else None,
         }
         for key, value, headers, partition, offset in kafka_fixture.read_all(bootstrap, topic)
     ]
@@ -233,9 +248,10 @@ class Run:
 
 
 @contextlib.contextmanager
-def bridge_run(bootstrap: str, tmp_path: Path, prefix: str) -> Iterator[Run]:
+def bridge_run(bootstrap: str, tmp_path: Path, prefix: str, extra: str = "") -> Iterator[Run]:
     """A bridge run written to Kafka and stopped: every DropCopy topic equal to the
-    simulator's ground truth, every Predexon stream with `PREDEXON_EVENTS` or more records."""
+    simulator's ground truth, every Predexon stream with `PREDEXON_EVENTS` or more records.
+    `extra`: more configuration (the `[schema_registry]` section)."""
     dconfig = dsim.SimConfig(seed=31, prefill=1_000, heartbeat_s=0.1, batch=200, rate=0)
     pconfig = psim.SimConfig(
         seed=32, rate=30, channels=("orders", "crypto", "orderbook"), confirm_scale=0.02
@@ -247,7 +263,7 @@ def bridge_run(bootstrap: str, tmp_path: Path, prefix: str) -> Iterator[Run]:
             Sub("crypto", "crypto", {"feeds": ["*"]}),
             Sub("book", "orderbook", {"token_ids": tokens}),
         ]
-        dc = write_setup(tmp_path, bootstrap, dc_sim, prefix)
+        dc = write_setup(tmp_path, bootstrap, dc_sim, prefix, extra=extra)
         text = dc.config_path.read_text()
         dc.config_path.write_text(text + "\n" + predexon_section(tmp_path, pdx_sim, subs))
         run = Run(dc, subs, dc_sim, pdx_sim)
@@ -284,12 +300,57 @@ def test_java_reads_every_topic_the_bridge_wrote(
         _check_java_output(kafka_bootstrap, run, topic_reader, schema_dir)
 
 
-def _check_java_output(
-    kafka_bootstrap: str, run: Run, topic_reader: TopicReader, schema_dir: Path
+def test_java_reads_registry_framed_topics_with_schemas_from_the_registry(
+    kafka_bootstrap: str,
+    tmp_path: Path,
+    unique_name: Callable[[str], str],
+    schema_registry_url: str,
 ) -> None:
+    from confluent_kafka.schema_registry import SchemaRegistryClient
+    from confluent_kafka.schema_registry.avro import AvroDeserializer
+    from confluent_kafka.serialization import MessageField, SerializationContext
+
+    topic_reader = build_topic_reader()
+    extra = f'[schema_registry]\nurl = "{schema_registry_url}"\n'
+    with bridge_run(kafka_bootstrap, tmp_path, unique_name("javasr") + ".", extra) as run:
+        deserializer = AvroDeserializer(SchemaRegistryClient({"url": schema_registry_url}))
+
+        def decoder(topic: str) -> Callable[[bytes], Any]:
+            context = SerializationContext(topic, MessageField.VALUE)
+            return lambda value: deserializer(value, context)
+
+        _check_java_output(kafka_bootstrap, run, topic_reader, None, schema_registry_url, decoder)
+        registry = SchemaRegistryClient({"url": schema_registry_url})
+        for kind in ALL_KINDS:  # framed with the id registered under the topic's subject
+            topic = run.dc.topic(kind)
+            schema_id = registry.get_latest_version(f"{topic}-value").schema_id
+            values = {row[1][:5] for row in kafka_fixture.read_all(kafka_bootstrap, topic)}
+            assert values == {b"\x00" + schema_id.to_bytes(4, "big")}, topic
+
+
+def _check_java_output(
+    kafka_bootstrap: str,
+    run: Run,
+    topic_reader: TopicReader,
+    schema_dir: Path | None,
+    registry: str = "",
+    decoder: Callable[[str], Callable[[bytes], Any]] | None = None,
+) -> None:
+    """What Java printed for every topic of `run`, checked against the ground truth and
+    against Python's view (`decoder(topic)` decodes a value; default fastavro by
+    fingerprint)."""
     dropcopy_topics = {run.dc.topic(kind): kind for kind in ALL_KINDS}
     predexon_topics = {run.predexon_topic(sub): sub for sub in run.subs}
-    lines = topic_reader.read(kafka_bootstrap, schema_dir, [*dropcopy_topics, *predexon_topics])
+    lines = topic_reader.read(
+        kafka_bootstrap, schema_dir, [*dropcopy_topics, *predexon_topics], registry
+    )
+    if registry:
+        assert lines and all(line["value"] is not None for line in lines)
+
+    def view(topic: str, schema: str) -> list[dict[str, Any]]:
+        decode = decoder(topic) if decoder is not None else None
+        return python_view(kafka_bootstrap, topic, schema, decode)
+
     by_topic: dict[str, list[dict[str, Any]]] = {
         t: [] for t in [*dropcopy_topics, *predexon_topics]
     }
@@ -310,11 +371,11 @@ def _check_java_output(
             assert line["value"]["event_id"] == line["event_id"], line
             assert line["value"]["stream_id"] == f"dropcopy.{kind}", line
             _assert_identity(kind, line["key"], line["event_id"], line["value"])
-        _assert_same_records(topic, java, python_view(kafka_bootstrap, topic, KINDS[kind].schema))
+        _assert_same_records(topic, java, view(topic, KINDS[kind].schema))
 
     for topic, sub in predexon_topics.items():
         java = by_topic[topic]
-        python = python_view(kafka_bootstrap, topic, CHANNELS[sub.channel].schema)
+        python = view(topic, CHANNELS[sub.channel].schema)
         assert len(java) >= PREDEXON_EVENTS, (topic, len(java))
         assert [line["event_id"] for line in java] == [line["event_id"] for line in python]
         _assert_same_records(topic, java, python)

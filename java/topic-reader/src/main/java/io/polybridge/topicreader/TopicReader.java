@@ -21,10 +21,13 @@ import java.util.Properties;
 import org.apache.avro.Schema;
 import org.apache.avro.SchemaNormalization;
 import org.apache.avro.generic.GenericData;
+import org.apache.avro.generic.GenericDatumReader;
 import org.apache.avro.generic.GenericEnumSymbol;
 import org.apache.avro.generic.GenericFixed;
 import org.apache.avro.generic.GenericRecord;
 import org.apache.avro.generic.IndexedRecord;
+import org.apache.avro.io.BinaryDecoder;
+import org.apache.avro.io.DecoderFactory;
 import org.apache.avro.message.BinaryMessageDecoder;
 import org.apache.kafka.clients.consumer.ConsumerConfig;
 import org.apache.kafka.clients.consumer.ConsumerRecord;
@@ -35,11 +38,12 @@ import org.apache.kafka.common.header.Header;
 import org.apache.kafka.common.serialization.ByteArrayDeserializer;
 
 /**
- * Reads topics polybridge wrote in Avro single-object encoding and prints every committed
- * record as one JSON line.
+ * Reads topics polybridge wrote, in Avro single-object encoding or with Schema Registry
+ * framing, and prints every committed record as one JSON line.
  *
  * <pre>
  * java -jar target/topic-reader.jar [--timeout-s N] BOOTSTRAP SCHEMA_DIR TOPIC [TOPIC...]
+ * java -jar target/topic-reader.jar [--timeout-s N] --registry URL BOOTSTRAP TOPIC [TOPIC...]
  * </pre>
  *
  * <p>Every partition of every topic is assigned and read from the beginning with {@code
@@ -47,7 +51,11 @@ import org.apache.kafka.common.serialization.ByteArrayDeserializer;
  * no offset commits). Each value ({@code C3 01}, 8-byte CRC-64-AVRO fingerprint, body) is
  * decoded by Avro's {@link BinaryMessageDecoder}, which picks the writer schema by the
  * fingerprint among every {@code .avsc} in SCHEMA_DIR (as {@code polybridge schemas export}
- * writes them). There is no reader schema: each value is read with its own writer schema.
+ * writes them). With {@code --registry URL} (the registry's Confluent API, e.g. {@code
+ * http://host:8081} or Apicurio's {@code .../apis/ccompat/v7}) values are Confluent-framed
+ * ({@code 00}, 4-byte big-endian schema id, body) and the writer schema is fetched by id
+ * from the registry ({@link RegistrySchemas}). There is no reader schema: each value is read
+ * with its own writer schema.
  *
  * <p>Output line: {@code {"topic", "partition", "offset", "key", "event_id", "stream",
  * "schema", "value"}}: key and headers as UTF-8 strings (null when absent), schema the full
@@ -56,7 +64,8 @@ import org.apache.kafka.common.serialization.ByteArrayDeserializer;
  * doubles as the strings "NaN", "Infinity", "-Infinity"; a tombstone is null).
  *
  * <p>Exit status: 0 when every record decoded; 1 on the first value that does not decode
- * (unknown fingerprint, bad header, corrupt body), naming topic, partition and offset; 2 on
+ * (unknown fingerprint or schema id, bad header, corrupt body), naming topic, partition and
+ * offset; 2 on
  * bad arguments or schemas; 3 when a topic is missing or the end is not reached in time.
  */
 public final class TopicReader {
@@ -103,29 +112,48 @@ public final class TopicReader {
     System.exit(status);
   }
 
+  static final String USAGE =
+      "usage: TopicReader [--timeout-s N] BOOTSTRAP SCHEMA_DIR TOPIC [TOPIC...]\n"
+          + "       TopicReader [--timeout-s N] --registry URL BOOTSTRAP TOPIC [TOPIC...]";
+
   static void run(String[] args, PrintStream out) throws Failure {
     long timeoutS = 60;
+    String registryUrl = null;
     int first = 0;
-    if (args.length >= 2 && args[0].equals("--timeout-s")) {
-      try {
-        timeoutS = Long.parseLong(args[1]);
-      } catch (NumberFormatException e) {
-        throw new Failure(2, "--timeout-s wants a whole number of seconds, not " + args[1]);
+    while (args.length - first >= 2 && args[first].startsWith("--")) {
+      String option = args[first];
+      String value = args[first + 1];
+      if (option.equals("--timeout-s")) {
+        try {
+          timeoutS = Long.parseLong(value);
+        } catch (NumberFormatException e) {
+          throw new Failure(2, "--timeout-s wants a whole number of seconds, not " + value);
+        }
+      } else if (option.equals("--registry")) {
+        registryUrl = value;
+      } else {
+        throw new Failure(2, "unknown option " + option + "\n" + USAGE);
       }
-      first = 2;
+      first += 2;
     }
-    if (args.length - first < 3) {
-      throw new Failure(
-          2, "usage: TopicReader [--timeout-s N] BOOTSTRAP SCHEMA_DIR TOPIC [TOPIC...]");
+    int positional = registryUrl == null ? 3 : 2;
+    if (args.length - first < positional) {
+      throw new Failure(2, USAGE);
     }
     String bootstrap = args[first];
-    Path schemaDir = Path.of(args[first + 1]);
-    List<String> topics = List.of(args).subList(first + 2, args.length);
+    List<String> topics = List.of(args).subList(first + positional - 1, args.length);
 
-    BinaryMessageDecoder<GenericRecord> decoder =
-        new BinaryMessageDecoder<>(GenericData.get(), null);
-    int schemas = addSchemas(decoder, schemaDir);
-    System.err.printf("topic-reader: %d schemas from %s%n", schemas, schemaDir);
+    Decoders decoders;
+    if (registryUrl == null) {
+      Path schemaDir = Path.of(args[first + 1]);
+      BinaryMessageDecoder<GenericRecord> decoder =
+          new BinaryMessageDecoder<>(GenericData.get(), null);
+      int schemas = addSchemas(decoder, schemaDir);
+      System.err.printf("topic-reader: %d schemas from %s%n", schemas, schemaDir);
+      decoders = new Decoders(decoder, null);
+    } else {
+      decoders = new Decoders(null, new RegistrySchemas(registryUrl));
+    }
 
     Properties props = new Properties();
     props.put(ConsumerConfig.BOOTSTRAP_SERVERS_CONFIG, bootstrap);
@@ -164,7 +192,7 @@ public final class TopicReader {
           if (end != null && record.offset() >= end) {
             continue; // committed after the start: beyond the ends this run reads to
           }
-          printRecord(out, record, decode(decoder, record));
+          printRecord(out, record, decode(decoders, record));
           records++;
         }
       }
@@ -207,15 +235,30 @@ public final class TopicReader {
     return files.size();
   }
 
-  static GenericRecord decode(
-      BinaryMessageDecoder<GenericRecord> decoder, ConsumerRecord<byte[], byte[]> record)
+  /** Single-object decoding by fingerprint, or Confluent decoding by registry id. */
+  record Decoders(BinaryMessageDecoder<GenericRecord> singleObject, RegistrySchemas registry) {}
+
+  static GenericRecord decode(Decoders decoders, ConsumerRecord<byte[], byte[]> record)
       throws Failure {
     byte[] value = record.value();
     if (value == null) {
       return null;
     }
     try {
-      return decoder.decode(value);
+      if (decoders.registry() == null) {
+        return decoders.singleObject().decode(value);
+      }
+      if (value.length < 5 || value[0] != 0) {
+        throw new IOException("not Confluent-framed (00 + 4-byte schema id)");
+      }
+      int id = ByteBuffer.wrap(value, 1, 4).getInt();
+      Schema schema = decoders.registry().byId(id);
+      BinaryDecoder body = DecoderFactory.get().binaryDecoder(value, 5, value.length - 5, null);
+      GenericRecord datum = new GenericDatumReader<GenericRecord>(schema).read(null, body);
+      if (!body.isEnd()) {
+        throw new IOException("bytes left after the record of schema id " + id);
+      }
+      return datum;
     } catch (IOException | RuntimeException e) {
       String head = hex(value, 10);
       throw new Failure(
