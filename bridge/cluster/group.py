@@ -54,12 +54,6 @@ def _watch(runner: StreamRunner, failures: Failures) -> None:
     task.add_done_callback(done)
 
 
-LOST_STOP_S = 5.0
-"""How long a stream whose membership was lost (session expired: the broker or the network
-was away) may take to stop. Another instance may own it already and fences it anyway; a
-commit stuck on an unreachable broker is not worth waiting for."""
-
-
 async def _stop_all(
     runners: Mapping[str, StreamRunner],
     failures: Failures,
@@ -105,7 +99,10 @@ async def run_in_group(
         await _stop_all({i: runners[i] for i in ids}, failures, stuck_is_failure=False)
 
     async def lose(ids: list[str]) -> None:
-        await _stop_all({i: runners[i] for i in ids}, failures, LOST_STOP_S, False)
+        # The session expired, most often because the broker is away: a commit in flight
+        # is waited for, never cut (its outcome would be unknown). If another instance
+        # took the stream meanwhile, its fencing ends ours.
+        await _stop_all({i: runners[i] for i in ids}, failures, stuck_is_failure=False)
 
     def on_fatal(error: BaseException) -> None:
         loop.call_soon_threadsafe(failures.add, "stream-group", error, True)

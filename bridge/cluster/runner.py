@@ -20,8 +20,13 @@ from bridge.records import Gap
 log = logging.getLogger(__name__)
 
 STOP_TIMEOUT_S = 30.0
-"""How long a revoked stream may take to commit what is complete and stop; every Kafka
-call of the pipeline is bounded well below it."""
+"""How long a revoked stream may take to commit what is complete and stop before it is
+said to be slow: a healthy commit takes milliseconds."""
+
+CANCEL_AFTER_S = 120.0
+"""How much longer a stopping stream is waited for before it is cancelled as stuck: above
+its longest bounded wait (a commit resumed while pending for up to the 60 s transaction
+timeout, then an abort of up to 30 s)."""
 
 
 @dataclass(slots=True)
@@ -108,8 +113,15 @@ class StreamRunner:
             return self._moves
         return dataclasses.replace(self._moves, start_seconds=first - self._acquired_at)
 
-    async def stop(self, timeout: float = STOP_TIMEOUT_S) -> BaseException | None:
-        """Stop the pipeline (it commits what is complete); its error, if it failed."""
+    async def stop(
+        self, timeout: float = STOP_TIMEOUT_S, cancel_after: float = CANCEL_AFTER_S
+    ) -> BaseException | None:
+        """Stop the pipeline (it commits what is complete); its error, if it failed.
+
+        Returns only once the pipeline has ended, so the stream's next pipeline (here or
+        after a rebalance) never starts while this one may still act. A pipeline waiting
+        on Kafka (a commit while the broker is away) is not cancelled half way: each of
+        its calls is bounded, and a commit's outcome is only known when it returns."""
         task, stop = self._task, self._stop
         if task is None or stop is None:
             return None
@@ -117,17 +129,26 @@ class StreamRunner:
         stop.set()
         done, _ = await asyncio.wait([task], timeout=timeout)
         if not done:
+            log.warning(
+                "stream=%s still stopping after %g s (waiting for Kafka); at most %g s more",
+                self.stream_id,
+                timeout,
+                cancel_after,
+            )
+            done, _ = await asyncio.wait([task], timeout=cancel_after)
+        if not done:
             # Only a defect gets here (every Kafka call is bounded): say where it waits.
             where = io.StringIO()
             task.print_stack(file=where)
             log.error(
                 "stream=%s did not stop within %g s of the stop signal; cancelling it. %s",
                 self.stream_id,
-                timeout,
+                timeout + cancel_after,
                 where.getvalue().strip(),
             )
             task.cancel()
-            await asyncio.wait([task], timeout=5.0)
+            # Its producer's close waits for the call in flight (bounded by its timeout).
+            await asyncio.wait([task])
         backfill, self._backfill_task = self._backfill_task, None
         if backfill is not None:
             # Between two transactions it sees the stop; a REST page in flight is dropped.

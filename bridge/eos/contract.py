@@ -69,8 +69,14 @@ class Producer(Protocol):
 
     def close(self) -> None: ...
 
+    async def aclose(self) -> None:
+        """`close()` once no call of it runs any more (see `TransactionalProducer`)."""
+        ...
+
 
 class Positions(Protocol):
     """Where the loop reads its stream's committed position (`bridge.eos.positions`)."""
 
-    def latest(self, stream_id: str) -> StateEntry | None: ...
+    def latest(self, stream_id: str, complete: bool = True) -> StateEntry | None:
+        """`complete`: also what transactions open now will commit (waits for them)."""
+        ...

@@ -141,7 +141,9 @@ class Pipeline:
             raise
         finally:
             self.stats.running = False
-            self._producer.close()
+            # Also when cancelled: a commit may still run in its worker thread, and the
+            # stream's next producer must not start before this one stopped acting.
+            await self._producer.aclose()
 
     async def _start(self) -> None:
         """Step 1: fence, settle, read the committed position, seed the repeat filter.
@@ -150,9 +152,11 @@ class Pipeline:
         replaced first. If meanwhile another instance committed this stream, it owns the
         stream now: stop rather than fence it back."""
         if not self._fresh_producer:
-            self._producer.close()
+            await self._producer.aclose()
             if self._has_committed:
-                entry = await asyncio.to_thread(self._positions.latest, self.stream_id)
+                # A quick look (not waiting for open transactions): taking the stream back
+                # from a new owner only costs a hand-over, never a record.
+                entry = await asyncio.to_thread(self._positions.latest, self.stream_id, False)
                 if entry is not None and entry.owner not in ("", self._instance_id):
                     raise FencedError(
                         f"stream {self.stream_id}: another polybridge instance "
@@ -162,6 +166,8 @@ class Pipeline:
             self._producer = self._new_producer()
         self._fresh_producer = False
         await self._producer.init()
+        # Complete: the stream's newest position may follow another stream's transaction
+        # that is still open on the shared state topic (`PositionStore.refresh`).
         entry = await asyncio.to_thread(self._positions.latest, self.stream_id)
         self._committed = entry.position if entry else None
         repeats = self._new_repeats()
@@ -327,7 +333,11 @@ class Pipeline:
             except FencedError:
                 raise
             except KafkaError as failed:
+                # The transaction's outcome is unknown (an abort refused after a commit
+                # the coordinator may hold): only a new producer's init settles it, and
+                # the position is then read back from Kafka, never assumed.
                 log.warning("stream=%s abort failed: %s", self.stream_id, failed)
+                self._producer.give_up()
         if self._producer.broken:
             self._started = False  # step 1 again, with a new producer
         log.warning(

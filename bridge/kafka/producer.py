@@ -26,11 +26,12 @@ Every librdkafka error is translated here into `bridge.errors`:
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import enum
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from confluent_kafka import KafkaError as LibKafkaError
@@ -109,6 +110,13 @@ _FENCED_CODES = frozenset(
 )
 
 
+_WORKERS = concurrent.futures.ThreadPoolExecutor(max_workers=64, thread_name_prefix="kafka-txn")
+"""The worker threads of the producers' blocking calls (not asyncio's default executor:
+a call that outlives its cancelled task must stay reachable, see `aclose`). A stream has at
+most one such call at a time; 64 keeps streams from queueing behind each other's commits
+while the broker is away (the default pool has cpu + 4 threads: 6 on two cores)."""
+
+
 class CommitPending(KafkaError):
     """commit() timed out but librdkafka is still committing: call commit() again."""
 
@@ -142,8 +150,13 @@ class TransactionalProducer:
     """A transactional Kafka producer owned by one stream (see the module's state diagram).
 
     Usage: `await init()` once; then repeatedly `begin()`, `produce(...)`*, `await commit()`
-    (or `await abort()` after a retriable error); `close()` at the end. Not thread-safe:
-    one pipeline task drives it.
+    (or `await abort()` after a retriable error); `await aclose()` (or `close()` when no call
+    can be running) at the end. Not thread-safe: one pipeline task drives it.
+
+    The blocking calls (init, commit, abort) run in a worker thread and go on there when the
+    task awaiting them is cancelled. `aclose()` waits for such a call to return before it
+    releases the client, so a successor for the same transactional id (in this process)
+    never starts while this one may still act.
     """
 
     def __init__(
@@ -164,7 +177,10 @@ class TransactionalProducer:
         self.failed_records = 0
         self._txn_records = 0
         self._txn_bytes = 0
+        self._txn_failed = 0
         self._unpolled = 0
+        self._in_flight: concurrent.futures.Future[Any] | None = None
+        """The blocking call running in a worker thread, if any (see `aclose`)."""
 
     def _move(self, to: TxnState) -> None:
         if to is not self.state and to not in TRANSITIONS[self.state]:
@@ -232,10 +248,16 @@ class TransactionalProducer:
         if err is None:  # only failures are reported (delivery.report.only.error)
             return
         self.failed_records += 1
-        if self._txn_error is None:
-            self._txn_error = err
-        log.warning(
-            "delivery failed stream=%s topic=%s partition=%s error=%s",
+        self._txn_failed += 1
+        if self._txn_error is not None:
+            return  # one line per transaction: the first failure says why it fails
+        self._txn_error = err
+        # Records we purged ourselves (closing, or a transaction given up) are expected.
+        purged = err.code() in (LibKafkaError._PURGE_QUEUE, LibKafkaError._PURGE_INFLIGHT)
+        log.log(
+            logging.DEBUG if purged else logging.WARNING,
+            "delivery failed stream=%s topic=%s partition=%s error=%s "
+            "(the transaction will be aborted; later failures of it are not logged)",
             self.stream_id,
             msg.topic(),
             msg.partition(),
@@ -248,13 +270,19 @@ class TransactionalProducer:
         except LibKafkaException as exc:
             raise self._error(exc.args[0], action) from exc
 
+    async def _in_thread(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run a blocking librdkafka call in a worker thread; remembered until it returns."""
+        call: concurrent.futures.Future[Any] = _WORKERS.submit(fn, *args)
+        self._in_flight = call
+        return await asyncio.wrap_future(call)
+
     # -- lifecycle ----------------------------------------------------------------------
 
     async def init(self, timeout: float = INIT_TIMEOUT_S) -> None:
         """Register the transactional id, fencing any older instance (its open transaction
         is aborted by the broker); bounded by `timeout`."""
         try:
-            await asyncio.to_thread(self._producer.init_transactions, timeout)
+            await self._in_thread(self._producer.init_transactions, timeout)
         except LibKafkaException as exc:
             err: LibKafkaError = exc.args[0]
             if err.code() == LibKafkaError._TIMED_OUT:
@@ -273,7 +301,7 @@ class TransactionalProducer:
     def begin(self) -> None:
         """Start a transaction."""
         self._txn_error = None
-        self._txn_records = self._txn_bytes = 0
+        self._txn_records = self._txn_bytes = self._txn_failed = 0
         self._call("begin_transaction", self._producer.begin_transaction)
         self._move(TxnState.OPEN)
 
@@ -334,7 +362,7 @@ class TransactionalProducer:
         self._move(TxnState.COMMITTING)
         started = time.monotonic()
         try:
-            await asyncio.to_thread(self._producer.commit_transaction, timeout)
+            await self._in_thread(self._producer.commit_transaction, timeout)
         except LibKafkaException as exc:
             err: LibKafkaError = exc.args[0]
             # A delivery report's error says more than the commit's summary of it.
@@ -372,7 +400,7 @@ class TransactionalProducer:
             return
         self._move(TxnState.ABORTING)
         try:
-            await asyncio.to_thread(self._producer.abort_transaction, timeout)
+            await self._in_thread(self._producer.abort_transaction, timeout)
         except LibKafkaException as exc:
             err: LibKafkaError = exc.args[0]
             if err.code() in (LibKafkaError._TIMED_OUT, LibKafkaError._CONFLICT):
@@ -388,13 +416,34 @@ class TransactionalProducer:
             self._txn_error = None
         self._move(TxnState.READY)
 
+    async def aclose(self) -> None:
+        """`close()`, once the blocking call still running in a worker thread (its awaiting
+        task was cancelled) has returned: every such call is bounded by its timeout."""
+        call = self._in_flight
+        if call is not None and not call.done():
+            log.info(
+                "stream=%s waiting for a Kafka call in flight before closing the producer",
+                self.stream_id,
+            )
+            with contextlib.suppress(Exception):
+                await asyncio.shield(asyncio.wrap_future(call))
+        self.close()
+
     def close(self) -> None:
         """Release the client, aborting an open transaction (bounded by `CLOSE_ABORT_S`:
         librdkafka's own close() would abort it without a bound). A BROKEN or FENCED
-        producer is only purged and dropped: destroying the client does not wait for the
-        broker, and the broker aborts the transaction at transaction.timeout.ms (or the
-        next owner's init_transactions already did)."""
+        producer, or one whose init never finished, is only purged and dropped: destroying
+        the client does not wait for the broker, and the broker aborts the transaction at
+        transaction.timeout.ms (or the next owner's init_transactions already did). A call
+        that timed out goes on inside librdkafka until the client is destroyed, which
+        dropping it here does (no other reference to it remains)."""
         if self.state is TxnState.CLOSED:
+            return
+        call = self._in_flight
+        if call is not None and not call.done():
+            # Releasing the client under a running call would leave it acting unseen.
+            log.warning("stream=%s producer closes once its Kafka call returns", self.stream_id)
+            call.add_done_callback(lambda _: self.close())
             return
         producer = self._producer
         try:
@@ -408,7 +457,7 @@ class TransactionalProducer:
                         "abort on close failed stream=%s error=%s", self.stream_id, exc.args[0]
                     )
                     self.state = TxnState.BROKEN
-            if self.state not in (TxnState.BROKEN, TxnState.FENCED):
+            if self.state not in (TxnState.NEW, TxnState.BROKEN, TxnState.FENCED):
                 producer.close()
         except (LibKafkaException, RuntimeError) as exc:
             log.debug("producer close stream=%s error=%s", self.stream_id, exc)

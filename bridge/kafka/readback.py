@@ -5,7 +5,10 @@ Every reader here is `isolation.level=read_committed` and uses `assign()` (no co
 group, so no rebalance delay and no committed offsets). A read ends where each partition
 ended when it began, like Kafka Connect's `readToEnd`: the last stable offset, asked by
 ListOffsets, so open transactions are excluded and records committed during the read do not
-keep it going. A partition is done once a record at or past that end is delivered, or once
+keep it going. A reader that must see everything written before it began (the state topic,
+shared by every stream: a stream's own newest position may lie after another stream's open
+transaction) reads to the high watermark instead, and so waits for the transactions open
+in that range to end. A partition is done once a record at or past that end is delivered, or once
 librdkafka's partition-EOF event says the fetch position reached the end: transaction
 control markers occupy offsets but are never delivered, so after a trailing marker only the
 EOF event (compared with the fetch position) can say the end was reached.
@@ -113,8 +116,10 @@ def read_ranges(
     stable_ends: Mapping[int, int] | None = None,
 ) -> tuple[list[ReadRecord], dict[int, int]]:
     """Read each partition from `starts[p]` to the end it had when the read began; the
-    records and the offset each partition's next read starts from. A caller that has just
-    listed the partitions' last stable offsets passes them as `stable_ends`.
+    records and the offset each partition's next read starts from. The end is each
+    partition's last stable offset, or `stable_ends[p]` when given: a caller that has just
+    listed them passes them, and one that passes high watermarks (`high_watermarks`) waits
+    until every transaction open below them has ended.
 
     Records come in partition order, then offset order.
     """
@@ -133,7 +138,9 @@ def read_ranges(
                 raise KafkaError(
                     f"reading {topic} partitions {missing} from {bootstrap_of(config)} did not "
                     f"reach offsets {[targets[p] for p in missing]} within {timeout:.0f} s "
-                    f"({_where(consumer, topic, missing)})",
+                    f"({_where(consumer, topic, missing)}; a transaction still open there "
+                    "ends when it commits, when its stream's next owner starts, or at the "
+                    "broker's transaction.timeout.ms)",
                     retriable=True,
                 )
             for msg in next_messages(consumer):
@@ -148,8 +155,11 @@ def read_ranges(
                     continue  # fetched past the end of a partition that is done
                 if err is not None:
                     if err.code() == LibKafkaError._PARTITION_EOF:
-                        ends[part] = offset
-                        del pending[part]
+                        # Below the target: an open transaction holds the stable offset
+                        # back; its records or markers follow once it ends.
+                        if offset >= targets[part]:
+                            ends[part] = offset
+                            del pending[part]
                         continue
                     if err.fatal() or not err.retriable():
                         raise KafkaError(f"reading {topic} [{part}]: {err.str()}")
@@ -206,7 +216,7 @@ def _where(consumer: Consumer, topic: str, partitions: list[int]) -> str:
 
 def low_high(consumer: Consumer, topic: str, partition: int) -> tuple[int, int]:
     """(low, high) by ListOffsets; for a read_committed reader `high` is the last stable
-    offset."""
+    offset, for a read_uncommitted one the high watermark."""
     try:
         low, high = consumer.get_watermark_offsets(
             TopicPartition(topic, partition), timeout=CONNECT_TIMEOUT_S, cached=False
@@ -220,6 +230,19 @@ def low_high(consumer: Consumer, topic: str, partition: int) -> tuple[int, int]:
 
 def open_reader(config: Mapping[str, Any], follow: bool = False) -> Consumer:
     return Consumer(reader_config(config, follow))
+
+
+def open_offsets_reader(config: Mapping[str, Any]) -> Consumer:
+    """A consumer that only lists offsets, read_uncommitted: its high offset is the high
+    watermark (open transactions included), for `high_watermarks`."""
+    conf = reader_config(config)
+    conf["isolation.level"] = "read_uncommitted"
+    return Consumer(conf)
+
+
+def high_watermarks(offsets_reader: Consumer, topic: str, partitions: list[int]) -> dict[int, int]:
+    """Each partition's high watermark (by ListOffsets through `open_offsets_reader`)."""
+    return {p: low_high(offsets_reader, topic, p)[1] for p in partitions}
 
 
 def header(headers: Headers, name: str) -> bytes | None:

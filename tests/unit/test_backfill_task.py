@@ -146,6 +146,9 @@ class FakeProducer:
     def close(self) -> None:
         self.open = None
 
+    async def aclose(self) -> None:
+        self.close()
+
 
 class FakeIO:
     transactional_id = FakeProducer.transactional_id
@@ -543,7 +546,7 @@ async def test_predexon_windows_reach_back_to_block_times_and_wait_for_rest_to_s
 
     prefix = SingleObjectFormat().prefix("predexon.polymarket.TradeEvent", "t")
     live = PredexonMapper("orders", "predexon.fills", "trades", prefix, '{"users":["0xu"]}')
-    start_s = 1_000
+    start_s = 1_767_000_000  # 2025-12-29: block times are plausible event times
     # A fill mined 20 s before the gap opened (its confirmation arrived inside the gap), one
     # in the gap's first, partial second, and one older than the lookback.
     rows = [
@@ -567,7 +570,10 @@ async def test_predexon_windows_reach_back_to_block_times_and_wait_for_rest_to_s
     # The gap: from the middle of second 1000 to now.
     window = Window(start_s * 1_000_000 + 500_000, now_us())
     (page,) = [p async for p in history.pages(window, None)]
-    assert [r.event_time_us for r in page.records] == [980_000_000, 1_000_000_000]
+    assert [r.event_time_us for r in page.records] == [
+        (start_s - 20) * 1_000_000,
+        start_s * 1_000_000,
+    ]
     ((params, at),) = asked
     assert params["start_time"] < start_s - 60 and at >= window.to_us + 300_000
 

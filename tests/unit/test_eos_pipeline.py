@@ -114,12 +114,15 @@ class FakeProducer:
     def close(self) -> None:
         self.open = None
 
+    async def aclose(self) -> None:
+        self.close()
+
 
 class FakePositions:
     def __init__(self, kafka: FakeKafka) -> None:
         self.kafka = kafka
 
-    def latest(self, stream_id: str) -> StateEntry | None:
+    def latest(self, stream_id: str, complete: bool = True) -> StateEntry | None:
         values = [
             v
             for t, k, v, _ in self.kafka.committed

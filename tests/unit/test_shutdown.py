@@ -13,14 +13,21 @@ from bridge.eos.contract import PipelineStats
 
 
 class _Pipeline:
-    def __init__(self, honours_stop: bool) -> None:
+    def __init__(self, honours_stop: bool, cleanup_s: float = 0.0) -> None:
         self.honours_stop = honours_stop
+        self.cleanup_s = cleanup_s
+        self.ended_at: float | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
-        if self.honours_stop:
-            await stop.wait()
-        else:
-            await _ignores()
+        try:
+            if self.honours_stop:
+                await stop.wait()
+            else:
+                await _ignores()
+        finally:
+            # Like a producer's close waiting for its commit still running in a thread.
+            await asyncio.shield(asyncio.sleep(self.cleanup_s))
+            self.ended_at = time.monotonic()
 
 
 async def _ignores() -> None:
@@ -40,17 +47,37 @@ def test_a_stuck_pipeline_is_cancelled_after_the_grace_period_and_its_place_logg
         stuck.start()
         await asyncio.sleep(0)
         started = time.monotonic()
-        errors = await asyncio.gather(good.stop(timeout=0.3), stuck.stop(timeout=0.3))
+        errors = await asyncio.gather(
+            good.stop(timeout=0.3, cancel_after=0.2), stuck.stop(timeout=0.3, cancel_after=0.2)
+        )
         return errors[0], errors[1], time.monotonic() - started
 
     with caplog.at_level(logging.ERROR):
         good_error, stuck_error, took = asyncio.run(body())
     assert good_error is None
     assert isinstance(stuck_error, TimeoutError)
-    assert 0.3 <= took < 2.0
-    (message,) = [r.getMessage() for r in caplog.records]
-    assert message.startswith("stream=stuck did not stop within 0.3 s")
+    assert 0.5 <= took < 2.0
+    (message,) = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert message.startswith("stream=stuck did not stop within 0.5 s")
     assert "_ignores" in message  # where it was stuck
+
+
+def test_a_cancelled_pipeline_has_ended_before_stop_returns() -> None:
+    """The stream's next pipeline may start as soon as stop() returns: the cancelled one
+    must have finished its clean-up (its producer's call in flight) by then."""
+    pipeline = _Pipeline(honours_stop=False, cleanup_s=0.5)
+
+    async def body() -> float:
+        runner = StreamRunner("s", lambda stats: pipeline)  # type: ignore[arg-type,return-value]
+        runner.start()
+        await asyncio.sleep(0)
+        await runner.stop(timeout=0.05, cancel_after=0.05)
+        assert not runner.owned
+        return time.monotonic()
+
+    returned_at = asyncio.run(body())
+    assert pipeline.ended_at is not None, "stop() returned before the pipeline ended"
+    assert pipeline.ended_at <= returned_at
 
 
 def test_counters_and_hand_overs_outlive_each_pipeline() -> None:

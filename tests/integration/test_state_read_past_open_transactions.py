@@ -1,0 +1,76 @@
+"""A stream's start reads its own newest position even while another stream's transaction
+is open on the state topic.
+
+The state topic is shared by every stream. A read_committed read that ends at the last
+stable offset stops before the first record of any transaction still open there, so a
+stream whose own newest commit lies after another stream's open transaction would read an
+older position and write again what it had already committed (the duplicates a broker
+kill left: every stream had a transaction open when the broker died)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable
+
+from bridge.eos.positions import PositionStore
+from bridge.kafka.producer import TransactionalProducer
+from bridge.kafka.state import STATE_SCHEMA, encode_state
+from bridge.records import Position
+from bridge.serde.avro import Serializer, SingleObjectFormat
+
+SER = Serializer(STATE_SCHEMA, SingleObjectFormat().prefix(STATE_SCHEMA, "state"))
+
+
+def _value(stream: str, token: bytes) -> bytes:
+    return encode_state(stream, "dropcopy", Position(resume_token=token), "me", 1, SER)
+
+
+def test_a_start_reads_its_own_commit_that_follows_another_streams_open_transaction(
+    kafka_bootstrap: str, make_topic: Callable[..., str], unique_name: Callable[[str], str]
+) -> None:
+    topic = make_topic(config={"cleanup.policy": "compact"})
+    config = {"bootstrap.servers": kafka_bootstrap}
+    loop = asyncio.new_event_loop()
+    other = TransactionalProducer(config, unique_name("other"), "other")
+    mine = TransactionalProducer(config, unique_name("mine"), "mine")
+    try:
+        loop.run_until_complete(other.init())
+        loop.run_until_complete(mine.init())
+        mine.begin()
+        mine.produce(topic, b"mine", _value("mine", b"old"))
+        loop.run_until_complete(mine.commit())
+        # The other stream's commit is in flight (its state record written, not committed)
+        # when this stream commits its newest position after it.
+        other.begin()
+        other.produce(topic, b"other", _value("other", b"o1"))
+        other._producer.flush(10)  # on the broker: the transaction is open there
+        mine.begin()
+        mine.produce(topic, b"mine", _value("mine", b"new"))
+        loop.run_until_complete(mine.commit())
+
+        read: dict[str, bytes | None] = {}
+        reader = threading.Thread(
+            target=lambda: read.update(
+                mine=(
+                    entry.position.resume_token
+                    if (entry := PositionStore(config, topic).latest("mine"))
+                    else None
+                )
+            )
+        )
+        reader.start()
+        # The read may not end before the open transaction does: its end is unknown yet.
+        reader.join(timeout=2.0)
+        assert reader.is_alive(), f"the read ended on an open transaction with {read}"
+        settled_at = time.monotonic()
+        loop.run_until_complete(other.commit())
+        reader.join(timeout=30.0)
+        assert not reader.is_alive(), "the read did not end once the transaction ended"
+        assert time.monotonic() - settled_at < 5.0
+        assert read == {"mine": b"new"}
+    finally:
+        other.close()
+        mine.close()
+        loop.close()

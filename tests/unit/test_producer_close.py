@@ -1,0 +1,42 @@
+"""A producer whose call outlives its cancelled task is released only once that call has
+returned: the stream's next producer (same transactional id) must not start before."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+
+from bridge.errors import KafkaError
+from bridge.kafka.producer import TransactionalProducer
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_aclose_waits_for_the_call_its_cancelled_task_left_running() -> None:
+    async def body() -> tuple[float, float, bool]:
+        producer = TransactionalProducer(
+            {"bootstrap.servers": f"127.0.0.1:{_closed_port()}"}, "t.s", "s"
+        )
+        init = asyncio.create_task(producer.init(timeout=1.5))
+        deadline = time.monotonic() + 5
+        while producer._in_flight is None:  # the call has reached its worker thread
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.01)
+        started = time.monotonic()
+        init.cancel()
+        try:
+            await init
+        except (asyncio.CancelledError, KafkaError):
+            pass
+        await producer.aclose()
+        in_flight = producer._in_flight
+        return started, time.monotonic(), in_flight is not None and in_flight.done()
+
+    started, closed, call_done = asyncio.run(body())
+    assert call_done, "closed while init_transactions was still running"
+    assert closed - started >= 1.0  # it waited for the bounded call (1.5 s) to return
