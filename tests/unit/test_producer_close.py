@@ -4,6 +4,7 @@ returned: the stream's next producer (same transactional id) must not start befo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import time
 
@@ -29,10 +30,8 @@ def test_aclose_waits_for_the_call_its_cancelled_task_left_running() -> None:
             await asyncio.sleep(0.01)
         started = time.monotonic()
         init.cancel()
-        try:
+        with contextlib.suppress(asyncio.CancelledError, KafkaError):
             await init
-        except (asyncio.CancelledError, KafkaError):
-            pass
         await producer.aclose()
         in_flight = producer._in_flight
         return started, time.monotonic(), in_flight is not None and in_flight.done()
