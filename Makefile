@@ -54,8 +54,11 @@ promtool:
 		prometheus; \
 	command -v promtool >/dev/null && command -v prometheus >/dev/null
 
+# `make demo REGISTRY=1`: the bridge writes with Schema Registry framing through a local
+# Schema Registry (Apicurio, resolved by kafka/pom.xml like the broker) instead of Avro
+# single-object encoding.
 demo: $(STAMP)
-	$(BIN)/polybridge demo
+	$(BIN)/polybridge demo $(if $(REGISTRY),--registry)
 
 proto: $(STAMP)
 	$(BIN)/python tools/gen_proto.py

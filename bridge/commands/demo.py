@@ -10,6 +10,10 @@ duplicate and one gap record per subscription for the kill.
 While it runs it shows the bridge's own /metrics per stream (records/s, totals, commit
 latency, end-to-end lag, reconnects, gaps, dead letters): a `rich` live table on a
 terminal, plain `key=value` lines otherwise (CI, tests, a pipe).
+
+`--registry` (`make demo REGISTRY=1`) writes with Schema Registry framing instead of Avro
+single-object encoding: a local Schema Registry starts beside the broker
+(`bridge.embedded_registry`) and the bridge registers its schemas there at start.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from rich.live import Live
 
 from bridge.commands.demo_view import MetricsView, StreamRow, render_lines, render_table
 from bridge.embedded import EmbeddedBroker
+from bridge.embedded_registry import EmbeddedRegistry
 from bridge.errors import KafkaError
 from bridge.kafka.readback import header, read_topic
 from bridge.mapping.predexon_channels import CHANNELS
@@ -87,6 +92,7 @@ def _config(
     dc: dropcopy_sim.SimulatorThread,
     pdx_url: str,
     metrics_port: int,
+    registry_url: str = "",
 ) -> Path:
     token = workdir / "dropcopy.token"
     token.write_text(dc.issue_token(participant=PARTICIPANT, lifetime_s=24 * 3600))
@@ -105,6 +111,8 @@ def _config(
         f'[dropcopy.auth]\nmode = "static"\ntoken_file = "{token}"',
         f'[predexon]\nurl = "{pdx_url}"\napi_key_file = "{key}"\nplan = "pro"',
     ]
+    if registry_url:
+        lines.append(f'[schema_registry]\nurl = "{registry_url}"')
     for kind in KINDS:
         firms_line = f"firms = [{firms}]\n" if KINDS[kind].account_scoped else ""
         lines.append(
@@ -129,6 +137,16 @@ def _broker(bootstrap: str | None) -> Iterator[str]:
         yield broker.bootstrap_servers
 
 
+@contextlib.contextmanager
+def _registry(wanted: bool) -> Iterator[str]:
+    """A local Schema Registry's URL when `wanted`, else "" (single-object encoding)."""
+    if not wanted:
+        yield ""
+        return
+    with EmbeddedRegistry() as registry:
+        yield registry.url
+
+
 def _start_bridge(config: Path, log: Path) -> subprocess.Popen[bytes]:
     with open(log, "ab") as out:
         return subprocess.Popen(
@@ -137,6 +155,14 @@ def _start_bridge(config: Path, log: Path) -> subprocess.Popen[bytes]:
             stderr=out,
             env=os.environ.copy(),
         )
+
+
+def _framing(kafka: dict[str, str], topic: str) -> str:
+    """Which schema ids the records of `topic` carry (registry framing: 00 + 4-byte id)."""
+    heads = Counter(r.value[:5] for r in read_topic(kafka, topic) if r.value is not None)
+    ids = sorted(int.from_bytes(h[1:], "big") for h in heads if h[:1] == b"\x00")
+    other = sum(n for h, n in heads.items() if h[:1] != b"\x00")
+    return f"registry framing: {topic} schema ids {ids}, {other} records framed otherwise"
 
 
 def _dropcopy_comparisons(
@@ -189,13 +215,14 @@ def _progress(kafka: dict[str, str], dc: dropcopy_sim.SimulatorThread, label: st
     print(f"[{label}] in Kafka: " + "  ".join(parts), flush=True)
 
 
-def run_demo(duration: float, bootstrap: str | None) -> int:
+def run_demo(duration: float, bootstrap: str | None, registry: bool = False) -> int:
     half = max(3.0, duration / 2)
     dc_config = dropcopy_sim.SimConfig(seed=7, prefill=20_000, rate=0, heartbeat_s=0.1)
     pdx_config = predexon_sim.SimConfig(seed=7, rate=20.0)
     with (
         tempfile.TemporaryDirectory(prefix="polybridge-demo-") as tmp,
         _broker(bootstrap) as servers,
+        _registry(registry) as registry_url,
         dropcopy_sim.SimulatorThread(dc_config) as dc,
         predexon_sim.SimulatorThread(pdx_config) as pdx,
     ):
@@ -203,11 +230,13 @@ def run_demo(duration: float, bootstrap: str | None) -> int:
         kafka = {"bootstrap.servers": servers}
         url = pdx.sim.url_for(PREDEXON_KEY).replace(PREDEXON_KEY, "{api_key}")
         metrics_port = _free_port()
-        config = _config(workdir, servers, dc, url, metrics_port)
+        config = _config(workdir, servers, dc, url, metrics_port, registry_url)
         view = MetricsView(metrics_port)
         console = Console() if sys.stdout.isatty() else None
         log = workdir / "bridge.log"
         print(f"Kafka: {servers}   exchange simulator: {dc.address}   Predexon simulator: {url}")
+        if registry_url:
+            print(f"Schema Registry: {registry_url} (values framed 00 + schema id)")
         print(f"bridge configuration: {config}")
         print(f"bridge metrics: {view.url} (also /healthz, /readyz)", flush=True)
         live = _LiveExchange(dc)
@@ -234,6 +263,8 @@ def run_demo(duration: float, bootstrap: str | None) -> int:
                 bridge.wait(30)
             except subprocess.TimeoutExpired:
                 bridge.kill()
+        if registry_url:
+            print(_framing(kafka, PREFIX + KINDS["executions"].topic))
         print("\nDropCopy topics against the exchange simulator's ground truth:")
         for comparison in comparisons:
             print("  " + comparison.summary())
@@ -247,11 +278,12 @@ def run_demo(duration: float, bootstrap: str | None) -> int:
             "\nRESULT: " + ("EQUAL to ground truth after kill -9 and restart" if ok else "MISMATCH")
         )
         topics = [PREFIX + k.topic for k in KINDS.values()]
+        registry_hint = " --schema-registry-url URL" if registry_url else ""
         print(
             "\nLook at the data (the embedded broker stops with the demo; run "
             "`polybridge demo --bootstrap-servers HOST:9092` against your own Kafka to keep it):\n"
             f"  polybridge tail {topics[0]} --from-beginning --max 5 "
-            "--bootstrap-servers HOST:9092\n"
+            f"--bootstrap-servers HOST:9092{registry_hint}\n"
             "  polybridge state show --config <a bridge.toml with that Kafka>\n"
             "  topics: " + ", ".join(topics)
         )
@@ -348,9 +380,14 @@ class DemoCommand:
         parser.add_argument(
             "--bootstrap-servers", default=None, help="use this Kafka instead of the embedded one"
         )
+        parser.add_argument(
+            "--registry",
+            action="store_true",
+            help="write with Schema Registry framing, through a local Schema Registry",
+        )
 
     def run(self, args: argparse.Namespace) -> int:
-        return run_demo(args.duration, args.bootstrap_servers)
+        return run_demo(args.duration, args.bootstrap_servers, args.registry)
 
 
 def command(path: tuple[str, ...]) -> DemoCommand:

@@ -3,9 +3,10 @@
 One line per record: `{"topic", "partition", "offset", "timestamp", "key", "schema",
 "value"}`. Values of either wire format are decoded (`bridge.serde.decode`): single-object
 by fingerprint among the known `.avsc` schemas, Confluent-framed by schema id through the
-Schema Registry of `--config`. Timestamps are ISO-8601 UTC strings; bytes are base64
-(`--bytes hex` for hex); keys are UTF-8 text (base64 when not valid UTF-8, with
-`"key_base64": true`). A value that cannot be decoded prints `"value": null` and `"error"`.
+Schema Registry of `--config` or `--schema-registry-url`. Timestamps are ISO-8601 UTC
+strings; bytes are base64 (`--bytes hex` for hex); keys are UTF-8 text (base64 when not
+valid UTF-8, with `"key_base64": true`). A value that cannot be decoded prints
+`"value": null` and `"error"`.
 
 Reading is `read_committed` with `assign()` (no consumer group, nothing committed).
 `--from-beginning` starts at each partition's first record and stops at its end unless
@@ -43,6 +44,9 @@ def _settings(args: argparse.Namespace) -> Settings:
     if args.bootstrap_servers:
         kafka = settings.kafka.model_copy(update={"bootstrap_servers": args.bootstrap_servers})
         settings = settings.model_copy(update={"kafka": kafka})
+    if args.schema_registry_url:
+        registry = settings.schema_registry.model_copy(update={"url": args.schema_registry_url})
+        settings = settings.model_copy(update={"schema_registry": registry})
     return settings
 
 
@@ -166,6 +170,11 @@ class TailCommand:
         parser.add_argument("--bootstrap-servers", help="Kafka bootstrap servers")
         parser.add_argument(
             "--config", help="bridge TOML (Kafka settings and schema_registry for Confluent)"
+        )
+        parser.add_argument(
+            "--schema-registry-url",
+            help="Schema Registry to fetch registry-framed values' schemas from by id "
+            "(overrides schema_registry.url of --config)",
         )
         parser.add_argument(
             "--bytes",

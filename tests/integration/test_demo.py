@@ -49,3 +49,19 @@ def test_demo_reports_equality_with_ground_truth_after_a_kill() -> None:
     # The kill shows in the restarted bridge's metrics as one gap per live Predexon stream.
     restarted = [r for r in rows if r[0] == "restarted" and r[1].startswith("predexon.")]
     assert max(int(r[8]) for r in restarted) >= 1
+
+
+@pytest.mark.slow(45)
+def test_demo_with_registry_framing_registers_and_frames_every_record() -> None:
+    command = [sys.executable, "-m", "bridge", "--log-level", "WARNING", "demo"]
+    result = subprocess.run(
+        [*command, "--duration", "6", "--registry"], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stdout[:6000]
+    assert "Schema Registry: http://127.0.0.1:" in result.stdout
+    framing = re.search(
+        r"registry framing: demo\.\S+ schema ids \[(\d+)\], 0 records", result.stdout
+    )
+    assert framing is not None, result.stdout[:6000]
+    assert "RESULT: EQUAL to ground truth after kill -9 and restart" in result.stdout
+    assert "--schema-registry-url URL" in result.stdout

@@ -6,7 +6,6 @@ import base64
 import json
 import subprocess
 import sys
-import uuid
 from pathlib import Path
 
 import pytest
@@ -66,28 +65,35 @@ def test_tail_prints_single_object_records_as_json_lines(
 
 
 def test_tail_decodes_registry_framed_records_by_schema_id(
-    kafka_bootstrap: str, make_topic, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    kafka_bootstrap: str, make_topic, tmp_path: Path, schema_registry_url: str
 ) -> None:
-    # In-process: the mock:// registry the records were registered in lives in this process.
-    url = f"mock://{uuid.uuid4().hex}"
     topic = make_topic()
-    produce_dead_letters(kafka_bootstrap, topic, RegistryFormat(SchemaRegistrySettings(url=url)), 3)
+    fmt = RegistryFormat(SchemaRegistrySettings(url=schema_registry_url))
+    produce_dead_letters(kafka_bootstrap, topic, fmt, 3)
     config = tmp_path / "tail.toml"
     config.write_text(
-        f'[kafka]\nbootstrap_servers = "{kafka_bootstrap}"\n[schema_registry]\nurl = "{url}"\n'
+        f'[kafka]\nbootstrap_servers = "{kafka_bootstrap}"\n'
+        f'[schema_registry]\nurl = "{schema_registry_url}"\n'
     )
-    code = cli.main(["tail", topic, "--config", str(config), "--from-beginning"])
-    assert code == 0
-    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    assert [line["value"]["error"] for line in lines] == ["bad 0", "bad 1", "bad 2"]
-    assert all(line["schema"] == "polybridge.DeadLetter" for line in lines)
+    base = [sys.executable, "-m", "bridge", "--log-level", "WARNING", "tail", topic]
+    for how in (
+        ["--config", str(config)],
+        ["--bootstrap-servers", kafka_bootstrap, "--schema-registry-url", schema_registry_url],
+    ):
+        done = subprocess.run(
+            [*base, *how, "--from-beginning"], capture_output=True, text=True, timeout=60
+        )
+        assert done.returncode == 0, done.stderr
+        lines = [json.loads(line) for line in done.stdout.splitlines()]
+        assert [line["value"]["error"] for line in lines] == ["bad 0", "bad 1", "bad 2"]
+        assert all(line["schema"] == "polybridge.DeadLetter" for line in lines)
 
 
 def test_tail_without_registry_reports_registry_framed_values_per_line(
-    kafka_bootstrap: str, make_topic, capsys: pytest.CaptureFixture[str]
+    kafka_bootstrap: str, make_topic, capsys: pytest.CaptureFixture[str], schema_registry_url: str
 ) -> None:
     topic = make_topic()
-    fmt = RegistryFormat(SchemaRegistrySettings(url=f"mock://{uuid.uuid4().hex}"))
+    fmt = RegistryFormat(SchemaRegistrySettings(url=schema_registry_url))
     produce_dead_letters(kafka_bootstrap, topic, fmt, 1)
     code = cli.main(["tail", topic, "--bootstrap-servers", kafka_bootstrap, "--from-beginning"])
     assert code == 0
