@@ -21,6 +21,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from bridge.kafka.outage import KAFKA
+
 log = logging.getLogger(__name__)
 
 WINDOW_S = 60.0
@@ -90,6 +92,8 @@ class ClientLog:
             return
         fac, client, text = (str(a) for a in args)
         level = bridge_level(level)
+        if KAFKA.away and level > logging.DEBUG and _is_connection_failure(text):
+            level = logging.DEBUG  # the outage's own lines say it (`bridge.kafka.outage`)
         if not self._target.isEnabledFor(level):
             return
         message = f"librdkafka client={client} {fac}: {text}"
@@ -144,7 +148,19 @@ class ClientLog:
             self._target.log(level, "%s", message)
 
 
+_CONNECTION_FAILURES = ("Connect to ", "brokers are down", "Connection refused", "Disconnected")
+
+
+def _is_connection_failure(text: str) -> bool:
+    return any(words in text for words in _CONNECTION_FAILURES)
+
+
 _shared = ClientLog(log)
+
+
+def report(level: int, facility: str, client: str, text: str) -> None:
+    """Log a client's error as its librdkafka lines are: deduplicated by shape per window."""
+    _shared.log(level, "%s [%s] %s", facility, client, text)
 
 
 def flush_at_exit() -> None:

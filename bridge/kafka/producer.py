@@ -39,7 +39,8 @@ from confluent_kafka import KafkaException as LibKafkaException
 from confluent_kafka import Message, Producer
 
 from bridge.errors import FencedError, KafkaError
-from bridge.kafka.client_log import client_log_config
+from bridge.kafka.client_log import client_log_config, report
+from bridge.kafka.outage import KAFKA
 
 log = logging.getLogger(__name__)
 
@@ -236,13 +237,12 @@ class TransactionalProducer:
 
     def _on_error(self, err: LibKafkaError) -> None:
         # Client-level errors (broker down, all brokers down): informative only; the
-        # operation in progress reports its own error.
-        log.warning(
-            "kafka client error stream=%s transactional_id=%s error=%s",
-            self.stream_id,
-            self.transactional_id,
-            err.str(),
-        )
+        # operation in progress reports its own error. The cluster gone is one outage for
+        # the whole process; a broker gone, a line per broker and window, not per retry.
+        if err.code() == LibKafkaError._ALL_BROKERS_DOWN:
+            KAFKA.unreachable(f"stream {self.stream_id}", f"{self.bootstrap}: {err.str()}")
+            return
+        report(logging.WARNING, "ERROR", self.transactional_id, err.str())
 
     def _on_delivery(self, err: LibKafkaError | None, msg: Message) -> None:
         if err is None:  # only failures are reported (delivery.report.only.error)
@@ -293,6 +293,7 @@ class TransactionalProducer:
                     retriable=True,
                 ) from exc
             raise self._error(err, "init_transactions") from exc
+        KAFKA.reachable()
         self._move(TxnState.READY)
         log.info(
             "producer ready stream=%s transactional_id=%s", self.stream_id, self.transactional_id
@@ -375,6 +376,7 @@ class TransactionalProducer:
                 # coordinator may already hold the commit, so aborting and resuming from the
                 # previous position would write the transaction's records twice; and
                 # replacing the producer now would race with the commit still going on.
+                KAFKA.unreachable(f"stream {self.stream_id}", f"commit pending: {err.str()}")
                 raise CommitPending(
                     f"commit for stream {self.stream_id} (transactional.id="
                     f"{self.transactional_id}) not finished within {timeout:.0f} s: "
@@ -384,6 +386,7 @@ class TransactionalProducer:
             raise self._error(err, "commit") from exc
         if self._txn_error is not None:  # cannot happen per librdkafka; never lose it silently
             raise self._error(self._txn_error, "commit (delivery)")
+        KAFKA.reachable()
         self._move(TxnState.READY)
         self.delivered_records += self._txn_records
         self.delivered_bytes += self._txn_bytes
