@@ -51,6 +51,7 @@ class FakeKafka:
     commit_failures: list[BaseException] = field(default_factory=list)
     pending_outcome: list[Produced] | None = None
     """A transaction whose commit timed out; the next init of its id commits it."""
+    abort_failures: list[BaseException] = field(default_factory=list)
     producers: int = 0
     transactions: list[int] = field(default_factory=list)
     """Data records per committed transaction."""
@@ -94,7 +95,8 @@ class FakeProducer:
         self._check_epoch()
         if self.kafka.commit_failures:
             failure = self.kafka.commit_failures.pop(0)
-            if isinstance(failure, CommitPending):
+            if isinstance(failure, CommitPending) or failure.args[0] == "held":
+                # The coordinator holds the commit; the next init of this id completes it.
                 self.kafka.pending_outcome = self.open
                 await asyncio.sleep(0.02)  # a commit call that runs into its timeout
             elif isinstance(failure, KafkaError) and failure.args[0] == "fatal":
@@ -110,6 +112,8 @@ class FakeProducer:
 
     async def abort(self) -> None:
         self.open = None
+        if self.kafka.abort_failures:
+            raise self.kafka.abort_failures.pop(0)
 
     def close(self) -> None:
         self.open = None
@@ -283,6 +287,32 @@ def test_a_commit_pending_past_the_limit_is_settled_by_the_next_producer() -> No
     asyncio.run(_run_until(pipeline, inject))
     assert _all_once(kafka, 200)
     assert len(made) == 2
+
+
+def test_a_commit_whose_outcome_is_unknown_is_learnt_from_kafka_before_producing_again() -> None:
+    """The commit failed, the abort was refused (the coordinator held the commit): the
+    stream replaces its producer, whose init settles the transaction, and resumes from the
+    position read back from Kafka, not from the one it remembers."""
+    kafka = FakeKafka()
+    source = FakeSource(100, per_batch=10, pause_s=0.001)
+    pipeline, made = _pipeline(kafka, source, max_batch_records=10, max_latency_ms=1)
+    injected = False
+
+    def inject() -> bool:
+        nonlocal injected
+        if len(kafka.data()) >= 30 and not injected:
+            kafka.commit_failures.append(KafkaError("held", retriable=True))
+            kafka.abort_failures.append(KafkaError("INVALID_TXN_STATE", retriable=True))
+            injected = True
+        return len(kafka.data()) >= 100
+
+    asyncio.run(_run_until(pipeline, inject))
+    assert len(made) == 2  # replaced, so that its init settled the held commit
+    assert _all_once(kafka, 100)
+    held_last = int(kafka.data()[source.starts[1] - 1])
+    # Resumed right after the held transaction (it landed), not after the remembered one.
+    assert source.starts[1] == held_last + 1
+    assert source.starts[1] >= 40
 
 
 def test_fencing_ends_the_stream_and_its_open_transaction_never_lands() -> None:
