@@ -31,7 +31,6 @@ OPEN = "open"
 FILLED = "filled"
 PARTIALLY_FILLED = "partially_filled"
 UNFILLABLE = "unfillable"
-STATUSES = (OPEN, FILLED, PARTIALLY_FILLED, UNFILLABLE)
 
 
 def cursor_key(stream_id: str) -> str:

@@ -18,9 +18,8 @@ from bridge.mapping.predexon import PredexonMapper
 from bridge.mapping.predexon_json import dumps
 from bridge.sources.auth import TokenProvider
 from bridge.sources.dropcopy_kinds import KINDS
-from bridge.sources.rest.exchange import ExchangeRestClient, exchange_headers
-from bridge.sources.rest.http import RestClient
-from bridge.sources.rest.predexon import PredexonRestClient, predexon_headers, predexon_parse
+from bridge.sources.rest.exchange import ExchangeRestClient, exchange_rest_client
+from bridge.sources.rest.predexon import PredexonRestClient, predexon_rest_client
 
 
 class RestClients:
@@ -37,7 +36,7 @@ class RestClients:
         self.settings = settings
         self._tokens = tokens
         self._predexon_key = predexon_key
-        self.clients: list[RestClient] = []
+        self.clients: list[ExchangeRestClient | PredexonRestClient] = []
         self._exchange: ExchangeRestClient | None = None
         self._predexon: PredexonRestClient | None = None
 
@@ -48,7 +47,7 @@ class RestClients:
                 KINDS[stream.kind], stream.stream_id, stream.topic, stream.prefix
             )
             return ExchangeHistory(
-                self._exchange_client(),
+                self.exchange_client(),
                 mapper,
                 participant_id=self.settings.dropcopy.participant_id,
                 symbols=list(stream.filters.get("symbols") or ()),
@@ -62,7 +61,7 @@ class RestClients:
             stream.kind, stream.stream_id, stream.topic, stream.prefix, dumps(filters)
         )
         return PredexonHistory(
-            self._predexon_client(),
+            self.predexon_client(),
             predexon_mapper,
             filters,
             limit=backfill.page_size,
@@ -70,25 +69,26 @@ class RestClients:
             rest_lag_s=backfill.predexon_rest_lag_s,
         )
 
-    def _exchange_client(self) -> ExchangeRestClient:
+    def exchange_client(self) -> ExchangeRestClient:
+        """The exchange's client (made on first use): a 401 re-mints the token once."""
         if self._exchange is None:
-            http = RestClient(
+            self._exchange = exchange_rest_client(
                 self.settings.backfill.exchange_url,
-                exchange_headers(self._tokens(), self.settings.dropcopy.participant_id),
+                self._tokens(),
+                self.settings.dropcopy.participant_id,
             )
-            self.clients.append(http)
-            self._exchange = ExchangeRestClient(http)
+            self.clients.append(self._exchange)
         return self._exchange
 
-    def _predexon_client(self) -> PredexonRestClient:
+    def predexon_client(self) -> PredexonRestClient:
+        """Predexon's client (made on first use), paced to the key's `predexon.plan`."""
         if self._predexon is None:
-            http = RestClient(
+            self._predexon = predexon_rest_client(
                 self.settings.backfill.predexon_url,
-                predexon_headers(self._predexon_key()),
-                parse=predexon_parse,
+                self._predexon_key(),
+                plan=self.settings.predexon.plan,
             )
-            self.clients.append(http)
-            self._predexon = PredexonRestClient(http)
+            self.clients.append(self._predexon)
         return self._predexon
 
     async def aclose(self) -> None:

@@ -11,16 +11,6 @@ from typing import Any
 from bridge.mapping.predexon_channels import Channel
 from bridge.mapping.predexon_fields import KINDS
 
-HEADER_FIELDS = (
-    "event_id",
-    "event_type",
-    "event_time",
-    "receive_time",
-    "stream_id",
-    "subscription_id",
-    "filters",
-)
-
 
 def avro_schema(channel: Channel) -> dict[str, Any]:
     """The Avro value schema of a channel's topic, as written to `avro/`."""

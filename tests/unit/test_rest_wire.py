@@ -608,3 +608,67 @@ def test_parse_into_round_trips_every_generated_record_in_both_name_styles() -> 
             parsed = type(message)()
             parse_into(row, parsed)
             assert parsed == message, row
+
+
+def _bridge_rest_clients(exchange_url: str, plan: str, tokens: Any) -> Any:
+    """The REST clients as the running bridge builds them (`app.py`, `commands/backfill`)."""
+    from bridge.backfill.rest_clients import RestClients
+    from bridge.config import Settings
+
+    settings = Settings.model_validate(
+        {
+            "dropcopy": {"participant_id": PARTICIPANT},
+            "predexon": {"plan": plan},
+            "backfill": {"exchange_url": exchange_url, "predexon_url": "http://127.0.0.1:9"},
+        }
+    )
+    return RestClients(settings, lambda: tokens, lambda: "key")
+
+
+def test_the_bridges_exchange_client_mints_a_new_token_on_a_401() -> None:
+    """Through the wiring the bridge runs: a 401 re-mints the token and retries once."""
+
+    class Tokens:
+        def __init__(self) -> None:
+            self.minted = 0
+            self.invalidated = 0
+
+        async def token(self) -> str:
+            self.minted += 1
+            return f"token-{self.minted}"
+
+        def invalidate(self) -> None:
+            self.invalidated += 1
+
+    unauthenticated = {"code": 16, "message": "access token expired", "details": []}
+    script = Script([HttpResponse(401, unauthenticated), ok({"trade": []})])
+    tokens = Tokens()
+
+    async def body(url: str, waits: list[float]) -> Any:
+        clients = _bridge_rest_clients(url, "dev", tokens)
+        try:
+            return await clients.exchange_client().search_trades({}, None)
+        finally:
+            await clients.aclose()
+
+    page, _ = run(script, body)
+    assert page.rows == []
+    assert tokens.invalidated == 1
+    assert [r.headers["authorization"] for r in script.requests] == [
+        "Bearer token-1",
+        "Bearer token-2",
+    ]
+
+
+@pytest.mark.parametrize("plan", ["dev", "pro"])
+def test_the_bridges_predexon_client_is_paced_to_the_configured_plan(plan: str) -> None:
+    from bridge.sources.rest.predexon import PLAN_RATES
+
+    async def body() -> int | None:
+        clients = _bridge_rest_clients("http://127.0.0.1:9", plan, None)
+        try:
+            return clients.predexon_client().requests_per_s  # type: ignore[no-any-return]
+        finally:
+            await clients.aclose()
+
+    assert asyncio.run(body()) == PLAN_RATES[plan]

@@ -174,10 +174,6 @@ class DropCopySimulator:
         return self.config.api_audience
 
     @property
-    def tls_files(self) -> TlsFiles | None:
-        return self._tls
-
-    @property
     def ca_cert_pem(self) -> bytes | None:
         """PEM of the CA that signed the server certificate (TLS only)."""
         return self._tls.ca_cert_pem if self._tls else None

@@ -68,6 +68,7 @@ class PredexonRestClient:
 
     def __init__(self, http: RestClient, *, requests_per_s: int | None = PLAN_RATES["dev"]) -> None:
         self.http = http
+        self.requests_per_s = requests_per_s
         self._pacer = Pacer(requests_per_s, 1.0) if requests_per_s else None
 
     async def trades(self, params: Mapping[str, str | int], cursor: str | None) -> RestPage:
