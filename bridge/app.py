@@ -7,7 +7,6 @@ import functools
 import logging
 import os
 import signal
-import socket
 import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -66,8 +65,12 @@ class Bridge:
                 "[[predexon.subscriptions]]"
             )
         self.settings = settings
-        self.instance_id = f"{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
-        """Names this process in the state topic (`owner`) and in the stream group."""
+        self.instance_id = (
+            f"{settings.cluster.instance_name()}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
+        )
+        """Names this process in the state topic (`owner`) and in the stream group's
+        client.id: the instance's stable name (`cluster.instance_id`, by default the host
+        name), then what tells this run from its restarts (pid, random)."""
         self.runners: dict[str, StreamRunner] = {}
         self.membership: Membership | None = None
         self.sources: dict[str, Source] = {}  # by stream id, read by bridge.metrics
@@ -392,6 +395,7 @@ class Bridge:
             topic=kafka.topic(cluster.topic),
             stream_ids=list(self.runners),
             instance_id=self.instance_id,
+            group_instance_id=cluster.instance_name(),
             session_timeout_ms=cluster.session_timeout_ms,
             **callbacks,
         )

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import socket
 import tomllib
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -23,6 +25,7 @@ from bridge.errors import ConfigError
 from bridge.sources.maintenance import WEEKDAYS, MaintenanceSchedule, WeeklyWindow, parse_clock
 
 ENV_PREFIX = "POLYBRIDGE_"
+INSTANCE_ID = re.compile(r"[a-zA-Z0-9._-]{1,200}")
 
 
 class _Section(BaseModel):
@@ -295,6 +298,28 @@ class ClusterSettings(_Section):
     broker bounds it: group.min.session.timeout.ms, 6 s by default)."""
     topic: str = "polybridge.streams"
     """The coordination topic (one partition per stream; nothing is written to it)."""
+    instance_id: str = ""
+    """This instance's stable name in the stream group, sent as Kafka's
+    `group.instance.id` (static membership): restarted under the same name, an instance
+    gets its own streams back at once instead of after its old session expires. Empty:
+    the host name (a Kubernetes pod's name; a StatefulSet keeps it over restarts). Unique
+    per running instance of an app_id."""
+
+    @field_validator("instance_id")
+    @classmethod
+    def _instance_id(cls, value: str) -> str:
+        if value and not INSTANCE_ID.fullmatch(value):
+            raise ValueError(
+                "use at most 200 of the characters a-z A-Z 0-9 . _ - (Kafka's group.instance.id)"
+            )
+        return value
+
+    def instance_name(self) -> str:
+        """`instance_id`, or the host name when it is empty (characters Kafka's
+        group.instance.id does not allow become `-`)."""
+        if self.instance_id:
+            return self.instance_id
+        return re.sub(r"[^a-zA-Z0-9._-]", "-", socket.gethostname())[:200] or "localhost"
 
 
 class BackfillSettings(_Section):

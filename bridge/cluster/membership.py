@@ -13,6 +13,16 @@ it returns, so the next owner starts after the previous one ended. A member that
 removed after `session_timeout_ms` and its streams move then. Safety never rests on the
 assignment: the stream's transactional id fences any overlapping owner.
 
+Static membership (KIP-345): each instance joins with its `cluster.instance_id` as
+`group.instance.id`. A member that comes back under the same id (a restart, after SIGKILL
+or SIGTERM) replaces its previous member at once and gets its streams back, without a
+rebalance and without waiting out the old session. Stopping (`close()`), an instance leaves
+the group when other members are there to take its streams over at once (a rolling
+restart); when it is the only member it stays, so that it takes its streams back at once
+when it comes back (nobody else could run them meanwhile), and the session timeout removes
+it if it does not. A second running instance with the same id takes the id over: the first
+is fenced (FENCED_INSTANCE_ID) and stops with a `ConfigError` naming `cluster.instance_id`.
+
 Instances must agree on the stream set. Each member's `client.id` carries the fingerprint of
 its sorted stream ids; an instance refuses to join a group whose members carry another one,
 and checks again once it has joined (two instances started at the same instant).
@@ -41,6 +51,13 @@ POLL_S = 0.2
 
 DESCRIBE_TIMEOUT_S = 10.0
 
+LEAVE_CHECK_S = 3.0
+"""At close, how long asking the group whether other members are there may take; without an
+answer the instance leaves (its streams move at once if anyone is there)."""
+
+LEAVE_S = 5.0
+"""At close, how long leaving the group (revoking the streams, LeaveGroup) may take."""
+
 
 def fingerprint(stream_ids: Sequence[str]) -> str:
     """A short digest of the sorted stream set: equal on instances that agree."""
@@ -65,12 +82,14 @@ _COORDINATOR_STARTING = frozenset(
 )
 
 
-def describe_group(config: Mapping[str, Any], group_id: str) -> Any:
+def describe_group(
+    config: Mapping[str, Any], group_id: str, timeout: float = DESCRIBE_TIMEOUT_S
+) -> Any:
     """The group's description (members, their client ids and assignments), waiting out
     the coordinator's start (NOT_COORDINATOR, COORDINATOR_LOAD_IN_PROGRESS) within
-    `DESCRIBE_TIMEOUT_S`."""
+    `timeout` seconds."""
     admin = AdminClient({**config, **client_log_config(config)})
-    deadline = time.monotonic() + DESCRIBE_TIMEOUT_S
+    deadline = time.monotonic() + timeout
     while True:
         remaining = deadline - time.monotonic()
         try:
@@ -85,7 +104,7 @@ def describe_group(config: Mapping[str, Any], group_id: str) -> Any:
             time.sleep(0.2)  # the coordinator is loading: ask again shortly
         except TimeoutError as exc:
             raise KafkaError(
-                f"cannot describe consumer group {group_id} within {DESCRIBE_TIMEOUT_S:.0f} s",
+                f"cannot describe consumer group {group_id} within {timeout:.0f} s",
                 retriable=True,
             ) from exc
 
@@ -93,11 +112,14 @@ def describe_group(config: Mapping[str, Any], group_id: str) -> Any:
 def current_owners(
     config: Mapping[str, Any], group_id: str, topic: str, stream_ids: Sequence[str]
 ) -> dict[str, str]:
-    """Stream id -> the group member running it now (`instance id @ host`)."""
+    """Stream id -> the group member running it now (`instance id @ host`): a static
+    member's `cluster.instance_id` (the coordinator keeps a static member's first client.id
+    over its restarts, so that would name a process long gone), else the run id in its
+    client.id."""
     streams = sorted(stream_ids)
     owners: dict[str, str] = {}
     for member in describe_group(config, group_id).members:
-        instance = member.client_id.split("-", 2)[-1]
+        instance = member.group_instance_id or member.client_id.split("-", 2)[-1]
         for tp in member.assignment.topic_partitions if member.assignment else []:
             if tp.topic == topic and tp.partition < len(streams):
                 owners[streams[tp.partition]] = f"{instance}@{member.host.lstrip('/')}"
@@ -120,6 +142,7 @@ class Membership:
         topic: str,
         stream_ids: Sequence[str],
         instance_id: str,
+        group_instance_id: str,
         session_timeout_ms: int,
         on_assign: Callable[[list[str]], None],
         on_revoke: Callable[[list[str]], None],
@@ -131,6 +154,8 @@ class Membership:
         self.streams = sorted(stream_ids)
         self.fingerprint = fingerprint(self.streams)
         self.client_id = client_id(self.fingerprint, instance_id)
+        self.group_instance_id = group_instance_id
+        """This instance's static identity in the group (`cluster.instance_id`)."""
         self._config = dict(config)
         self._session_timeout_ms = session_timeout_ms
         self._on_assign = on_assign
@@ -141,6 +166,11 @@ class Membership:
         self.joined = False
         """True once the group has given this instance an assignment (maybe empty)."""
         self._checked = False
+        self._fenced_out = False
+        self._fatal: LibKafkaError | None = None
+        """The first fatal error of the group consumer (error_cb or poll)."""
+        self._member_id: str | None = None
+        """This instance's member id in the group, from its first assignment on."""
         self._closing = threading.Event()
         self._thread: threading.Thread | None = None
         self._consumer: Consumer | None = None
@@ -148,12 +178,16 @@ class Membership:
     # -- agreement ---------------------------------------------------------------------
 
     def check_agreement(self) -> None:
-        """Refuse (ConfigError) when the group has members with another stream set."""
+        """Refuse (ConfigError) when the group has members with another stream set. A
+        member with this instance's `cluster.instance_id` is its previous run (which this
+        one replaces, whatever it ran), or a second instance under the same name (fenced
+        once this one joins)."""
         description = describe_group(self._config, self.group_id)
         others = {
             m.client_id
             for m in description.members
             if m.client_id != self.client_id
+            and m.group_instance_id != self.group_instance_id
             and fingerprint_of(m.client_id) not in (None, self.fingerprint)
         }
         if others:
@@ -172,6 +206,7 @@ class Membership:
         conf = {
             **self._config,
             "group.id": self.group_id,
+            "group.instance.id": self.group_instance_id,
             "client.id": self.client_id,
             "partition.assignment.strategy": "cooperative-sticky",
             "session.timeout.ms": self._session_timeout_ms,
@@ -181,6 +216,8 @@ class Membership:
             "heartbeat.interval.ms": min(1_000, max(100, self._session_timeout_ms // 3)),
             "enable.auto.commit": False,
             "auto.offset.reset": "latest",
+            # Fatal errors (FENCED_INSTANCE_ID among them) come here, served by poll().
+            "error_cb": self._error,
         }
         conf.update(client_log_config(conf))
         consumer = Consumer(conf)
@@ -191,6 +228,11 @@ class Membership:
             on_lost=self._lost,
         )
         self._consumer = consumer
+        log.info(
+            "stream group %s: joining as cluster.instance_id %s",
+            self.group_id,
+            self.group_instance_id,
+        )
         self._thread = threading.Thread(target=self._serve, name="stream-group", daemon=True)
         self._thread.start()
 
@@ -202,19 +244,103 @@ class Membership:
                 msg = consumer.poll(POLL_S)
                 err = msg.error() if msg is not None else None
                 if err is not None:
-                    if err.fatal():
-                        raise KafkaError(f"stream group {self.group_id}: {err.str()}")
-                    log.debug("stream group error=%s", err.str())
+                    self._error(err)
+                    if not err.fatal():
+                        log.debug("stream group error=%s", err.str())
+                if self._fatal is not None:
+                    if self._replaced():
+                        raise self._fenced()
+                    raise KafkaError(f"stream group {self.group_id}: {self._fatal.str()}")
+        except ConfigError as exc:
+            self._on_fatal(exc)  # said once, by whoever reports the fatal error
         except BaseException as exc:
             log.error("stream group %s failed: %s", self.group_id, exc)
             self._on_fatal(exc)
         finally:
-            # Leaves the group: owned streams are revoked first (their pipelines stop), so
-            # the others take them over at once instead of after the session timeout.
+            self._leave(consumer)
+
+    def _error(self, err: LibKafkaError) -> None:
+        if err.fatal() or err.code() in (LibKafkaError._FATAL, LibKafkaError.FENCED_INSTANCE_ID):
+            self._fatal = self._fatal or err
+
+    def _replaced(self) -> bool:
+        """True when the group lists another member under this instance's
+        `cluster.instance_id`: a newer instance took the name, and this one is fenced."""
+        try:
+            members = describe_group(self._config, self.group_id, LEAVE_CHECK_S).members
+        except KafkaError:
+            return False
+        self._fenced_out = any(
+            m.group_instance_id == self.group_instance_id and m.member_id != self._member_id
+            for m in members
+        )
+        return self._fenced_out
+
+    def _fenced(self) -> ConfigError:
+        return ConfigError(
+            f"another running instance of app_id {self.group_id!r} joined the stream group "
+            f"with this one's cluster.instance_id {self.group_instance_id!r}, and took its "
+            "place: this one stops. Give every running instance its own cluster.instance_id "
+            "(it defaults to the host name)"
+        )
+
+    def _leave(self, consumer: Consumer) -> None:
+        """Stop the owned streams and close the consumer; leave the group first when other
+        members are there to take the streams over at once. A static member's close does
+        not leave: alone, this instance keeps its place for its own restart."""
+        try:
+            if self._fenced_out:
+                pass  # no longer a member: nothing to leave
+            elif self._fatal is not None or self._member_id is None:
+                # Failed, or stopping before a first assignment: nothing to keep a place for.
+                if self._fatal is not None and self._replaced():
+                    self._on_fatal(self._fenced())  # the streams may have been fenced first
+                else:
+                    self._unsubscribe(consumer)
+            elif self._others_present(consumer):
+                self._unsubscribe(consumer)
+            else:
+                log.info(
+                    "stream group: no other member; instance %s keeps its place for up to "
+                    "%d ms (a restart under the same cluster.instance_id takes the streams "
+                    "back at once)",
+                    self.group_instance_id,
+                    self._session_timeout_ms,
+                )
+        except (KafkaException, RuntimeError) as exc:
+            log.warning("stream group leave error=%s", exc)
+        try:
+            consumer.close()
+        except (KafkaException, RuntimeError) as exc:
+            log.warning("stream group close error=%s", exc)
+
+    def _others_present(self, consumer: Consumer) -> bool:
+        """True when the group has members other than this one (or when that is unknown)."""
+        try:
+            members = describe_group(self._config, self.group_id, LEAVE_CHECK_S).members
+        except (KafkaError, KafkaException, RuntimeError) as exc:
+            log.info("stream group members unknown (%s): leaving", exc)
+            return True
+        return any(m.member_id != self._member_id for m in members)
+
+    def _unsubscribe(self, consumer: Consumer) -> None:
+        """Revoke the owned streams (the callback stops them) and send LeaveGroup, which
+        librdkafka does for a static member on unsubscribe, not on close: wait until the
+        group no longer lists this member, within `LEAVE_S`."""
+        consumer.unsubscribe()
+        deadline = time.monotonic() + LEAVE_S
+        while time.monotonic() < deadline:
+            consumer.poll(0.05)
+            if self.owned or consumer.assignment():
+                continue
             try:
-                consumer.close()
-            except (KafkaException, RuntimeError) as exc:
-                log.warning("stream group close error=%s", exc)
+                members = describe_group(self._config, self.group_id, LEAVE_CHECK_S).members
+            except KafkaError:
+                continue
+            if all(m.member_id != self._member_id for m in members):
+                log.info("stream group left: the other members take the streams over")
+                return
+        log.warning("stream group: still listed as a member %g s after leaving", LEAVE_S)
 
     def close(self, timeout: float = 60.0) -> None:
         """Stop owned streams, leave the group, and join the thread."""
@@ -238,6 +364,7 @@ class Membership:
                 self._checked = True
                 self.check_agreement()  # the instances that joined with us agree too
             ids = [i for i in self._ids(partitions) if i not in self.owned]
+            self._member_id = consumer.memberid()
             self.joined = True
             if ids:
                 log.info("stream group assigned streams=%s", ",".join(ids))

@@ -49,19 +49,27 @@ def pid_of(owner: str) -> int:
     return int(owner.rsplit(".", 2)[1])
 
 
+def instance_env(name: str) -> dict[str, str]:
+    """The environment that names an instance (`cluster.instance_id`): instances on one
+    host need names of their own (the default, the host name, is the same for all)."""
+    return {"POLYBRIDGE_CLUSTER__INSTANCE_ID": name}
+
+
 class Cluster:
-    """N bridge processes on one configuration, restartable, and the state topic's view."""
+    """N bridge processes on one configuration, restartable, and the state topic's view.
+    Slot i runs as `cluster.instance_id` `ha-i`, and a restart in a slot keeps its name."""
 
     def __init__(self, both: Both, tmp_path: Path, size: int) -> None:
         self.both = both
         self.tmp_path = tmp_path
         self.started = 0
-        self.bridges: list[BridgeProcess] = [self._start() for _ in range(size)]
+        self.bridges: list[BridgeProcess] = [self._start(i) for i in range(size)]
         self.positions = PositionStore(both.dc.kafka, both.dc.prefix + "polybridge.state")
 
-    def _start(self) -> BridgeProcess:
+    def _start(self, index: int) -> BridgeProcess:
         self.started += 1
-        return BridgeProcess(self.both, self.tmp_path / f"bridge-{self.started}.log")
+        log = self.tmp_path / f"bridge-{self.started}.log"
+        return BridgeProcess(self.both, log, instance_env(f"ha-{index}"))
 
     def owners(self) -> dict[str, StateEntry]:
         entries = self.positions.refresh()
@@ -89,7 +97,7 @@ class Cluster:
         return (max(moved.values()) - since_us) / 1e6
 
     def replace(self, index: int) -> None:
-        self.bridges[index] = self._start()
+        self.bridges[index] = self._start(index)
 
     def stop_all(self) -> list[int]:
         codes = [b.terminate(60) for b in self.bridges]
@@ -135,13 +143,13 @@ def _assert_state_show_names_the_running_instances(cluster: Cluster) -> None:
         timeout=60,
     )
     assert shown.returncode == 0, shown.stderr
-    pids = {str(b.process.pid) for b in cluster.bridges}
+    names = {f"ha-{i}" for i in range(len(cluster.bridges))}
     rows = [line.split() for line in shown.stdout.splitlines()]
     lines = {row[0]: " ".join(row) for row in rows if row and row[0] in STREAM_IDS}
     assert set(lines) == set(STREAM_IDS), shown.stdout
     for stream, line in lines.items():
-        running_on = line.split()[-1]  # instance id (host.pid.random) @ host
-        assert running_on.split("@")[0].split(".")[-2] in pids, (stream, line)
+        running_on = line.split()[-1]  # cluster.instance_id @ host
+        assert running_on.split("@")[0] in names, (stream, line)
 
 
 def _three_instances(
@@ -255,7 +263,7 @@ def test_an_instance_with_another_stream_set_is_refused(
 ) -> None:
     with simulators(total=5_000, rate=200) as (dsim, psim):
         both = start_both(tmp_path, kafka_bootstrap, dsim, psim, unique_name("mix") + ".")
-        first = BridgeProcess(both, tmp_path / "first.log")
+        first = BridgeProcess(both, tmp_path / "first.log", instance_env("first"))
         try:
             wait_until(both.flowing, 60, "the first instance's streams flowing", 0.3)
             other = tmp_path / "other"
@@ -269,6 +277,7 @@ def test_an_instance_with_another_stream_set_is_refused(
             refused = BridgeProcess(
                 SimpleNamespace(config_path=other / "bridge.toml"),  # type: ignore[arg-type]
                 tmp_path / "refused.log",
+                instance_env("refused"),
             )
             started = time.monotonic()
             assert refused.wait(60) == 2
