@@ -9,13 +9,11 @@ import os
 import signal
 import uuid
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from bridge.backfill.rest_clients import RestClients
 from bridge.backfill.streams import BackfillStream, RestHistories
-from bridge.backfill.wiring import task_factory
 from bridge.cluster.group import Failures, run_alone, run_in_group
 from bridge.cluster.membership import Membership
 from bridge.cluster.runner import StreamRunner
@@ -30,13 +28,11 @@ from bridge.eos.pipeline import Pipeline
 from bridge.eos.positions import PositionStore
 from bridge.eos.repeats import LatestPerKey, RecentIds, RepeatFilter
 from bridge.errors import BridgeError, ConfigError
-from bridge.health import serve
 from bridge.kafka.admin import TopicSpec, check_state_topic, ensure_partitions, ensure_topics
 from bridge.kafka.producer import TransactionalProducer
 from bridge.kafka.readback import header, recent_records
 from bridge.mapping.dropcopy import DropCopyMapper
 from bridge.mapping.predexon_channels import CHANNELS
-from bridge.metrics import streams_of
 from bridge.records import EVENT_ID_HEADER, Record, Source
 from bridge.serde.avro import Serializer, WireFormat
 from bridge.serde.registry import RegistryFormat, configured_topic_schemas, wire_format_of
@@ -46,6 +42,10 @@ from bridge.sources.dropcopy_kinds import KINDS
 from bridge.sources.predexon import PredexonSource
 from bridge.sources.predexon_placement import PredexonConnectionManager
 from bridge.sources.upstreams import dropcopy_channel, predexon_key, token_provider
+
+if TYPE_CHECKING:
+    from bridge.backfill.rest_clients import RestClients
+    from bridge.health import HealthServer
 
 log = logging.getLogger(__name__)
 
@@ -268,6 +268,8 @@ class Bridge:
         runners: list[StreamRunner] = []  # the runner below, for the pipeline's gap hook
         build_backfill = None
         if backfill is not None and settings.backfill.enabled:
+            from bridge.backfill.wiring import task_factory  # imported only when used
+
             build_backfill = task_factory(
                 stream=backfill,
                 kafka=self._kafka,
@@ -304,6 +306,8 @@ class Bridge:
     def _rest_histories(self) -> RestHistories:
         """The REST history clients `[backfill]` uses (one set per process)."""
         if self._rest is None:
+            from bridge.backfill.rest_clients import RestClients  # imported only when used
+
             settings = self.settings
             self._rest = self._own_rest = RestClients(
                 settings,
@@ -353,11 +357,21 @@ class Bridge:
     async def run(self, stop: asyncio.Event) -> int:
         """Run this instance's streams until `stop`; 0 when all stopped cleanly, 1 when any
         failed (see `bridge.cluster.group`)."""
+        log.info("instance %s starting: checking topics", self.instance_id)
         await self.prepare()
         runners = self.build()
-        health = await serve(
-            self.settings, lambda: streams_of(runners.values(), self.sources), self._group_state
-        )
+        health: HealthServer | None = None
+        if self.settings.metrics.port:
+            # Imported only when served: prometheus_client alone is a large part of the
+            # imports before the first commit (docs/benchmarks.md, restarts).
+            from bridge.health import serve
+            from bridge.metrics import streams_of
+
+            health = await serve(
+                self.settings,
+                lambda: streams_of(runners.values(), self.sources),
+                self._group_state,
+            )
         failures = Failures()
         try:
             if self.settings.cluster.enabled:

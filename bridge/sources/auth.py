@@ -26,8 +26,6 @@ import uuid
 from pathlib import Path
 from typing import Any, Protocol
 
-import jwt
-
 from bridge.errors import AuthError, ConfigError, UpstreamError
 
 log = logging.getLogger(__name__)
@@ -161,6 +159,10 @@ class PrivateKeyJwtProvider:
         self._cached = None
 
     def _assertion(self) -> str:
+        # Imported here, not at the top: PyJWT and cryptography are about a third of the
+        # bridge's imports, and only private_key_jwt needs them (docs/benchmarks.md).
+        import jwt
+
         now = int(time.time())
         claims = {
             "iss": self._client_id,
