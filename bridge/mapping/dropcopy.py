@@ -32,7 +32,10 @@ its unknown fields), not dropped as a repeat. The price: when the exchange start
 new field, or the bridge is upgraded to a contract that knows it (known fields serialize
 before unknown ones), each symbol's next state is written once more.
 
-A missing timestamp gives a null event time. A record whose identity field (execution id,
+A missing timestamp gives a null event time, and so does an implausible one (before 2000, or
+more than a day past the bridge's clock: `bridge.event_times`), which the payload keeps as
+sent; a timestamp no reader can hold as a date (outside years 1-9999) makes the message a
+dead letter (`bridge.serde.transcode`). A record whose identity field (execution id,
 trade id, instrument symbol, position symbol) is empty cannot be keyed or deduplicated: it
 becomes a dead letter rather than a record that every later empty-id record would "repeat".
 """
@@ -46,6 +49,7 @@ from typing import Any
 from google.protobuf.descriptor import Descriptor
 
 from bridge.errors import MappingError
+from bridge.event_times import plausible_or_none
 from bridge.records import DeadLetter, Record
 from bridge.serde.avro import load_schema
 from bridge.serde.avro_binary import bytes_map_bytes, int_map_bytes, long_bytes, string_bytes
@@ -171,6 +175,7 @@ class DropCopyMapper:
         for message in getattr(response, self.kind.list_field):
             try:
                 key, event_id, event_time = identity(message)
+                event_time = plausible_or_none(event_time, receive_time_us)
                 out = bytearray(prefix)
                 out += string_bytes(event_id)
                 out += shared

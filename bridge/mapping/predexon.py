@@ -12,6 +12,10 @@ it builds on, one job each:
 Fields this version does not know are kept in `extra` (a JSON object text), so an upstream
 addition is never lost before the schema learns it.
 
+`event_time` is the event's `timestamp` in microseconds, its unit (seconds, milliseconds or
+microseconds: Predexon does not publish it) read from its magnitude, and null unless the
+time is plausible (`bridge.event_times`); `timestamp` itself is always kept as sent.
+
 Identities (`event_id`, used by the pipeline to drop repeats):
 
 - on-chain events: `<event_type>:<tx_hash>:<log_index>` (order fills add `:<role>`, since
@@ -33,6 +37,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from bridge.errors import MappingError
+from bridge.event_times import micros_by_magnitude, plausible_or_none
 from bridge.mapping.predexon_channels import CHANNELS, CONTROL_TYPES
 from bridge.mapping.predexon_fields import KINDS
 from bridge.mapping.predexon_json import dumps, json_excerpt, json_type_name, loads
@@ -51,6 +56,14 @@ connection."""
 
 def _raw_bytes(raw: bytes | str) -> bytes:
     return raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw
+
+
+def _event_time(timestamp: int | None, receive_time_us: int) -> int | None:
+    # Predexon publishes no unit (seconds, and milliseconds, were both seen): by magnitude.
+    # An implausible time stays only in `timestamp`, as sent; it never reaches a position.
+    if timestamp is None:
+        return None
+    return plausible_or_none(micros_by_magnitude(timestamp), receive_time_us)
 
 
 def _content_hash(data: Mapping[str, Any], salt: str = "") -> str:
@@ -191,8 +204,7 @@ class PredexonMapper:
         rest = {k: v for k, v in data.items() if k not in self._known}
         value["extra"] = dumps(rest) if rest else None
         unknown = bool(rest) or self._nested_extra(value)
-        timestamp = value.get("timestamp")
-        event_time = None if timestamp is None else timestamp * self.channel.time_unit_us
+        event_time = _event_time(value.get("timestamp"), receive_time_us)
         value.update(
             event_id=self._event_id(event_type, data, value, subscription_id),
             event_type=event_type,

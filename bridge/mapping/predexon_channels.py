@@ -26,9 +26,8 @@ class Channel:
     selectors: tuple[str, ...]
     """Allowed filter keys (exactly one per subscription)."""
     key_fields: tuple[str, ...]
-    """Kafka key: the first of these present in the event."""
-    time_unit_us: int
-    """Microseconds per unit of `timestamp` (seconds: 1e6; orderbook milliseconds: 1e3)."""
+    """Kafka key: the first of these present in the event. (`timestamp`, in a unit Predexon
+    does not publish, becomes `event_time` by its magnitude: `bridge.event_times`.)"""
     updatable: bool = True
 
 
@@ -81,7 +80,6 @@ CHANNELS: dict[str, Channel] = {
             ),
             ("users", "condition_ids", "market_slugs"),
             ("condition_id", "token_id"),
-            1_000_000,
         ),
         Channel(
             "activity",
@@ -105,7 +103,6 @@ CHANNELS: dict[str, Channel] = {
             ),
             ("users", "condition_ids"),
             ("condition_id",),
-            1_000_000,
         ),
         Channel(
             "lifecycle",
@@ -127,7 +124,6 @@ CHANNELS: dict[str, Channel] = {
             ),
             ("condition_ids",),
             ("condition_id",),
-            1_000_000,
         ),
         Channel(
             "orderbook",
@@ -166,7 +162,6 @@ CHANNELS: dict[str, Channel] = {
             ),
             ("token_ids", "condition_ids", "market_slugs"),
             ("token_id",),
-            1_000,
             updatable=False,
         ),
         Channel(
@@ -194,7 +189,6 @@ CHANNELS: dict[str, Channel] = {
             ),
             ("condition_ids", "market_slugs"),
             ("condition_id",),
-            1_000_000,
         ),
         Channel(
             "collateral",
@@ -214,7 +208,6 @@ CHANNELS: dict[str, Channel] = {
             ),
             ("users",),
             ("user",),
-            1_000_000,
         ),
         Channel(
             "crypto",
@@ -233,7 +226,6 @@ CHANNELS: dict[str, Channel] = {
             ),
             ("feeds",),
             ("feed",),
-            1_000_000,
         ),
     )
 }

@@ -73,9 +73,11 @@ def test_every_event_type_maps_losslessly(channel: str) -> None:
         assert decoded["receive_time"] == datetime.fromtimestamp(RECEIVED / 1e6, UTC)
         assert decoded["stream_id"] == f"s-{channel}"
         assert record.event_id == decoded["event_id"]
-        unit = CHANNELS[channel].time_unit_us
+        # Seconds, and milliseconds on the orderbook: told apart by magnitude.
         ts = sent.get("timestamp")
+        unit = 1_000 if channel == "orderbook" else 1_000_000
         assert record.event_time_us == (None if ts is None else ts * unit)
+        assert decoded["timestamp"] == ts  # kept as sent
         key_field = next((f for f in CHANNELS[channel].key_fields if sent.get(f)), None)
         if key_field is not None:
             assert record.key == sent[key_field].encode()
