@@ -6,6 +6,7 @@
     │   └── AuthError            credentials refused or missing scope / plan: not retriable
     ├── KafkaError               a Kafka operation failed
     │   └── FencedError          another instance owns this stream's transactional id
+    ├── StateRecordError         a stream's state record is unusable: that stream stops
     └── MappingError             one upstream message could not be mapped: a dead letter
 
 Third-party exceptions are translated into these at one boundary each (grpc in
@@ -53,6 +54,11 @@ class KafkaError(BridgeError):
 
 class FencedError(KafkaError):
     """Another bridge instance took over this stream (same transactional.id)."""
+
+
+class StateRecordError(BridgeError):
+    """A stream's record in the state topic does not decode or holds an implausible time:
+    that stream cannot resume and stops until `polybridge state reset`; others run."""
 
 
 class MappingError(BridgeError):

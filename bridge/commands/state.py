@@ -17,6 +17,7 @@ from bridge.cluster.membership import current_owners
 from bridge.config import Settings, load_settings, parse_time
 from bridge.eos.positions import PositionStore
 from bridge.errors import BridgeError, ConfigError
+from bridge.event_times import BOUNDS_TEXT, is_plausible
 from bridge.kafka.readback import read_topic
 from bridge.kafka.state import StateEntry, encode_state, write_state
 from bridge.records import Position
@@ -31,7 +32,10 @@ BACKFILL_SUFFIX = "/backfill"
 def _when(micros: int | None) -> str:
     if micros is None:
         return "-"
-    moment = dt.datetime.fromtimestamp(micros / 1e6, tz=dt.UTC)
+    try:
+        moment = dt.datetime.fromtimestamp(micros / 1e6, tz=dt.UTC)
+    except (OverflowError, ValueError, OSError):
+        return f"{micros}us"  # no date holds it (a record of an older version): as stored
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
@@ -46,6 +50,7 @@ def show(settings: Settings) -> str:
     store = PositionStore(kafka, _state_topic(settings))
     try:
         entries = store.refresh()
+        problems = store.problems()
     finally:
         store.close()
     running: dict[str, str] = {}
@@ -62,6 +67,8 @@ def show(settings: Settings) -> str:
         lines.append(_line(stream_id, entries.get(stream_id), running.get(stream_id, "-")))
     if len(lines) == 1:
         lines.append("(no stored positions)")
+    # A record that cannot be used stops its stream: say so here too, with the fix.
+    lines += ["", "unusable state records:", *problems.values()] if problems else []
     return "\n".join(lines + open_gap_lines(settings, entries))
 
 
@@ -135,6 +142,9 @@ async def reset(settings: Settings, stream_id: str, to_time: str | None) -> str:
         except ValueError as exc:
             raise ConfigError(f"state reset --to-time: {exc}") from None
         micros = int(moment.timestamp() * 1_000_000)
+        if not is_plausible(micros, now_us()):
+            # The stream would refuse to resume from it (see `bridge.event_times`).
+            raise ConfigError(f"state reset --to-time {to_time}: not {BOUNDS_TEXT}")
         # The bridge's own framing: Confluent with a Schema Registry, else single-object.
         fmt = wire_format_of(settings)
         serializer = Serializer("polybridge.State", fmt.prefix("polybridge.State", topic))

@@ -19,8 +19,10 @@ from typing import Any
 
 from confluent_kafka import Consumer
 
+from bridge.eos.state_records import StateRecords
 from bridge.kafka.readback import open_reader, partitions_of, read_ranges
-from bridge.kafka.state import StateEntry, decode_state
+from bridge.kafka.state import StateEntry
+from bridge.timeutil import now_us
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +34,9 @@ class PositionStore:
     def __init__(self, config: Mapping[str, Any], topic: str) -> None:
         self.config = dict(config)
         self.topic = topic
-        self._entries: dict[str, StateEntry] = {}
+        self._records = StateRecords(topic)
+        """The newest record per key, each decoded on its own: one stream's bad record
+        stops that stream only (`latest`); the others' are never decoded strictly."""
         self._next: dict[int, int] = {}
         """Per partition: the offset after the last one read (where the next read starts)."""
         self._reader: Consumer | None = None
@@ -52,19 +56,13 @@ class PositionStore:
                 self._reader = reader
                 self._next = dict.fromkeys(parts, 0)  # offset 0: from the beginning
             records, ends = read_ranges(self._reader, self.topic, self._next, self.config)
-            newest: dict[str, bytes | None] = {}
             for record in records:
                 if record.key is None:
                     log.warning(
                         "state record without key topic=%s offset=%d", self.topic, record.offset
                     )
                     continue
-                newest[record.key.decode()] = record.value
-            for stream_id, value in newest.items():
-                if value is None:
-                    self._entries.pop(stream_id, None)
-                else:
-                    self._entries[stream_id] = decode_state(value)
+                self._records.put(record.key.decode(), record.offset, record.value)
             self._next.update(ends)
             log.debug(
                 "state followed topic=%s new_records=%d ms=%.0f",
@@ -72,11 +70,22 @@ class PositionStore:
                 len(records),
                 (time.monotonic() - started) * 1e3,
             )
-            return dict(self._entries)
+            # Those that decode: `problems` names the others, `latest` stops on its own.
+            return self._records.entries()
 
     def latest(self, stream_id: str) -> StateEntry | None:
         """The stream's newest committed position, as of now (None: none stored)."""
-        return self.refresh().get(stream_id)
+        self.refresh()
+        # Only this stream's record is decoded strictly (StateRecordError when it
+        # cannot be used): a bad one stops this stream, not every stream.
+        with self._lock:
+            return self._records.entry(stream_id, now_us())
+
+    def problems(self) -> dict[str, str]:
+        """Per key whose record cannot be used, as of the last refresh: the error its
+        stream stops with."""
+        with self._lock:
+            return self._records.problems(now_us())
 
     def close(self) -> None:
         with self._lock:

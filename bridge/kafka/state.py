@@ -12,20 +12,22 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cache
 from io import BytesIO
 from typing import Any
 
 import fastavro
 
 from bridge.errors import KafkaError
+from bridge.event_times import BOUNDS_TEXT, describe_us, is_plausible, plausible_or_none
 from bridge.kafka.producer import ConfigValue, TransactionalProducer
 from bridge.records import STREAM_HEADER, Position
 from bridge.serde.avro import (
     CONFLUENT_MAGIC,
     SINGLE_OBJECT_MAGIC,
     Serializer,
+    expanded_schema,
     fingerprint,
-    load_schema,
 )
 from bridge.timeutil import micros
 
@@ -52,13 +54,15 @@ class StateEntry:
 def state_datum(
     stream_id: str, upstream: str, position: Position, owner: str, committed_at_us: int
 ) -> dict[str, Any]:
-    """The `polybridge.State` datum for a position."""
+    """The `polybridge.State` datum for a position. Its times are written only when
+    plausible at `committed_at_us` (`bridge.event_times`), so no state record holds a time
+    a later start would refuse; the mappers already null the implausible ones."""
     return {
         "stream_id": stream_id,
         "upstream": upstream,
         "resume_token": position.resume_token,
-        "event_time": position.event_time_us,
-        "live_time": position.live_time_us,
+        "event_time": plausible_or_none(position.event_time_us, committed_at_us),
+        "live_time": plausible_or_none(position.live_time_us, committed_at_us),
         "owner": owner,
         "committed_at": committed_at_us,
         "detail": dict(position.detail),
@@ -93,15 +97,44 @@ def _entry(datum: Mapping[str, Any]) -> StateEntry:
     )
 
 
+@cache
+def _times_as_longs() -> Any:
+    """The State schema without logical types: the same binary encoding, its timestamps
+    read as the longs they are. A reader turning them into dates fails on any time beyond
+    year 9999, and that is `implausible_time`'s to report, with the stream it stops."""
+
+    def plain(node: Any) -> Any:
+        if isinstance(node, dict):
+            return {k: plain(v) for k, v in node.items() if k != "logicalType"}
+        if isinstance(node, list):
+            return [plain(item) for item in node]
+        return node
+
+    return fastavro.parse_schema(plain(expanded_schema(STATE_SCHEMA)))
+
+
+def implausible_time(entry: StateEntry, now_us: int) -> str | None:
+    """What is wrong with the times of a stream's position (None: nothing). A position
+    resumes from them, so one outside the plausible range must not be used."""
+    for name, time_us in (
+        ("event_time", entry.position.event_time_us),
+        ("live_time", entry.position.live_time_us),
+    ):
+        if time_us is not None and not is_plausible(time_us, now_us):
+            return f"its {name} {describe_us(time_us)} is implausible (not {BOUNDS_TEXT})"
+    return None
+
+
 def decode_state(value: bytes) -> StateEntry:
-    """A state topic value back to a `StateEntry`.
+    """A state topic value back to a `StateEntry`. Times are read as longs (see
+    `implausible_time` for their check).
 
     Accepts single-object encoding (the fingerprint must be the current State schema's) and
     Confluent framing (the body is read with the current schema: State changes are kept
     BACKWARD compatible and the bridge registers that schema). Anything else raises
     `KafkaError` naming the framing it found.
     """
-    schema = load_schema(STATE_SCHEMA)
+    schema = _times_as_longs()
     if value.startswith(SINGLE_OBJECT_MAGIC):
         fp = value[2:10]
         if fp != fingerprint(STATE_SCHEMA):
