@@ -245,6 +245,15 @@ class PredexonSimulator:
             for _ in range(count):
                 conn.outbox.put_nowait((frame, []))
 
+    def send_event(self, channel: str, data: dict[str, Any]) -> int:
+        """Send `data` as it is, an event of `channel`, to every subscription of the
+        channel (filters not applied, not in the ground truth): values no generator makes,
+        e.g. extreme numbers. Returns how many subscriptions it was queued for."""
+        subs = [s for c in self.connections() for s in c.subs.values() if s.channel == channel]
+        for sub in subs:
+            self._fanout.send(sub, data)
+        return len(subs)
+
     def send_resync(self) -> None:
         """Orderbook subscriptions get `resync`, then fresh snapshots and `snapshots_done`."""
         now = time.time()
