@@ -19,6 +19,11 @@ log = logging.getLogger(__name__)
 REPEAT_S = 30.0
 """An outage still going on is said again after this long, with its age."""
 
+STALE_S = 2.0
+"""After Kafka answered, reports of it being away are ignored this long: other clients
+deliver their 'all brokers are down' of a moment ago (seen: a second outage line 10 ms
+after the first one ended)."""
+
 
 class Reachability:
     """Tracks whether Kafka answers this process. `unreachable()` is called by whatever
@@ -38,6 +43,7 @@ class Reachability:
         self._lock = threading.Lock()
         self._since: float | None = None
         self._said_at = 0.0
+        self._back_at = float("-inf")
         self._waiting: set[str] = set()
         self._cause = ""
 
@@ -53,6 +59,9 @@ class Reachability:
             self._waiting.add(waiting)
             self._cause = cause
             if self._since is None:
+                if now - self._back_at < STALE_S:
+                    self._waiting.discard(waiting)
+                    return
                 self._since = self._said_at = now
                 line = f"Kafka unreachable: {cause}; waiting on it: {self._names()}"
             elif now - self._said_at >= self._repeat_s:
@@ -74,6 +83,7 @@ class Reachability:
             if self._since is None:
                 return
             age, self._since = now - self._since, None
+            self._back_at = now
             self._waiting.clear()
         self._target.warning("Kafka reachable again after %.1f s", age)
 

@@ -36,6 +36,10 @@ def test_an_outage_is_one_line_then_its_age_every_30_s_then_one_line_when_back(
         clock.now = 200.0
         kafka.reachable()
         kafka.reachable()
+        clock.now = 201.0  # another client's report of a moment ago: stale
+        kafka.unreachable("stream c", "all brokers are down")
+        clock.now = 203.0  # away again
+        kafka.unreachable("stream c", "all brokers are down")
     assert _lines(caplog) == [
         "Kafka unreachable: all brokers are down; waiting on it: stream a",
         "Kafka still unreachable after 30 s: all brokers are down; waiting on it: "
@@ -45,8 +49,9 @@ def test_an_outage_is_one_line_then_its_age_every_30_s_then_one_line_when_back(
         "Kafka still unreachable after 90 s: all brokers are down; waiting on it: "
         "stream a, stream b",
         "Kafka reachable again after 100.0 s",
+        "Kafka unreachable: all brokers are down; waiting on it: stream c",
     ]
-    assert not kafka.away
+    assert kafka.away
 
 
 def test_connection_failures_of_librdkafka_are_folded_into_the_outage_while_it_lasts(
