@@ -37,13 +37,22 @@ class KafkaSettings(_Section):
     topic_prefix: str = ""
     """Prepended to every topic name the bridge uses (data, state, dead letters, gaps)."""
     partitions: int = Field(6, ge=1)
-    replication_factor: int = Field(1, ge=1)
+    replication_factor: int = Field(-1, ge=-1)
+    """Replicas of each topic the bridge creates; -1: the cluster's
+    `default.replication.factor` (Kafka's own "unset")."""
     state_topic: str = "polybridge.state"
     dlq_topic: str = "polybridge.dlq"
     gaps_topic: str = "polybridge.gaps"
     transaction_timeout_ms: int = Field(60_000, ge=1_000)
     properties: dict[str, str | int | float | bool] = Field(default_factory=dict)
     """Passed to librdkafka as-is, e.g. security.protocol / sasl.* / ssl.* for managed Kafka."""
+
+    @field_validator("replication_factor")
+    @classmethod
+    def _replicas(cls, value: int) -> int:
+        if value == 0:
+            raise ValueError("must be -1 (the cluster's default.replication.factor) or >= 1")
+        return value
 
     def topic(self, name: str) -> str:
         return self.topic_prefix + name

@@ -35,7 +35,8 @@ class TopicSpec:
 
     name: str
     partitions: int = 1
-    replication_factor: int = 1
+    replication_factor: int = -1
+    """-1: the cluster's `default.replication.factor`."""
     config: Mapping[str, str] = field(default_factory=dict)
 
 
@@ -86,14 +87,38 @@ def ensure_topics(config: Mapping[str, Any], specs: Iterable[TopicSpec]) -> list
 
 def topic_config(config: Mapping[str, Any], name: str) -> dict[str, str]:
     """The effective config of topic `name` (describe_configs)."""
+    return topic_configs(config, [name])[name]
+
+
+def topic_configs(config: Mapping[str, Any], names: Iterable[str]) -> dict[str, dict[str, str]]:
+    """The effective config of each topic of `names`, in one describe_configs request."""
+    return _describe(config, [ConfigResource(ResourceType.TOPIC, name) for name in names])
+
+
+def broker_config(config: Mapping[str, Any], broker_id: int) -> dict[str, str]:
+    """The effective config of broker `broker_id`: the defaults of topics created without
+    their own (default.replication.factor, min.insync.replicas)."""
+    return _describe(config, [ConfigResource(ResourceType.BROKER, str(broker_id))])[str(broker_id)]
+
+
+def _describe(
+    config: Mapping[str, Any], resources: list[ConfigResource]
+) -> dict[str, dict[str, str]]:
+    if not resources:
+        return {}
     admin = _admin(config)
-    resource = ConfigResource(ResourceType.TOPIC, name)
+    found: dict[str, dict[str, str]] = {}
     try:
-        result = admin.describe_configs([resource], request_timeout=ADMIN_TIMEOUT_S)
-        entries = result[resource].result(timeout=ADMIN_TIMEOUT_S)
+        result = admin.describe_configs(resources, request_timeout=ADMIN_TIMEOUT_S)
+        for resource, future in result.items():
+            entries = future.result(timeout=ADMIN_TIMEOUT_S)
+            found[resource.name] = {
+                k: str(v.value) for k, v in entries.items() if v.value is not None
+            }
     except LibKafkaException as exc:
-        raise KafkaError(f"cannot describe topic {name}: {exc.args[0]}", retriable=True) from exc
-    return {k: str(v.value) for k, v in entries.items() if v.value is not None}
+        names = ", ".join(r.name for r in resources)
+        raise KafkaError(f"cannot describe {names}: {exc.args[0]}", retriable=True) from exc
+    return found
 
 
 def check_state_topic(config: Mapping[str, Any], name: str) -> None:
