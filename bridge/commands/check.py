@@ -5,7 +5,11 @@ Nothing is subscribed and nothing is written:
 
 - settings: the file parses and every key is known and valid;
 - kafka: the brokers answer within a bounded wait; an existing state topic is compacted
-  with one partition (a missing one is created by `run`);
+  with one partition (a missing one is created by `run`). On a cluster of several brokers,
+  one indented warning line (the check still passes) per topic the bridge writes that has
+  fewer than 3 replicas or `min.insync.replicas` below 2, or would have once `run`
+  creates it (from `kafka.replication_factor` or the brokers' defaults): such a topic
+  loses acknowledged records, or stops taking them, when one broker goes;
 - dropcopy: the gRPC channel (TLS handshake included) becomes ready, and an access token
   is obtainable: a static token is present, a JWT not expired and carrying the scopes
   the configured streams need; or the Private Key JWT flow mints one. (Only the exchange
@@ -43,13 +47,22 @@ from websockets.exceptions import InvalidStatus, WebSocketException
 from bridge.config import Settings, load_settings
 from bridge.drift import ReflectionError, compare, served_files
 from bridge.errors import BridgeError
-from bridge.kafka.admin import check_state_topic
+from bridge.kafka.admin import broker_config, check_state_topic, topic_configs
 from bridge.kafka.client_log import client_log_config
+from bridge.serde.registry import configured_topic_schemas
 from bridge.sources.auth import TokenProvider
 from bridge.sources.dropcopy_kinds import KINDS
 from bridge.sources.predexon_placement import PLAN_LIMITS
 from bridge.sources.predexon_subscription import SubscriptionSpec
 from bridge.sources.upstreams import dropcopy_channel, predexon_key, token_provider
+
+SAFE_REPLICAS = 3
+"""Replicas a topic the bridge writes should have on a multi-broker cluster: one broker may
+be down (a restart) while another fails, and the records survive."""
+
+SAFE_MIN_ISR = 2
+"""`min.insync.replicas` such a topic should have: a record is acknowledged (and its
+transaction committed) only once two brokers hold it."""
 
 CONNECT_TIMEOUT_S = 10.0
 """Bound for each connectivity check (Kafka metadata, gRPC channel, WebSocket handshake):
@@ -92,7 +105,7 @@ Outcome = str | tuple[str, tuple[str, ...]]
 """What a passing check found: its detail, or its detail and notes."""
 
 
-def _check_kafka(settings: Settings) -> str:
+def _check_kafka(settings: Settings) -> Outcome:
     kafka = settings.kafka
     conf: dict[str, Any] = kafka.librdkafka()
     try:
@@ -106,13 +119,68 @@ def _check_kafka(settings: Settings) -> str:
         ) from None
     state = kafka.topic(kafka.state_topic)
     detail = f"reached {kafka.bootstrap_servers} ({len(metadata.brokers)} broker(s))"
+    try:
+        notes = _replication_warnings(settings, conf, metadata)
+    except BridgeError as exc:
+        raise _Failed(str(exc)) from None
+    if notes:
+        detail += f"; {len(notes)} replication warning(s)"
     if state not in metadata.topics:
-        return detail + f"; state topic {state} missing (run creates it compacted)"
+        return detail + f"; state topic {state} missing (run creates it compacted)", notes
     try:
         check_state_topic(conf, state)
     except BridgeError as exc:
-        raise _Failed(str(exc)) from None
-    return detail + f"; state topic {state} is compacted with one partition"
+        raise _Failed(str(exc), notes) from None
+    return detail + f"; state topic {state} is compacted with one partition", notes
+
+
+def _replication_warnings(
+    settings: Settings, conf: dict[str, Any], metadata: Any
+) -> tuple[str, ...]:
+    """On a cluster of several brokers, a warning per topic the bridge writes (data, state,
+    dead letters, gaps) with fewer than SAFE_REPLICAS replicas or min.insync.replicas
+    below SAFE_MIN_ISR; the missing ones judged by what `run` would create them with."""
+    brokers = len(metadata.brokers)
+    if brokers < 2:
+        return ()
+    written = sorted({topic for _, topic in configured_topic_schemas(settings)})
+    existing = [t for t in written if t in metadata.topics and metadata.topics[t].error is None]
+    missing = [t for t in written if t not in existing]
+    notes: list[str] = []
+    configs = topic_configs(conf, existing)
+    for topic in existing:
+        partitions = metadata.topics[topic].partitions.values()
+        replicas = min((len(p.replicas) for p in partitions), default=0)
+        min_isr = int(configs[topic].get("min.insync.replicas", "1"))
+        notes += _warnings(f"topic {topic} has", replicas, min_isr, brokers)
+    if missing:
+        defaults = broker_config(conf, min(metadata.brokers))
+        factor = settings.kafka.replication_factor
+        replicas = factor if factor != -1 else int(defaults.get("default.replication.factor", "1"))
+        min_isr = int(defaults.get("min.insync.replicas", "1"))
+        notes += _warnings(
+            f"topic(s) {', '.join(missing)}, missing, would be created with",
+            replicas,
+            min_isr,
+            brokers,
+        )
+    return tuple(notes)
+
+
+def _warnings(subject: str, replicas: int, min_isr: int, brokers: int) -> list[str]:
+    found = []
+    if replicas < SAFE_REPLICAS:
+        found.append(
+            f"warning: {subject} {replicas} replica(s) on a {brokers}-broker cluster, fewer "
+            f"than {SAFE_REPLICAS}: losing a broker can lose or block its records "
+            "(kafka.replication_factor, or the cluster's default.replication.factor)"
+        )
+    if min_isr < SAFE_MIN_ISR:
+        found.append(
+            f"warning: {subject} min.insync.replicas={min_isr}, below {SAFE_MIN_ISR}: a "
+            "record acknowledged by one broker alone is lost with that broker"
+        )
+    return found
 
 
 async def _check_channel(settings: Settings) -> str:
