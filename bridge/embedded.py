@@ -1,4 +1,5 @@
-"""A local Apache Kafka broker for the demo, the tests and the benchmarks.
+"""A local Apache Kafka broker, or a cluster of three, for the demo, the tests and the
+benchmarks.
 
 One node in KRaft mode, broker and controller combined, started the way Kafka's own
 distribution starts it: `kafka.tools.StorageTool format --standalone` once per data
@@ -6,6 +7,12 @@ directory, then `kafka.Kafka server.properties`, on a classpath of the jars that
 committed Maven project `kafka/pom.xml` resolves from Maven Central. The classpath is
 resolved on first use and cached in `kafka/target/` (like `.venv`); the jars stay in
 Maven's local repository.
+
+`EmbeddedCluster` starts several such nodes (node ids 1..N) as one KRaft cluster: a static
+controller quorum (`controller.quorum.voters` lists every node), one cluster id formatted
+into each data directory, replication factor 3 for every topic and internal topic,
+`min.insync.replicas` 2 and no unclean leader election, so that one node killed at a
+time leaves every partition writable.
 
 Data lives on disk: a broker SIGKILLed and started again on the same `data_dir` keeps
 every record it acknowledged. Without a `data_dir` the broker uses a temporary directory
@@ -27,6 +34,9 @@ import subprocess
 import tempfile
 import time
 import uuid
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import IO
@@ -44,6 +54,33 @@ STOP_TIMEOUT_S = 30.0
 
 HEAP = "-Xmx768m"
 """Bounded heap: a test broker holds little, and 2-core machines run several at once."""
+
+CLUSTER_HEAP = "-Xmx512m"
+"""Heap of each node of an `EmbeddedCluster`: three of them share the machine."""
+
+CLUSTER_JVM_OPTIONS = ("-XX:TieredStopAtLevel=1",)
+"""JIT with the client compiler only: a node starts on about 30% less CPU (4.0 instead of
+5.5-6.2 CPU seconds measured), which failover tests pay on every restart; the peak
+throughput it gives up is not what a local cluster is for."""
+
+CLUSTER_START_TIMEOUT_S = 120.0
+"""How long `EmbeddedCluster.start()` waits for every node to be in the metadata: three
+JVMs starting at once on 2 cores take 10-20 s; the margin covers a loaded CI runner."""
+
+CLUSTER_REPLICAS = 3
+"""Replicas of every topic on an `EmbeddedCluster` (its default size)."""
+
+CLUSTER_MIN_ISR = 2
+"""`min.insync.replicas` on an `EmbeddedCluster`: an acks=all write needs two replicas, so
+one node may be down and no acknowledged record lives on one disk only."""
+
+CLUSTER_BROKER_SESSION_MS = 4000
+"""`broker.session.timeout.ms` on an `EmbeddedCluster` (Kafka's default: 9000): how long the
+controller waits for a silent node's heartbeat before fencing it and electing new leaders
+for its partitions. A SIGKILLed node's partitions are unwritable until then, so this
+bounds every crash failover; lower than the default, failover tests cost seconds less per
+kill. Nodes heartbeat every 500 ms (`broker.heartbeat.interval.ms`, default 2000), which
+also unfences a restarted node sooner."""
 
 JAVA_MIN_VERSION = 17
 """Apache Kafka 4 brokers need Java 17 or newer."""
@@ -165,28 +202,71 @@ def port_free(port: int) -> bool:
     return True
 
 
+@dataclass(frozen=True, slots=True)
+class Quorum:
+    """The KRaft controller quorum of an `EmbeddedCluster`: every node's id and controller
+    port, and the one cluster id formatted into every node's data directory."""
+
+    voters: tuple[tuple[int, int], ...]
+    """(node id, controller port) of every node."""
+    cluster_id: str
+
+    def voters_property(self) -> str:
+        """`controller.quorum.voters`: `1@127.0.0.1:port,2@...`."""
+        return ",".join(f"{node}@127.0.0.1:{port}" for node, port in self.voters)
+
+    @property
+    def replicas(self) -> int:
+        return min(len(self.voters), CLUSTER_REPLICAS)
+
+
 def server_properties(
-    port: int, controller_port: int, log_dirs: Path, advertised: str | None
+    port: int,
+    controller_port: int,
+    log_dirs: Path,
+    advertised: str | None,
+    node_id: int = 1,
+    quorum: Quorum | None = None,
 ) -> str:
-    """`server.properties` for one combined broker+controller on loopback."""
+    """`server.properties` for one combined broker+controller on loopback: a node of its
+    own (`quorum` None), or node `node_id` of the cluster `quorum` describes."""
+    replicas = quorum.replicas if quorum is not None else 1
+    min_isr = min(replicas, CLUSTER_MIN_ISR) if quorum is not None else 1
     settings = {
         "process.roles": "broker,controller",
-        "node.id": "1",
-        "controller.quorum.bootstrap.servers": f"127.0.0.1:{controller_port}",
+        "node.id": str(node_id),
+        **(
+            {"controller.quorum.voters": quorum.voters_property()}
+            if quorum is not None
+            else {"controller.quorum.bootstrap.servers": f"127.0.0.1:{controller_port}"}
+        ),
         "listeners": f"PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}",
         "advertised.listeners": f"PLAINTEXT://{advertised or f'127.0.0.1:{port}'}",
         "controller.listener.names": "CONTROLLER",
         "inter.broker.listener.name": "PLAINTEXT",
         "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
         "log.dirs": str(log_dirs),
-        # One node: every internal topic has one replica.
-        "offsets.topic.replication.factor": "1",
-        "transaction.state.log.replication.factor": "1",
-        "transaction.state.log.min.isr": "1",
-        "share.coordinator.state.topic.replication.factor": "1",
-        "share.coordinator.state.topic.min.isr": "1",
+        # One node: every topic has one replica. A cluster: every topic, internal ones
+        # included, has a replica on each of (up to) three nodes, and a write needs two.
+        "default.replication.factor": str(replicas),
+        "min.insync.replicas": str(min_isr),
+        "offsets.topic.replication.factor": str(replicas),
+        "transaction.state.log.replication.factor": str(replicas),
+        "transaction.state.log.min.isr": str(min_isr),
+        "share.coordinator.state.topic.replication.factor": str(replicas),
+        "share.coordinator.state.topic.min.isr": str(min_isr),
+        # A replica that was not in sync never becomes leader: no acknowledged record lost.
+        "unclean.leader.election.enable": "false",
+        **(
+            {
+                "broker.session.timeout.ms": str(CLUSTER_BROKER_SESSION_MS),
+                "broker.heartbeat.interval.ms": "500",
+            }
+            if quorum is not None
+            else {}
+        ),
         # Fewer internal partitions than the defaults (50): created on first use, and 50
-        # each cost seconds of a 2-core machine for no benefit on one node.
+        # each cost seconds of a 2-core machine for no benefit on a local broker.
         "offsets.topic.num.partitions": "4",
         "transaction.state.log.num.partitions": "4",
         # A new group rebalances at once instead of waiting 3 s for more members.
@@ -222,6 +302,10 @@ class EmbeddedBroker:
 
     Use as a context manager, or call `start()` / `stop()`. `kill()` SIGKILLs it and a
     later `start()` restarts it on the same ports and data directory.
+
+    As node `node_id` of an `EmbeddedCluster` it is given the cluster's `quorum` and its
+    own `controller_port` (one of the quorum's voters); `start()` then returns once the
+    cluster's metadata, as this node serves it, shows every node.
     """
 
     def __init__(
@@ -230,9 +314,19 @@ class EmbeddedBroker:
         data_dir: str | os.PathLike[str] | None = None,
         log_path: str | os.PathLike[str] | None = None,
         advertised: str | None = None,
+        *,
+        node_id: int = 1,
+        controller_port: int | None = None,
+        quorum: Quorum | None = None,
+        heap: str = HEAP,
+        jvm_options: Sequence[str] = (),
     ) -> None:
         self.port = port if port is not None else free_port()
-        self.controller_port = free_port()
+        self.controller_port = controller_port if controller_port is not None else free_port()
+        self.node_id = node_id
+        self.quorum = quorum
+        self.heap = heap
+        self.jvm_options = tuple(jvm_options)
         self._owns_data = data_dir is None
         self.data_dir = Path(data_dir or tempfile.mkdtemp(prefix="polybridge-kafka-"))
         self.log_path = Path(log_path) if log_path is not None else None
@@ -256,8 +350,22 @@ class EmbeddedBroker:
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
+    @property
+    def nodes(self) -> int:
+        """How many brokers the metadata shows once this broker's cluster is up."""
+        return len(self.quorum.voters) if self.quorum is not None else 1
+
     def start(self, timeout: float = START_TIMEOUT_S) -> EmbeddedBroker:
-        """Format the data directory if new, start the broker, return once it answers."""
+        """Format the data directory if new, start the broker, return once it answers
+        (and, as a cluster node, once the metadata it serves shows every node)."""
+        base = self.prepare()
+        self.launch(base)
+        self.wait_ready(timeout)
+        return self
+
+    def prepare(self) -> list[str]:
+        """Write the configuration, format the data directory if new; the java command
+        line's start for `launch()`. Safe in a worker thread (nothing is started)."""
         if self._proc is not None:
             raise BridgeError("embedded broker already started")
         java, classpath = java_binary(), broker_classpath()
@@ -268,17 +376,40 @@ class EmbeddedBroker:
         config = self.data_dir / "server.properties"
         config.write_text(
             server_properties(
-                self.port, self.controller_port, self.data_dir / "log", self.advertised
+                self.port,
+                self.controller_port,
+                self.data_dir / "log",
+                self.advertised,
+                self.node_id,
+                self.quorum,
             )
         )
         log4j = self.data_dir / "log4j2.properties"
         log4j.write_text(log4j_properties(self.log_path))
-        base = [java, HEAP, f"-Dlog4j2.configurationFile={log4j}", "-cp", classpath]
+        base = [
+            java,
+            self.heap,
+            *self.jvm_options,
+            f"-Dlog4j2.configurationFile={log4j}",
+            "-cp",
+            classpath,
+        ]
         if not (self.data_dir / "log" / "meta.properties").exists():
             self._format(base, config)
-        out_path = self.data_dir / "broker.out"
-        self._out = open(out_path, "ab")  # noqa: SIM115 (closed in stop())
-        log.info("starting embedded Kafka port=%d data_dir=%s", self.port, self.data_dir)
+        return base
+
+    def launch(self, base: list[str]) -> None:
+        """Start the broker process from `prepare()`'s command line, without waiting.
+        Call it on the thread that lives as long as the broker should (see
+        `_die_with_parent`)."""
+        config = self.data_dir / "server.properties"
+        self._out = open(self._out_path, "ab")  # noqa: SIM115 (closed in stop())
+        log.info(
+            "starting embedded Kafka node=%d port=%d data_dir=%s",
+            self.node_id,
+            self.port,
+            self.data_dir,
+        )
         self._proc = subprocess.Popen(
             [
                 *_die_with_parent(),
@@ -292,22 +423,34 @@ class EmbeddedBroker:
             stdout=self._out,
             stderr=subprocess.STDOUT,
         )
+
+    @property
+    def _out_path(self) -> Path:
+        return self.data_dir / "broker.out"
+
+    def wait_ready(self, timeout: float = START_TIMEOUT_S) -> None:
+        """Return once the launched broker answers with every node in its metadata; stop
+        it and raise if it exits or `timeout` passes first."""
         try:
-            self._wait_ready(timeout, out_path)
+            self._wait_ready(timeout, self._out_path)
         except BaseException:
             self.stop()
             raise
-        return self
 
     def _format(self, base: list[str], config: Path) -> None:
+        # A node of its own is its own quorum (--standalone); a cluster node gets the
+        # cluster's id, and its voters come from controller.quorum.voters.
+        how = (
+            ["--standalone", "--cluster-id", _cluster_id()]
+            if self.quorum is None
+            else ["--cluster-id", self.quorum.cluster_id]
+        )
         done = subprocess.run(
             [
                 *base,
                 "kafka.tools.StorageTool",
                 "format",
-                "--standalone",
-                "--cluster-id",
-                _cluster_id(),
+                *how,
                 "--config",
                 str(config),
             ],
@@ -346,12 +489,14 @@ class EmbeddedBroker:
                     f"{timeout:.0f} s: {last}"
                 )
             try:
-                if admin.list_topics(timeout=min(1.0, remaining)).brokers:
+                brokers = admin.list_topics(timeout=min(1.0, remaining)).brokers
+                if len(brokers) >= self.nodes:
                     log.info("embedded Kafka ready bootstrap=%s", self.bootstrap_servers)
                     return
+                last = BridgeError(f"{len(brokers)} of {self.nodes} brokers in the metadata")
             except Exception as exc:  # KafkaException while the port is not bound yet
                 last = exc
-                time.sleep(0.1)
+            time.sleep(0.1)
 
     def kill(self) -> None:
         """SIGKILL the broker (a crash); its data directory stays for a restart."""
@@ -397,6 +542,130 @@ class EmbeddedBroker:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+class EmbeddedCluster:
+    """A KRaft cluster of `nodes` combined broker+controller nodes on 127.0.0.1, for tests,
+    benchmarks and `polybridge broker --nodes 3`.
+
+    Node `i` (1..N) is an `EmbeddedBroker` with its own broker and controller port, its
+    data in `data_dir/node-i` and its log in `log_dir/kafka-i.log`. `start()` formats the
+    data directories and starts the JVMs side by side, and returns once every node serves
+    metadata showing all N brokers. `kill(i)` / `stop_node(i)` and `restart(i)` act on one
+    node, keeping its ports and data.
+    """
+
+    def __init__(
+        self,
+        nodes: int = CLUSTER_REPLICAS,
+        data_dir: str | os.PathLike[str] | None = None,
+        log_dir: str | os.PathLike[str] | None = None,
+        ports: Sequence[int] | None = None,
+        heap: str = CLUSTER_HEAP,
+    ) -> None:
+        if nodes < 1:
+            raise BridgeError(f"an embedded cluster needs at least one node, not {nodes}")
+        if ports is not None and len(ports) != nodes:
+            raise BridgeError(f"{nodes} nodes need {nodes} broker ports, not {len(ports)}")
+        self._owns_data = data_dir is None
+        self.data_dir = Path(data_dir or tempfile.mkdtemp(prefix="polybridge-kafka-cluster-"))
+        taken: set[int] = set(ports or ())
+        broker_ports = (
+            list(ports) if ports is not None else [_distinct_port(taken) for _ in range(nodes)]
+        )
+        controller_ports = [_distinct_port(taken) for _ in range(nodes)]
+        self.quorum = Quorum(
+            tuple((i + 1, controller_ports[i]) for i in range(nodes)), _cluster_id()
+        )
+        logs = Path(log_dir) if log_dir is not None else None
+        self.nodes: dict[int, EmbeddedBroker] = {
+            node: EmbeddedBroker(
+                broker_ports[node - 1],
+                self.data_dir / f"node-{node}",
+                logs / f"kafka-{node}.log" if logs is not None else None,
+                node_id=node,
+                controller_port=controller_port,
+                quorum=self.quorum,
+                heap=heap,
+                jvm_options=CLUSTER_JVM_OPTIONS,
+            )
+            for node, controller_port in self.quorum.voters
+        }
+
+    @property
+    def bootstrap_servers(self) -> str:
+        """Every node's `host:port`, comma-separated, for `bootstrap.servers`."""
+        return ",".join(node.bootstrap_servers for node in self.nodes.values())
+
+    def node(self, node_id: int) -> EmbeddedBroker:
+        return self.nodes[node_id]
+
+    def running(self) -> list[int]:
+        """The ids of the nodes whose process runs."""
+        return [i for i, node in self.nodes.items() if node.running]
+
+    def start(self, timeout: float = CLUSTER_START_TIMEOUT_S) -> EmbeddedCluster:
+        """Start every node that is not running, side by side; return once each serves
+        metadata showing every node."""
+        deadline = time.monotonic() + timeout
+        stopped = [node for node in self.nodes.values() if not node.running]
+        try:
+            # Formatting is a JVM run per node: in parallel. The brokers themselves are
+            # started on this thread (they die with the thread that started them).
+            with ThreadPoolExecutor(max(1, len(stopped))) as pool:
+                bases = list(pool.map(lambda node: node.prepare(), stopped))
+            for node, base in zip(stopped, bases, strict=True):
+                node.launch(base)
+            for node in stopped:
+                node.wait_ready(max(0.1, deadline - time.monotonic()))
+        except BaseException:
+            self.stop()
+            raise
+        log.info("embedded Kafka cluster ready bootstrap=%s", self.bootstrap_servers)
+        return self
+
+    def kill(self, node_id: int) -> None:
+        """SIGKILL node `node_id` (a crash); its data stays for `restart()`."""
+        self.nodes[node_id].kill()
+
+    def stop_node(self, node_id: int, timeout: float = STOP_TIMEOUT_S) -> None:
+        """Shut node `node_id` down cleanly (a controlled shutdown moves its leaderships
+        away first); its data stays for `restart()`."""
+        self.nodes[node_id].stop(timeout)
+
+    def restart(self, node_id: int, timeout: float = START_TIMEOUT_S) -> None:
+        """Start node `node_id` again on its ports and data; return once it serves metadata
+        showing every node (it has rejoined and is unfenced)."""
+        self.nodes[node_id].start(timeout)
+
+    def stop(self, timeout: float = STOP_TIMEOUT_S) -> None:
+        """Shut every node down at once (SIGKILL after `timeout`); delete a temporary data
+        directory."""
+        with ThreadPoolExecutor(len(self.nodes)) as pool:
+            list(pool.map(lambda node: node.stop(timeout), self.nodes.values()))
+        if self._owns_data:
+            shutil.rmtree(self.data_dir, ignore_errors=True)
+
+    def __enter__(self) -> EmbeddedCluster:
+        return self if self.running() else self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+def _distinct_port(taken: set[int]) -> int:
+    """A free port not in `taken` (which it joins): the kernel may hand out a port again
+    once its probe socket closed."""
+    while True:
+        port = free_port()
+        if port not in taken:
+            taken.add(port)
+            return port
 
 
 def _die_with_parent() -> list[str]:

@@ -2,7 +2,9 @@
 
 The broker is chosen in this order: `KAFKA_BOOTSTRAP_SERVERS` if set, else a local Apache
 Kafka started by the project (`bridge.embedded`), else testcontainers when a Docker engine
-answers.
+answers. `kafka_cluster()` starts a local three-node cluster for the failover tests, and
+the topology helpers below say which node leads a partition, coordinates a transactional
+id or a consumer group, and when every replica is back in sync.
 The read helper here is deliberately independent of `bridge.kafka.readback` (it is the
 oracle those tests compare against): read_committed, `assign()`, and the end taken from the
 end that fetch responses report (librdkafka's partition-EOF event, backed by the cached
@@ -18,7 +20,8 @@ import time
 import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from confluent_kafka import (
     OFFSET_BEGINNING,
@@ -28,6 +31,9 @@ from confluent_kafka import (
     TopicPartition,
 )
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+
+if TYPE_CHECKING:
+    from bridge.embedded import EmbeddedCluster
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +95,20 @@ def kafka_target(log_dir: str | None = None) -> Iterator[KafkaTarget]:
         broker.stop()
 
 
+@contextlib.contextmanager
+def kafka_cluster(log_dir: str | os.PathLike[str], nodes: int = 3) -> Iterator[EmbeddedCluster]:
+    """A local KRaft cluster of `nodes` nodes (replication factor 3, min.insync.replicas 2),
+    each node's log in `log_dir/kafka-<node>.log`; stopped and deleted afterwards. Always
+    the project's own Apache Kafka: the tests that use it kill its nodes."""
+    from bridge.embedded import EmbeddedCluster
+
+    cluster = EmbeddedCluster(nodes, log_dir=Path(log_dir)).start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
 def unique(prefix: str = "t") -> str:
     """A name no other test (or test run against a shared cluster) uses."""
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
@@ -102,8 +122,9 @@ def create_topic(
     timeout: float = 10.0,
 ) -> str:
     admin = AdminClient({"bootstrap.servers": bootstrap})
+    # Replication factor -1: the broker's default (1 on one node, 3 on a cluster).
     futures = admin.create_topics(
-        [NewTopic(name, partitions, 1, config=dict(config or {}))], request_timeout=timeout
+        [NewTopic(name, partitions, -1, config=dict(config or {}))], request_timeout=timeout
     )
     for future in futures.values():
         future.result(timeout=timeout)
@@ -180,3 +201,85 @@ def read_all(
         raise RuntimeError(f"reading {topic}: {exc}") from exc
     finally:
         consumer.close()
+
+
+# -- cluster topology ------------------------------------------------------------------
+
+
+def _topology_admin(bootstrap: str) -> AdminClient:
+    return AdminClient({"bootstrap.servers": bootstrap, "log_level": 3})
+
+
+def java_string_hash(text: str) -> int:
+    """Java's `String.hashCode()`: 31-polynomial over the UTF-16 code units, 32-bit signed."""
+    code = 0
+    data = text.encode("utf-16-be")
+    for i in range(0, len(data), 2):
+        code = (31 * code + int.from_bytes(data[i : i + 2], "big")) & 0xFFFFFFFF
+    return code - (1 << 32) if code >= 1 << 31 else code
+
+
+def kafka_abs(value: int) -> int:
+    """Kafka's `Utils.abs`: `Math.abs`, except that Integer.MIN_VALUE maps to 0."""
+    return 0 if value == -(1 << 31) else abs(value)
+
+
+def partition_leader(bootstrap: str, topic: str, partition: int, timeout: float = 10.0) -> int:
+    """The node id leading `topic`[`partition`] (-1 while it has none)."""
+    md = _topology_admin(bootstrap).list_topics(topic, timeout=timeout).topics[topic]
+    return int(md.partitions[partition].leader)
+
+
+def transaction_coordinator(bootstrap: str, transactional_id: str, timeout: float = 10.0) -> int:
+    """The node coordinating `transactional_id`: the leader of its `__transaction_state`
+    partition, `Utils.abs(transactionalId.hashCode) % partitions` (Kafka's
+    TransactionStateManager.partitionFor)."""
+    topic = "__transaction_state"
+    md = _topology_admin(bootstrap).list_topics(topic, timeout=timeout).topics[topic]
+    if md.error is not None or not md.partitions:
+        raise RuntimeError(f"{topic} not found: {md.error}")
+    partition = kafka_abs(java_string_hash(transactional_id)) % len(md.partitions)
+    return int(md.partitions[partition].leader)
+
+
+def group_coordinator(bootstrap: str, group_id: str, timeout: float = 30.0) -> int:
+    """The node coordinating consumer group `group_id` (DescribeGroups names it). Asked
+    again until `timeout` while the group's coordinator is moving or loading."""
+    admin = _topology_admin(bootstrap)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            futures = admin.describe_consumer_groups([group_id], request_timeout=5)
+            return int(futures[group_id].result(timeout=10).coordinator.id)
+        except (KafkaException, TimeoutError) as exc:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no coordinator for group {group_id}: {exc!r}") from exc
+        time.sleep(0.2)
+
+
+def wait_in_sync(bootstrap: str, brokers: int, timeout: float = 60.0) -> None:
+    """Wait until the metadata shows `brokers` brokers and every partition of every topic
+    (internal ones included) has a leader and all its replicas in sync: after a node
+    restarts, the point from which another node can be killed without a partition falling
+    below min.insync.replicas."""
+    admin = _topology_admin(bootstrap)
+    deadline = time.monotonic() + timeout
+    behind: list[str] = []
+    while True:
+        try:
+            md = admin.list_topics(timeout=5)
+            behind = [
+                f"{t.topic}[{p.id}] leader {p.leader} isr {sorted(p.isrs)} of {sorted(p.replicas)}"
+                for t in md.topics.values()
+                for p in t.partitions.values()
+                if p.leader < 0 or set(p.isrs) != set(p.replicas)
+            ]
+            if len(md.brokers) == brokers and not behind:
+                return
+            if len(md.brokers) != brokers:
+                behind.insert(0, f"{len(md.brokers)} of {brokers} brokers")
+        except KafkaException as exc:
+            behind = [str(exc)]
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"cluster not in sync within {timeout} s: {behind[:5]}")
+        time.sleep(0.2)
