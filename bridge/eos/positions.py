@@ -3,7 +3,12 @@
 The state topic is compacted with one partition; its newest record per key (the stream id)
 is that stream's position (a tombstone: none). Like Kafka Connect's offset store
 (`KafkaBasedLog`), one read_committed reader per process reads the topic from the beginning
-once, then on every `refresh()` only what was appended since, up to the current end. A
+once, then on every `refresh()` only what was appended since, up to the high watermark it
+had when the refresh began. Not to the last stable offset: the topic is shared, and a
+stream's own newest position can lie after another stream's transaction that is still open
+(a commit in flight, or a crashed owner's transaction not yet aborted); reading only to
+the stable offset would return an older position and the stream would write again what it
+had committed. So a refresh waits for the transactions open below that watermark to end. A
 pipeline refreshes when it starts (after `init_transactions()` has settled any transaction
 its stream's previous owner left open) and after it replaced a producer whose last commit
 had an unknown outcome; in between it knows its own position, because it wrote it.
@@ -20,7 +25,13 @@ from typing import Any
 from confluent_kafka import Consumer
 
 from bridge.eos.state_records import StateRecords
-from bridge.kafka.readback import open_reader, partitions_of, read_ranges
+from bridge.kafka.readback import (
+    high_watermarks,
+    open_offsets_reader,
+    open_reader,
+    partitions_of,
+    read_ranges,
+)
 from bridge.kafka.state import StateEntry
 from bridge.timeutil import now_us
 
@@ -40,10 +51,15 @@ class PositionStore:
         self._next: dict[int, int] = {}
         """Per partition: the offset after the last one read (where the next read starts)."""
         self._reader: Consumer | None = None
+        self._offsets: Consumer | None = None
         self._lock = threading.Lock()
 
-    def refresh(self) -> dict[str, StateEntry]:
-        """Read what was committed since the last refresh; every stream's newest entry."""
+    def refresh(self, complete: bool = True) -> dict[str, StateEntry]:
+        """Read what was committed since the last refresh; every stream's newest entry.
+
+        `complete`: up to the high watermark, waiting for the transactions open below it to
+        end (what a stream's start needs, once its own `init_transactions()` settled its
+        own); False: up to the last stable offset, without waiting (a quick look)."""
         with self._lock:
             started = time.monotonic()
             if self._reader is None:
@@ -54,8 +70,15 @@ class PositionStore:
                     reader.close()
                     raise
                 self._reader = reader
+                self._offsets = open_offsets_reader(self.config)
                 self._next = dict.fromkeys(parts, 0)  # offset 0: from the beginning
-            records, ends = read_ranges(self._reader, self.topic, self._next, self.config)
+            assert self._offsets is not None
+            targets = (
+                high_watermarks(self._offsets, self.topic, list(self._next)) if complete else None
+            )
+            records, ends = read_ranges(
+                self._reader, self.topic, self._next, self.config, stable_ends=targets
+            )
             for record in records:
                 if record.key is None:
                     log.warning(
@@ -73,9 +96,10 @@ class PositionStore:
             # Those that decode: `problems` names the others, `latest` stops on its own.
             return self._records.entries()
 
-    def latest(self, stream_id: str) -> StateEntry | None:
-        """The stream's newest committed position, as of now (None: none stored)."""
-        self.refresh()
+    def latest(self, stream_id: str, complete: bool = True) -> StateEntry | None:
+        """The stream's newest committed position, as of now (None: none stored); see
+        `refresh` for `complete`."""
+        self.refresh(complete)
         # Only this stream's record is decoded strictly (StateRecordError when it
         # cannot be used): a bad one stops this stream, not every stream.
         with self._lock:
@@ -89,6 +113,7 @@ class PositionStore:
 
     def close(self) -> None:
         with self._lock:
-            if self._reader is not None:
-                self._reader.close()
-                self._reader = None
+            for client in (self._reader, self._offsets):
+                if client is not None:
+                    client.close()
+            self._reader = self._offsets = None
