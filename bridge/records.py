@@ -53,6 +53,16 @@ class Gap:
     channel: str
     filters: str
     """The upstream selection (symbols/firms or Predexon filters) as JSON."""
+    detected_at_us: int = 0
+    """When the bridge wrote it (0 until then)."""
+    follow_up: bool = True
+    """Whether its backfill writes a follow-up record; False for a window that was asked
+    for (`polybridge backfill`, a reconciliation) rather than written by the stream."""
+
+    @property
+    def identity(self) -> tuple[int | None, int, str, str]:
+        """What makes two records of the gaps topic the same window."""
+        return (self.from_us, self.to_us, self.reason, self.channel)
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,13 +21,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from bridge.backfill.history import Window
+from bridge.eos.side_records import OPEN
 from bridge.kafka.state import StateEntry, state_datum
 from bridge.records import Gap, Position
 from bridge.serde.avro import Serializer
 from bridge.timeutil import micros
 
-OPEN = "open"
 FILLED = "filled"
 PARTIALLY_FILLED = "partially_filled"
 UNFILLABLE = "unfillable"
@@ -39,41 +38,15 @@ def cursor_key(stream_id: str) -> str:
 
 
 @dataclass(frozen=True, slots=True)
-class OpenGap:
-    """A window to fill: a gap the stream wrote, or (follow_up False) one asked by hand."""
-
-    from_us: int | None
-    to_us: int
-    reason: str
-    channel: str
-    filters: str
-    detected_at_us: int
-    follow_up: bool = True
-
-    @property
-    def identity(self) -> tuple[int | None, int, str, str]:
-        return (self.from_us, self.to_us, self.reason, self.channel)
-
-    @property
-    def window(self) -> Window | None:
-        """The REST window, or None when the gap has no start (nothing covered before)."""
-        return None if self.from_us is None else Window(self.from_us, self.to_us)
-
-    @classmethod
-    def of(cls, gap: Gap, detected_at_us: int) -> OpenGap:
-        return cls(gap.from_us, gap.to_us, gap.reason, gap.channel, gap.filters, detected_at_us)
-
-
-@dataclass(frozen=True, slots=True)
 class Cursor:
     """A stream's backfill progress: `gaps[0]` is being filled from `page_cursor`."""
 
-    gaps: tuple[OpenGap, ...] = ()
+    gaps: tuple[Gap, ...] = ()
     page_cursor: str | None = None
     records: int = 0
     dead_letters: int = 0
 
-    def add(self, gaps: list[OpenGap]) -> Cursor:
+    def add(self, gaps: list[Gap]) -> Cursor:
         """With `gaps` appended (those already listed skipped)."""
         known = {g.identity for g in self.gaps}
         new = []
@@ -92,7 +65,7 @@ class Cursor:
 class GapRecord:
     """A record of the gaps topic, decoded."""
 
-    gap: OpenGap
+    gap: Gap
     status: str
     detail: str = ""
     records: int = 0
@@ -141,7 +114,7 @@ def cursor_of(entry: StateEntry | None) -> Cursor:
         return Cursor()
     data = entry.backfill
     gaps = tuple(
-        OpenGap(
+        Gap(
             micros(g.get("from_time")),
             micros(g["to_time"]),
             g["reason"],
@@ -160,34 +133,9 @@ def cursor_of(entry: StateEntry | None) -> Cursor:
     )
 
 
-def gap_datum(
-    stream_id: str,
-    upstream: str,
-    gap: OpenGap,
-    status: str,
-    detail: str,
-    records: int,
-    detected_at_us: int,
-) -> dict[str, Any]:
-    """A `polybridge.Gap` datum: the gap itself (status open) or its follow-up."""
-    return {
-        "stream_id": stream_id,
-        "upstream": upstream,
-        "channel": gap.channel,
-        "filters": gap.filters,
-        "from_time": gap.from_us,
-        "to_time": gap.to_us,
-        "reason": gap.reason,
-        "detected_at": detected_at_us,
-        "status": status,
-        "detail": detail,
-        "records": records,
-    }
-
-
 def gap_record(datum: Mapping[str, Any]) -> GapRecord:
     """A decoded gaps-topic datum (any released Gap version: v1 has no status: open)."""
-    gap = OpenGap(
+    gap = Gap(
         micros(datum.get("from_time")),
         micros(datum["to_time"]),
         datum["reason"],
@@ -204,7 +152,7 @@ def gap_record(datum: Mapping[str, Any]) -> GapRecord:
     )
 
 
-def still_open(records: list[GapRecord]) -> list[OpenGap]:
+def still_open(records: list[GapRecord]) -> list[Gap]:
     """Gaps written open and not yet closed by a follow-up, in the order written."""
     closed = {r.gap.identity for r in records if r.status != OPEN}
     seen: set[tuple[int | None, int, str, str]] = set()

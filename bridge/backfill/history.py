@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Protocol
 
-from bridge.records import DeadLetter, Record
+from bridge.records import DeadLetter, Gap, Record
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,6 +21,11 @@ class Window:
 
     from_us: int
     to_us: int
+
+
+def window_of(gap: Gap) -> Window | None:
+    """The REST window of `gap`, or None when it has no start (nothing covered before)."""
+    return None if gap.from_us is None else Window(gap.from_us, gap.to_us)
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from bridge.backfill.cursor import OpenGap
+from bridge.records import Gap
 from bridge.timeutil import now_us
 
 RECONCILIATION = "reconciliation"
@@ -37,7 +37,7 @@ class ReconcileSchedule:
         self._next_at = 0.0
         """`time.monotonic()` of the next check (0: the first check is due at once)."""
 
-    def due_window(self) -> OpenGap | None:
+    def due_window(self) -> Gap | None:
         """The next window when a check is due (and the next check scheduled), else None."""
         plan = self.plan
         if time.monotonic() < self._next_at:
@@ -51,7 +51,7 @@ class ReconcileSchedule:
         if to_us <= from_us:
             return None
         self._reconciled_to = to_us
-        return OpenGap(from_us, to_us, RECONCILIATION, plan.channel, plan.filters, now, False)
+        return Gap(from_us, to_us, RECONCILIATION, plan.channel, plan.filters, now, False)
 
     def seconds_until_due(self) -> float:
         return max(0.0, self._next_at - time.monotonic())

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from bridge.backfill.cursor import OpenGap
 from bridge.backfill.exchange_history import ExchangeHistory
 from bridge.backfill.history import History
 from bridge.backfill.predexon_history import PredexonHistory
@@ -16,6 +15,7 @@ from bridge.config import Settings
 from bridge.mapping.dropcopy import DropCopyMapper
 from bridge.mapping.predexon import PredexonMapper
 from bridge.mapping.predexon_json import dumps
+from bridge.records import Gap
 from bridge.sources.auth import TokenProvider
 from bridge.sources.dropcopy_kinds import KINDS
 from bridge.sources.rest.exchange import ExchangeRestClient, exchange_rest_client
@@ -40,7 +40,7 @@ class RestClients:
         self._exchange: ExchangeRestClient | None = None
         self._predexon: PredexonRestClient | None = None
 
-    def __call__(self, stream: BackfillStream, gap: OpenGap) -> History:
+    def __call__(self, stream: BackfillStream, gap: Gap) -> History:
         backfill = self.settings.backfill
         if stream.upstream == "dropcopy":
             mapper = DropCopyMapper(

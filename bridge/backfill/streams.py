@@ -12,9 +12,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from bridge.backfill.cursor import OpenGap
 from bridge.backfill.history import History, Unfillable
 from bridge.config import BackfillSettings
+from bridge.records import Gap
 
 UNFILLABLE_KINDS: Mapping[str, str] = {
     "dropcopy.instrument_states": "the exchange has no history of instrument state changes "
@@ -45,7 +45,7 @@ class BackfillStream:
     settings: BackfillSettings = field(default_factory=BackfillSettings)
 
 
-RestHistories = Callable[[BackfillStream, OpenGap], History]
+RestHistories = Callable[[BackfillStream, Gap], History]
 """The REST history clients: a `History` for one stream and gap (may raise `Unfillable`)."""
 
 
@@ -61,14 +61,14 @@ def unfillable_reason(stream: BackfillStream) -> str | None:
     return None
 
 
-def history_for(stream: BackfillStream, rest: RestHistories | None) -> Callable[[OpenGap], History]:
+def history_for(stream: BackfillStream, rest: RestHistories | None) -> Callable[[Gap], History]:
     """The task's `HistoryFor`: `Unfillable` for streams REST cannot serve; else `rest`.
 
     Without REST clients (`rest` None) a fillable gap is not closed: the error is retried,
     so the gap stays open until a bridge with them runs the stream."""
     reason = unfillable_reason(stream)
 
-    def resolve(gap: OpenGap) -> History:
+    def resolve(gap: Gap) -> History:
         if reason is not None:
             raise Unfillable(reason)
         if rest is None:

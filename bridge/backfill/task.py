@@ -37,7 +37,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from bridge.backfill.cursor import (
@@ -45,11 +45,10 @@ from bridge.backfill.cursor import (
     UNFILLABLE,
     Cursor,
     GapRecord,
-    OpenGap,
     cursor_of,
     still_open,
 )
-from bridge.backfill.history import History, Page, Unfillable
+from bridge.backfill.history import History, Page, Unfillable, window_of
 from bridge.backfill.known import Known, NaturalKey
 from bridge.backfill.reconcile import Reconcile, ReconcileSchedule
 from bridge.backfill.writer import BackfillWriter, FollowUp, Transaction, outcome_of
@@ -78,7 +77,7 @@ class BackfillIO(Protocol):
         ...
 
 
-HistoryFor = Callable[[OpenGap], History]
+HistoryFor = Callable[[Gap], History]
 """The REST history of the stream for one gap; raises `Unfillable` when there is none
 (instrument states, order books, a filter REST cannot express, ...)."""
 
@@ -140,7 +139,7 @@ class BackfillTask:
         self._max = max_records_per_transaction
         self._retry_s = retry_interval_s
         self._on_progress = on_progress
-        self._new: list[OpenGap] = []
+        self._new: list[Gap] = []
         self._wake = asyncio.Event()
         self._cursor = Cursor()
         self._known: Known | None = None
@@ -152,7 +151,7 @@ class BackfillTask:
     def notify(self, gaps: Sequence[Gap]) -> None:
         """The stream committed `gaps` (called on the event loop, after the commit)."""
         now = now_us()
-        self._new.extend(OpenGap.of(g, now) for g in gaps)
+        self._new.extend(replace(g, detected_at_us=now) for g in gaps)
         self._wake.set()
 
     # -- the loop -----------------------------------------------------------------------
@@ -181,7 +180,7 @@ class BackfillTask:
                         self.stream_id,
                         exc,
                     )
-                    self._writer.close()
+                    await self._writer.aclose()
                     started = False
                     self._wake.clear()
                     await self._wait(stop, None)
@@ -192,7 +191,7 @@ class BackfillTask:
                         self._retry_s,
                         exc,
                     )
-                    self._writer.close()
+                    await self._writer.aclose()
                     self._known = None
                     started = False
                     await self._wait(stop, self._retry_s)
@@ -209,9 +208,9 @@ class BackfillTask:
                     await self._wait(stop, self._retry_s)
         finally:
             self.stats.running = False
-            self._writer.close()
+            await self._writer.aclose()
 
-    async def fill(self, gap: OpenGap, stop: asyncio.Event) -> None:
+    async def fill(self, gap: Gap, stop: asyncio.Event) -> None:
         """Fill one window before anything else in the cursor (the `backfill` command).
 
         Raises what `run` would retry: `KafkaError` (fencing included) and REST errors."""
@@ -227,7 +226,7 @@ class BackfillTask:
         except _Stopped:
             pass  # the cursor says where a next run (or the bridge) resumes
         finally:
-            self._writer.close()
+            await self._writer.aclose()
 
     async def _start(self) -> None:
         """Fence, settle, read the cursor, and add the gaps still open on the gaps topic."""
@@ -276,7 +275,7 @@ class BackfillTask:
 
     async def _fill_first(self, stop: asyncio.Event) -> None:
         gap = self._cursor.gaps[0]
-        window = gap.window
+        window = window_of(gap)
         if window is None:
             await self._close(gap, UNFILLABLE, "the gap has no start: nothing was covered before")
             return
@@ -314,7 +313,7 @@ class BackfillTask:
         # The history ended without a page saying so (cursor None): the window is done.
         await self._close(gap, *outcome_of(self._cursor))
 
-    async def _write_page(self, gap: OpenGap, page: Page, stop: asyncio.Event) -> bool:
+    async def _write_page(self, gap: Gap, page: Page, stop: asyncio.Event) -> bool:
         """Write one page (in parts of at most `_max` records); True when it closed the
         gap (its cursor was None)."""
         known = self._known if self._known is not None else Known(())
@@ -357,7 +356,7 @@ class BackfillTask:
             self._new = []
         return cursor
 
-    async def _close(self, gap: OpenGap, status: str, detail: str) -> None:
+    async def _close(self, gap: Gap, status: str, detail: str) -> None:
         cursor = self._cursor
         records = cursor.records if cursor.gaps and cursor.gaps[0] == gap else 0
         after = self._with_new(cursor.next_gap())

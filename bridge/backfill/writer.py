@@ -1,7 +1,8 @@
 """Writing one backfill transaction: records, dead letters, a gap's follow-up, the cursor.
 
-`BackfillWriter` owns the backfill's transactional producer (`<app_id>.<stream id>.backfill`)
-of one stream: `start()` fences an older owner of the id and settles its open transaction;
+`BackfillWriter` writes through the one transaction runner (`bridge.eos.transactions`) of the
+backfill's transactional id (`<app_id>.<stream id>.backfill`) of one stream: `start()`
+fences an older owner of the id and settles its open transaction;
 each `write()` is one Kafka transaction carrying the REST records (header
 `polybridge.source: rest`), the dead letters, when a gap is closed its follow-up record on
 the gaps topic (status filled, partially_filled or unfillable, with a detail), and always
@@ -10,7 +11,6 @@ the cursor record, so what is written and where the fill stands commit together.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,14 +20,14 @@ from bridge.backfill.cursor import (
     FILLED,
     PARTIALLY_FILLED,
     Cursor,
-    OpenGap,
     cursor_key,
     encode_cursor,
-    gap_datum,
 )
 from bridge.eos.contract import Producer, SideTopics
-from bridge.errors import FencedError, KafkaError
-from bridge.records import EVENT_ID_HEADER, STREAM_HEADER, DeadLetter, Record
+from bridge.eos.side_records import SideRecords
+from bridge.eos.transactions import Transactions
+from bridge.errors import KafkaError
+from bridge.records import EVENT_ID_HEADER, STREAM_HEADER, DeadLetter, Gap, Record
 from bridge.timeutil import now_us
 
 log = logging.getLogger(__name__)
@@ -53,7 +53,7 @@ class Transaction:
     records: list[Record]
     letters: list[DeadLetter]
     cursor: Cursor
-    gap: OpenGap
+    gap: Gap
     follow_up: FollowUp | None = None
 
 
@@ -84,8 +84,8 @@ class BackfillWriter:
         self.upstream = upstream
         self._instance_id = instance_id
         self._side = side
-        self._new_producer = new_producer
-        self._producer: Producer | None = None
+        self._records = SideRecords(stream_id, upstream, side)
+        self._txns = Transactions(stream_id, new_producer)
         self._key = cursor_key(stream_id).encode()
         self._headers: list[tuple[str, str | bytes | None]] = [
             (STREAM_HEADER, stream_id.encode()),
@@ -93,42 +93,32 @@ class BackfillWriter:
         ]
 
     async def start(self) -> None:
-        """A new producer: fences an older owner of the id and settles its transaction."""
-        self.close()
-        producer = self._new_producer()
-        self._producer = producer
-        await producer.init()
+        """A new producer: fences an older owner of the id and settles its transaction.
+        The caller then reads the cursor back: after a failure, that is where it stands."""
+        await self._txns.start()
 
     async def write(self, txn: Transaction) -> None:
-        """`txn` in one Kafka transaction; on any failure it is aborted (unless the
-        producer is broken) and the error raised."""
-        producer = self._producer
-        assert producer is not None, "backfill producer not started"
-        producer.begin()
+        """`txn` in one Kafka transaction. On a Kafka error the transaction is aborted (or
+        its producer given up when that fails) and the error raised: the caller starts
+        again and reads the cursor back."""
+        txns = self._txns
         try:
             for record in txn.records:
-                producer.produce(
+                txns.produce(
                     record.topic,
                     record.key,
                     record.value,
                     [*self._headers, (EVENT_ID_HEADER, record.event_id.encode())],
                 )
-            side = self._side
+            side, key = self._side, self.stream_id.encode()
             for letter in txn.letters:
-                producer.produce(side.dead_letters, self.stream_id.encode(), self._letter(letter))
+                txns.produce(side.dead_letters, key, self._records.dead_letter(letter))
             follow_up = txn.follow_up
             if follow_up is not None and txn.gap.follow_up:
-                datum = gap_datum(
-                    self.stream_id,
-                    self.upstream,
-                    txn.gap,
-                    follow_up.status,
-                    follow_up.detail,
-                    follow_up.records,
-                    now_us(),
+                value = self._records.gap(
+                    txn.gap, follow_up.status, follow_up.detail, follow_up.records
                 )
-                value = side.gap_serializer(datum)
-                producer.produce(side.gaps, self.stream_id.encode(), value, self._headers)
+                txns.produce(side.gaps, key, value, self._headers)
             state = encode_cursor(
                 self.stream_id,
                 self.upstream,
@@ -137,38 +127,17 @@ class BackfillWriter:
                 now_us(),
                 side.state_serializer,
             )
-            producer.produce(side.state, self._key, state, self._headers)
-            await producer.commit()
-        except BaseException:
-            if not producer.broken:
-                with contextlib.suppress(FencedError):
-                    await self.abort()
+            txns.produce(side.state, self._key, state, self._headers)
+            await txns.commit()
+        except KafkaError as exc:
+            await txns.recover(exc)
             raise
 
     async def abort(self) -> None:
-        """Abort the open transaction, if any (a failure is logged: fencing settles it)."""
-        producer = self._producer
-        if producer is None or producer.broken:
-            return
-        try:
-            await producer.abort()
-        except KafkaError as exc:
-            log.warning("stream=%s backfill abort failed: %s", self.stream_id, exc)
+        """Abort the open transaction, if any (a failure gives the producer up: the next
+        `start()` replaces it and settles the transaction)."""
+        if self._txns.is_open:
+            await self._txns.recover(KafkaError("backfill stopped", retriable=True))
 
-    def close(self) -> None:
-        if self._producer is not None:
-            self._producer.close()
-            self._producer = None
-
-    def _letter(self, letter: DeadLetter) -> bytes:
-        return self._side.dead_letter_serializer(
-            {
-                "stream_id": self.stream_id,
-                "upstream": self.upstream,
-                "target_topic": letter.target_topic,
-                "error_type": letter.error_type,
-                "error": letter.error,
-                "raw": letter.raw,
-                "received_at": letter.received_at_us,
-            }
-        )
+    async def aclose(self) -> None:
+        await self._txns.aclose()

@@ -20,8 +20,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any, TextIO
 
-from bridge.backfill.cursor import OpenGap
-from bridge.backfill.history import Unfillable, Window
+from bridge.backfill.history import Unfillable, Window, window_of
 from bridge.backfill.kafka import KafkaBackfillIO
 from bridge.backfill.known import Known, NaturalKey, natural_key_of
 from bridge.backfill.rest_clients import RestClients
@@ -33,6 +32,7 @@ from bridge.eos.contract import SideTopics
 from bridge.eos.positions import PositionStore
 from bridge.errors import ConfigError
 from bridge.mapping.predexon_channels import CHANNELS
+from bridge.records import Gap
 from bridge.serde.avro import Serializer, WireFormat
 from bridge.serde.registry import wire_format_of
 from bridge.sources.dropcopy_kinds import KINDS
@@ -172,7 +172,7 @@ async def backfill(
         transaction_timeout_ms=settings.kafka.transaction_timeout_ms,
     )
     natural = natural_key_of(stream.upstream, stream.kind, decoder)
-    gap = OpenGap(
+    gap = Gap(
         window.from_us,
         window.to_us,
         MANUAL_REASON,
@@ -213,7 +213,7 @@ async def backfill(
 
 async def _dry_run(
     stream: BackfillStream,
-    gap: OpenGap,
+    gap: Gap,
     io: KafkaBackfillIO,
     resolve: HistoryFor,
     natural: NaturalKey | None,
@@ -221,7 +221,7 @@ async def _dry_run(
     stop: asyncio.Event,
     progress: Progress | None,
 ) -> Summary:
-    window = gap.window
+    window = window_of(gap)
     assert window is not None
     try:
         history = resolve(gap)

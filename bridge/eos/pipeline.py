@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -29,9 +28,10 @@ from bridge.config import PipelineSettings
 from bridge.eos.commit_policy import CommitPolicy
 from bridge.eos.contract import PipelineStats, Positions, Producer, SideTopics
 from bridge.eos.repeats import RepeatFilter
+from bridge.eos.side_records import SideRecords
+from bridge.eos.transactions import Transactions
 from bridge.errors import FencedError, KafkaError
-from bridge.kafka.producer import CommitPending, Headers
-from bridge.kafka.state import encode_state
+from bridge.kafka.producer import Headers
 from bridge.records import (
     EVENT_ID_HEADER,
     STREAM_HEADER,
@@ -42,16 +42,12 @@ from bridge.records import (
     Record,
     Source,
 )
-from bridge.timeutil import now_us
 
 log = logging.getLogger(__name__)
 
 # After a retriable Kafka error, wait this long before resuming: long enough not to spin
 # against a broker that is restarting, short enough to keep the stream's lag small.
 _RETRY_DELAY_S = 1.0
-# Raw bytes kept in one dead letter: below Kafka's default message.max.bytes (1,000,000)
-# with room for the record's other fields and the batch overhead.
-_MAX_DEAD_LETTER_RAW = 900_000
 # How often an idle loop wakes to notice a stop request.
 _IDLE_WAKE_S = 0.1
 
@@ -97,22 +93,18 @@ class Pipeline:
         self.upstream = upstream
         self.stats = stats if stats is not None else PipelineStats()
         self._source = source
-        self._new_producer = producer
-        self._producer = producer()
-        self._fresh_producer = True
+        self._txns = Transactions(stream_id, producer, pending_commit_limit_s)
         self._started = False
         self._has_committed = False
         self._positions = positions
         self._side = side
+        self._records = SideRecords(stream_id, upstream, side)
         self._policy = CommitPolicy.of(settings)
         self._queue_max = settings.queue_max_batches
         self._new_repeats = repeats
         self._repeats = repeats()
         self._read_back = read_back
         self._instance_id = instance_id
-        self._pending_commit_limit_s = pending_commit_limit_s
-        """How long a commit may stay pending (broker away) before the producer is
-        replaced: the transaction timeout, after which the broker has aborted it anyway."""
         self._headers: Headers = [(STREAM_HEADER, stream_id.encode())]
         self._key = stream_id.encode()
         self._committed: Position | None = None
@@ -143,7 +135,7 @@ class Pipeline:
             self.stats.running = False
             # Also when cancelled: a commit may still run in its worker thread, and the
             # stream's next producer must not start before this one stopped acting.
-            await self._producer.aclose()
+            await self._txns.aclose()
 
     async def _start(self) -> None:
         """Step 1: fence, settle, read the committed position, seed the repeat filter.
@@ -151,8 +143,8 @@ class Pipeline:
         A producer that was used already (it broke, or its start failed half-way) is
         replaced first. If meanwhile another instance committed this stream, it owns the
         stream now: stop rather than fence it back."""
-        if not self._fresh_producer:
-            await self._producer.aclose()
+        if self._txns.used:
+            await self._txns.aclose()
             if self._has_committed:
                 # A quick look (not waiting for open transactions): taking the stream back
                 # from a new owner only costs a hand-over, never a record.
@@ -161,11 +153,9 @@ class Pipeline:
                     raise FencedError(
                         f"stream {self.stream_id}: another polybridge instance "
                         f"({entry.owner}) now owns this stream (transactional.id "
-                        f"{self._producer.transactional_id}); this one stops"
+                        f"{self._txns.transactional_id}); this one stops"
                     )
-            self._producer = self._new_producer()
-        self._fresh_producer = False
-        await self._producer.init()
+        await self._txns.start()
         # Complete: the stream's newest position may follow another stream's transaction
         # that is still open on the shared state topic (`PositionStore.refresh`).
         entry = await asyncio.to_thread(self._positions.latest, self.stream_id)
@@ -235,9 +225,8 @@ class Pipeline:
     def _add(self, batch: Batch) -> None:
         txn = self._txn
         if txn is None:
-            self._producer.begin()
             txn = self._txn = _OpenTransaction()
-        produce = self._producer.produce
+        produce = self._txns.produce
         headers = self._headers
         stats = self.stats
         written = 0
@@ -278,27 +267,10 @@ class Pipeline:
         if txn is None or txn.position is None:
             return
         position = txn.position
-        state = encode_state(
-            self.stream_id,
-            self.upstream,
-            position,
-            self._instance_id,
-            now_us(),
-            self._side.state_serializer,
-        )
-        self._producer.produce(self._side.state, self._key, state, self._headers)
+        state = self._records.state(position, self._instance_id)
+        self._txns.produce(self._side.state, self._key, state, self._headers)
         started = time.monotonic()
-        while True:
-            try:
-                await self._producer.commit()
-                break
-            except CommitPending as exc:
-                # The broker is slow or away: librdkafka goes on committing, so resume the
-                # same commit; past the transaction timeout its outcome is the broker's.
-                if time.monotonic() - started > self._pending_commit_limit_s:
-                    self._producer.give_up()
-                    raise KafkaError(str(exc), retriable=True) from exc
-                log.warning("stream=%s commit still pending, resuming it: %s", self.stream_id, exc)
+        await self._txns.commit()
         finished = time.monotonic()
         self._has_committed = True
         self._repeats.commit()
@@ -321,24 +293,13 @@ class Pipeline:
 
     async def _after_kafka_error(self, exc: KafkaError) -> None:
         """Abort and decide: resume from the committed position (replacing a BROKEN
-        producer first), or end the stream (fenced, or not retriable)."""
+        producer first, which reads the position back), or end the stream (fenced, or
+        not retriable)."""
         self._repeats.abort()
         self._txn = None
         self.stats.aborts += 1
-        if isinstance(exc, FencedError) or not exc.retriable:
-            raise exc
-        if not self._producer.broken:
-            try:
-                await self._producer.abort()
-            except FencedError:
-                raise
-            except KafkaError as failed:
-                # The transaction's outcome is unknown (an abort refused after a commit
-                # the coordinator may hold): only a new producer's init settles it, and
-                # the position is then read back from Kafka, never assumed.
-                log.warning("stream=%s abort failed: %s", self.stream_id, failed)
-                self._producer.give_up()
-        if self._producer.broken:
+        await self._txns.recover(exc)
+        if self._txns.broken:
             self._started = False  # step 1 again, with a new producer
         log.warning(
             "stream=%s kafka error, resuming from the last committed position%s: %s",
@@ -348,43 +309,11 @@ class Pipeline:
         )
 
     def _produce_dead_letter(self, letter: DeadLetter) -> None:
-        raw, error = letter.raw, letter.error
-        if len(raw) > _MAX_DEAD_LETTER_RAW:
-            # Kafka refuses records over message.max.bytes: keep the head, and say what the
-            # whole was, so the dead letter is written instead of stopping the stream.
-            digest = hashlib.sha256(raw).hexdigest()
-            error = (
-                f"{error} [raw truncated from {len(raw)} to {_MAX_DEAD_LETTER_RAW} bytes; "
-                f"sha256 of the whole: {digest}]"
-            )
-            raw = raw[:_MAX_DEAD_LETTER_RAW]
-        value = self._side.dead_letter_serializer(
-            {
-                "stream_id": self.stream_id,
-                "upstream": self.upstream,
-                "target_topic": letter.target_topic,
-                "error_type": letter.error_type,
-                "error": error,
-                "raw": raw,
-                "received_at": letter.received_at_us,
-            }
-        )
-        self._producer.produce(self._side.dead_letters, self._key, value, self._headers)
+        value = self._records.dead_letter(letter)
+        self._txns.produce(self._side.dead_letters, self._key, value, self._headers)
 
     def _produce_gap(self, gap: Gap) -> None:
-        value = self._side.gap_serializer(
-            {
-                "stream_id": self.stream_id,
-                "upstream": self.upstream,
-                "channel": gap.channel,
-                "filters": gap.filters,
-                "from_time": gap.from_us,
-                "to_time": gap.to_us,
-                "reason": gap.reason,
-                "detected_at": now_us(),
-            }
-        )
-        self._producer.produce(self._side.gaps, self._key, value, self._headers)
+        self._txns.produce(self._side.gaps, self._key, self._records.gap(gap), self._headers)
         log.warning(
             "stream=%s gap from=%s to=%s reason=%s",
             self.stream_id,

@@ -10,11 +10,8 @@ from dataclasses import dataclass, field
 
 from bridge.backfill.cursor import (
     FILLED,
-    OPEN,
-    OpenGap,
     cursor_key,
     cursor_of,
-    gap_datum,
     gap_record,
 )
 from bridge.backfill.history import Page, Window
@@ -28,7 +25,8 @@ from bridge.eos.contract import SideTopics
 from bridge.eos.positions import PositionStore
 from bridge.kafka.producer import TransactionalProducer
 from bridge.kafka.readback import header
-from bridge.records import EVENT_ID_HEADER, STREAM_HEADER, Record
+from bridge.eos.side_records import OPEN, gap_datum
+from bridge.records import EVENT_ID_HEADER, STREAM_HEADER, Gap, Record
 from bridge.serde.avro import Serializer, SingleObjectFormat
 from bridge.serde.decode import Decoder
 from tests.kafka_fixture import Row
@@ -99,7 +97,7 @@ async def _seed(config: dict[str, str], topics: Topics, live_ids: list[str]) -> 
     producer = TransactionalProducer(config, f"{APP}.{STREAM}.seed", STREAM)
     await producer.init()
     producer.begin()
-    gap = OpenGap(1_000_000, 2_000_000, "token_refused_no_replay", "executions", "{}", 5)
+    gap = Gap(1_000_000, 2_000_000, "token_refused_no_replay", "executions", "{}", 5)
     producer.produce(
         topics.gaps,
         STREAM.encode(),

@@ -15,11 +15,9 @@ import pytest
 
 from bridge.backfill.cursor import (
     FILLED,
-    OPEN,
     PARTIALLY_FILLED,
     UNFILLABLE,
     GapRecord,
-    OpenGap,
     cursor_key,
     cursor_of,
     gap_record,
@@ -30,6 +28,7 @@ from bridge.backfill.writer import SOURCE_HEADER
 from bridge.eos.contract import Producer, SideTopics
 from bridge.errors import FencedError, KafkaError
 from bridge.kafka.state import StateEntry, decode_state
+from bridge.eos.side_records import OPEN
 from bridge.records import EVENT_ID_HEADER, DeadLetter, Gap, Record
 from bridge.serde.avro import Serializer, SingleObjectFormat
 
@@ -230,7 +229,7 @@ def _open_gap_written(kafka: FakeKafka, gap: Gap = GAP) -> None:
 
 def _task(
     kafka: FakeKafka,
-    history: History | Callable[[OpenGap], History],
+    history: History | Callable[[Gap], History],
     *,
     max_records: int = 3,
     on_progress: Callable[[BackfillStats], None] | None = None,
@@ -287,7 +286,7 @@ async def test_an_open_gap_on_the_topic_is_filled_and_closed() -> None:
     assert len(ids) == len(set(ids))
     assert _statuses(kafka) == [OPEN, FILLED]
     closed = kafka.gap_records()[1]
-    assert closed.gap.identity == OpenGap.of(GAP, 0).identity and closed.records == 18
+    assert closed.gap.identity == GAP.identity and closed.records == 18
     backfilled = [h for t, _, _, h in kafka.committed if t == TOPIC][2:]
     assert all(_header(h, SOURCE_HEADER) == b"rest" for h in backfilled)
     assert cursor_of(kafka.state(cursor_key(STREAM))).gaps == ()
@@ -367,7 +366,7 @@ async def test_a_channel_without_history_is_closed_unfillable() -> None:
     kafka = FakeKafka()
     _open_gap_written(kafka)
 
-    def none(gap: OpenGap) -> History:
+    def none(gap: Gap) -> History:
         raise Unfillable("no REST history for instrument states")
 
     await _run_until(_task(kafka, none), lambda: len(kafka.gap_records()) == 2)
