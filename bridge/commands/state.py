@@ -17,7 +17,7 @@ from bridge.cluster.membership import current_owners
 from bridge.config import Settings, load_settings, parse_time
 from bridge.eos.positions import PositionStore
 from bridge.errors import BridgeError, ConfigError
-from bridge.event_times import BOUNDS_TEXT, is_plausible
+from bridge.event_times import EARLIEST_US, is_plausible
 from bridge.kafka.readback import read_topic
 from bridge.kafka.state import StateEntry, encode_state, write_state
 from bridge.records import Position
@@ -141,10 +141,13 @@ async def reset(settings: Settings, stream_id: str, to_time: str | None) -> str:
             moment = parse_time(to_time)
         except ValueError as exc:
             raise ConfigError(f"state reset --to-time: {exc}") from None
-        micros = int(moment.timestamp() * 1_000_000)
+        # No upstream has events before 2000: an earlier time replays the same, and a
+        # position holds only plausible times (`bridge.event_times`).
+        micros = max(int(moment.timestamp() * 1_000_000), EARLIEST_US)
         if not is_plausible(micros, now_us()):
-            # The stream would refuse to resume from it (see `bridge.event_times`).
-            raise ConfigError(f"state reset --to-time {to_time}: not {BOUNDS_TEXT}")
+            raise ConfigError(
+                f"state reset --to-time {to_time}: more than a day after the bridge's clock"
+            )
         # The bridge's own framing: Confluent with a Schema Registry, else single-object.
         fmt = wire_format_of(settings)
         serializer = Serializer("polybridge.State", fmt.prefix("polybridge.State", topic))

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from bridge.event_times import EARLIEST_US
 from bridge.sim.dropcopy import SimConfig, SimulatorThread
 from tests.bridge_harness import BridgeProcess, wait_until, write_setup
 
@@ -81,7 +82,9 @@ def test_state_show_and_reset_rewind_safely(
         # Restarted from the rewound position it replays everything: repeats are dropped.
         again = BridgeProcess(setup, tmp_path / "again.log")
         try:
-            wait_until(lambda: "starting from event time 0us" in again.log(), 30, "the rewind")
+            # Before 2000 is 2000 (no upstream has older events; bridge.event_times).
+            rewound = f"starting from event time {EARLIEST_US}us"
+            wait_until(lambda: rewound in again.log(), 30, "the rewind")
             setup.wait_equal(sim, KINDS, log=again.log_path)
         finally:
             assert again.terminate() == 0, again.log()

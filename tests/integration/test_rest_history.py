@@ -27,6 +27,7 @@ from bridge.sources.dropcopy_kinds import KINDS
 from bridge.sources.rest.exchange import ExchangeRestClient
 from bridge.sources.rest.http import RestClient, RetryPolicy
 from bridge.sources.rest.predexon import PredexonRestClient, predexon_parse
+from bridge.timeutil import now_us
 from tests.bridge_harness import until
 
 FIRM = "firms/acme-capital"
@@ -83,7 +84,9 @@ def live_records(
     for _, time_us, payload in sim.ground_truth_records(kind, firms=[FIRM]):
         if window.from_us <= time_us <= window.to_us:
             getattr(response, k.list_field).add().MergeFromString(payload)
-    records, dead = mapper.map_response(response, 0)
+    # Received now, as the history's rows are: an event time is kept only when plausible
+    # at the receive time (bridge.event_times).
+    records, dead = mapper.map_response(response, now_us())
     assert not dead
     return records
 
@@ -225,7 +228,7 @@ def live_predexon(
     records = []
     for entry in sim.ground_truth(mapper.channel.name, filters):
         frame = px.dumps({"type": "event", "subscription_id": "sub_1", "data": entry["data"]})
-        mapped, dead = mapper.map_frame(frame, 0)
+        mapped, dead = mapper.map_frame(frame, now_us())  # as received live
         assert not dead
         records += [
             r
