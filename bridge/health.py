@@ -10,9 +10,9 @@ scrape never sees a half-updated commit, and a /healthz answer proves the loop i
   committed upstream progress within `ready_window_s` (2 x heartbeat_commit_interval_s +
   max_latency_ms + a grace), and the instance is a member of the stream group (a standby
   that runs no stream is ready); else 503 with a JSON body naming what is not ready and why.
-  A stream the exchange refuses during a maintenance window (its source's `maintenance`
-  is True) is listed under "maintenance" instead, and is not a failure; after the window
-  it gets one readiness window to commit again.
+  A stream the exchange refuses during a maintenance window (its source's
+  `status().maintenance` is True) is listed under "maintenance" instead, and is not a
+  failure; after the window it gets one readiness window to commit again.
 - `/metrics`: Prometheus text format (`bridge.metrics`).
 """
 
@@ -31,6 +31,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
 from bridge.config import Settings
 from bridge.errors import ConfigError
 from bridge.metrics import StreamView, make_registry, render
+from bridge.records import SourceStatus
 
 log = logging.getLogger(__name__)
 
@@ -63,14 +64,13 @@ def not_ready(
     reasons: dict[str, str] = {}
     for view in views:
         stats = view.stats
-        ended_at = getattr(view.source, "maintenance_ended_at", None)
         if not view.owned:
             continue  # another instance of the stream group runs it
+        status = _status(view)
+        ended_at = status.maintenance_ended_at
         if not stats.running:
             reasons[view.stream_id] = "pipeline not running"
-        elif getattr(view.source, "maintenance", False) is True or (
-            isinstance(ended_at, float) and mono - ended_at <= window_s
-        ):
+        elif status.maintenance is True or (ended_at is not None and mono - ended_at <= window_s):
             continue  # expected refusals (see in_maintenance), or just back from them
         elif stats.first_commit_at is None or stats.last_commit_at is None:
             reasons[view.stream_id] = "no upstream progress committed yet"
@@ -86,10 +86,15 @@ def in_maintenance(views: Sequence[StreamView]) -> dict[str, str]:
     end: reported by /readyz as "maintenance", not as a failure."""
     found: dict[str, str] = {}
     for view in views:
-        if view.stats.running and getattr(view.source, "maintenance", False) is True:
-            until = getattr(view.source, "maintenance_until", None)
+        status = _status(view)
+        if view.stats.running and status.maintenance is True:
+            until = status.maintenance_until
             found[view.stream_id] = "maintenance" + (f" until {until}" if until else "")
     return found
+
+
+def _status(view: StreamView) -> SourceStatus:
+    return view.source.status() if view.source is not None else SourceStatus()
 
 
 @dataclass(frozen=True, slots=True)

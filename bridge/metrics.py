@@ -1,10 +1,11 @@
 """Prometheus metrics, read from the pipelines' own counters at scrape time.
 
 Nothing here runs on the hot path: `BridgeCollector.collect()` reads each stream's
-`PipelineStats` and its source's counters when /metrics is scraped, on the event loop that
-owns them (see `bridge.health`), so every scrape sees one consistent snapshot. The registry
-is a dedicated `CollectorRegistry`, never prometheus-client's global one, so two bridges in
-one process (tests) do not collide and no default process collectors leak in.
+`PipelineStats`, its pipeline's `queue_depth` and its source's `status()` (the declared
+`bridge.records.SourceStatus`) when /metrics is scraped, on the event loop that owns them
+(see `bridge.health`), so every scrape sees one consistent snapshot. The registry is a
+dedicated `CollectorRegistry`, never prometheus-client's global one, so two bridges in one
+process (tests) do not collide and no default process collectors leak in.
 
 Every per-stream metric has the label `stream` (the stream id, e.g. `dropcopy.executions`).
 """
@@ -28,6 +29,8 @@ from prometheus_client.registry import Collector
 from bridge.backfill.task import BackfillStats, lag_seconds
 from bridge.cluster.runner import Handovers, StreamRunner
 from bridge.eos.contract import PipelineStats
+from bridge.eos.pipeline import Pipeline
+from bridge.records import ConnectionPool, Source, SourceStatus
 
 PREFIX = "polybridge_"
 
@@ -137,12 +140,13 @@ METRICS: tuple[tuple[str, str, str], ...] = (
 
 @dataclass(frozen=True, slots=True)
 class StreamView:
-    """What the collector reads for one stream: the pipeline's stats and its source."""
+    """What the collector reads for one stream: the pipeline's stats, the pipeline (its
+    queue depth) and the source (its `status()`); None where there is none."""
 
     stream_id: str
     stats: PipelineStats
-    source: object
-    pipeline: object = None
+    source: Source | None
+    pipeline: Pipeline | None = None
     owned: bool = True
     """False on a standby: another instance of the stream group runs the stream."""
     handovers: Handovers | None = None
@@ -252,7 +256,7 @@ class BridgeCollector(Collector):
 
         now = self._wall_clock()
         mono = self._monotonic()
-        managers: dict[int, Any] = {}
+        pools: dict[int, ConnectionPool] = {}
         for view in views:
             s = view.stats
             label = [view.stream_id]
@@ -292,26 +296,22 @@ class BridgeCollector(Collector):
                 lag.add_metric(label, max(0.0, now - s.last_event_time_us / 1_000_000))
             if s.last_commit_at is not None:
                 age.add_metric(label, max(0.0, mono - s.last_commit_at))
-            source_reconnects: Mapping[str, int] | None = getattr(view.source, "reconnects", None)
-            for reason, count in sorted((source_reconnects or {}).items()):
+            if view.pipeline is not None:
+                depth.add_metric(label, view.pipeline.queue_depth)
+            if view.source is None:
+                continue
+            upstream: SourceStatus = view.source.status()
+            for reason, count in sorted(upstream.reconnects.items()):
                 reconnects.add_metric([view.stream_id, reason], count)
-            is_connected = getattr(view.source, "connected", None)
-            if isinstance(is_connected, bool):
-                connected.add_metric(label, 1.0 if is_connected else 0.0)
-            in_maintenance = getattr(view.source, "maintenance", None)
-            if isinstance(in_maintenance, bool):
-                maintenance.add_metric(label, 1.0 if in_maintenance else 0.0)
-            unknown_fields = getattr(view.source, "unknown_fields", None)
-            if isinstance(unknown_fields, int):
-                unknown.add_metric(label, unknown_fields)
-            queue_depth = getattr(view.pipeline, "queue_depth", None)
-            if isinstance(queue_depth, int):
-                depth.add_metric(label, queue_depth)
-            manager = getattr(view.source, "manager", None)
-            if manager is not None and hasattr(manager, "connection_attempts"):
-                managers[id(manager)] = manager
-        if managers:
-            attempts.add_metric([], sum(m.connection_attempts for m in managers.values()))
+            if upstream.connected is not None:
+                connected.add_metric(label, 1.0 if upstream.connected else 0.0)
+            if upstream.maintenance is not None:
+                maintenance.add_metric(label, 1.0 if upstream.maintenance else 0.0)
+            unknown.add_metric(label, upstream.unknown_fields)
+            if upstream.pool is not None:
+                pools[upstream.pool.pool_id] = upstream.pool
+        if pools:
+            attempts.add_metric([], sum(pool.attempts for pool in pools.values()))
         yield from (
             up,
             records,
@@ -391,7 +391,7 @@ def exposed_names() -> set[str]:
     return names
 
 
-def streams_of(runners: Iterable[StreamRunner], sources: Mapping[str, object]) -> list[StreamView]:
+def streams_of(runners: Iterable[StreamRunner], sources: Mapping[str, Source]) -> list[StreamView]:
     """StreamViews for `Bridge.runners` and `Bridge.sources` (keyed by stream id)."""
     return [
         StreamView(

@@ -95,10 +95,48 @@ class Batch:
     gaps: list[Gap] = field(default_factory=list)
 
 
+@dataclass(frozen=True, slots=True)
+class ConnectionPool:
+    """Upstream connections several sources share (Predexon's connection manager)."""
+
+    pool_id: int
+    """The same for every source on this pool, so a total over sources counts it once."""
+    attempts: int
+    """Connection handshakes attempted so far, over all the pool's connections."""
+
+
+@dataclass(frozen=True, slots=True)
+class SourceStatus:
+    """What a source reports about its upstream, read by /metrics and /readyz at every scrape
+    (`bridge.metrics`, `bridge.health`). None in a field: the source has no such thing."""
+
+    reconnects: Mapping[str, int] = field(default_factory=dict)
+    """Connections (or subscriptions) lost and renewed so far, by reason."""
+    unknown_fields: int = 0
+    """Records mapped so far that carry upstream fields this version does not know."""
+    connected: bool | None = None
+    """Whether the upstream call is open (None: not one call per source, e.g. Predexon's
+    subscriptions share connections)."""
+    maintenance: bool | None = None
+    """True while the upstream refuses the stream inside a maintenance window (None: the
+    upstream has no maintenance windows)."""
+    maintenance_until: str | None = None
+    """End of the maintenance window being waited out (ISO 8601, UTC), else None."""
+    maintenance_ended_at: float | None = None
+    """Monotonic time the stream last left a maintenance window, else None."""
+    pool: ConnectionPool | None = None
+    """The shared connections the source subscribes on, if any."""
+
+
 class Source(Protocol):
-    """Give me batches from this position: the whole contract of an upstream."""
+    """Give me batches from this position, and say how the upstream is doing: the whole
+    contract of an upstream."""
 
     stream_id: str
+
+    def status(self) -> SourceStatus:
+        """The upstream's state now (cheap: called on every /metrics and /readyz request)."""
+        ...
 
     def stream(self, start: Position | None) -> AsyncIterator[Batch]:
         """Yield batches following `start` (None: the configured first-start behaviour).

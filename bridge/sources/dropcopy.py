@@ -53,7 +53,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from bridge.errors import AuthError, UpstreamError
 from bridge.mapping.dropcopy import DropCopyMapper
-from bridge.records import Batch, Gap, Position
+from bridge.records import Batch, Gap, Position, SourceStatus
 from bridge.sources.auth import TokenProvider
 from bridge.sources.backoff import Backoff
 from bridge.sources.dropcopy_kinds import StreamKind
@@ -302,6 +302,17 @@ class DropCopySource:
                 if await self._maintenance_pause(str(exc)):
                     continue
                 await self._retry_later(exc.reason, str(exc))
+
+    def status(self) -> SourceStatus:
+        """The call's state for /metrics and /readyz (`bridge.records.SourceStatus`)."""
+        return SourceStatus(
+            reconnects=dict(self.reconnects),
+            unknown_fields=self.unknown_fields,
+            connected=self.connected,
+            maintenance=self.maintenance,
+            maintenance_until=self.maintenance_until,
+            maintenance_ended_at=self.maintenance_ended_at,
+        )
 
     @property
     def unknown_fields(self) -> int:

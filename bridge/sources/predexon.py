@@ -32,7 +32,7 @@ from typing import Any
 
 from bridge.mapping.predexon import PredexonMapper
 from bridge.mapping.predexon_channels import CHANNELS
-from bridge.records import Batch, Gap, Position
+from bridge.records import Batch, ConnectionPool, Gap, Position, SourceStatus
 from bridge.sources.predexon_placement import PredexonConnectionManager
 from bridge.sources.predexon_subscription import (
     Acked,
@@ -98,6 +98,15 @@ class PredexonSource:
         """Records mapped so far that keep keys Predexon added after this version in an
         `extra`; /metrics shows it as polybridge_unknown_fields_total."""
         return self.mapper.unknown_field_records
+
+    def status(self) -> SourceStatus:
+        """The subscription's state for /metrics and /readyz (`bridge.records.SourceStatus`):
+        no `connected` (its connection is shared and replaced) and no maintenance windows."""
+        return SourceStatus(
+            reconnects=dict(self.reconnects),
+            unknown_fields=self.unknown_fields,
+            pool=ConnectionPool(id(self.manager), self.manager.connection_attempts),
+        )
 
     def update_filters(self, filters: dict[str, Any]) -> None:
         """Change the subscription's filters (update, or replace on the orderbook)."""

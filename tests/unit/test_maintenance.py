@@ -6,8 +6,9 @@ from __future__ import annotations
 import datetime as dt
 import json
 import time
+from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
-from types import SimpleNamespace
 from zoneinfo import ZoneInfo
 
 import grpc
@@ -17,6 +18,7 @@ from bridge.config import DropCopyMaintenanceSettings, Settings, load_settings
 from bridge.errors import ConfigError
 from bridge.health import HealthServer, in_maintenance, not_ready
 from bridge.metrics import BridgeCollector, PipelineStats, StreamView
+from bridge.records import Batch, Position, SourceStatus
 from bridge.sources.dropcopy import MAINTENANCE_CODES
 from bridge.sources.maintenance import MaintenanceSchedule, WeeklyWindow, parse_clock
 
@@ -180,8 +182,23 @@ def test_configuration_defaults_overrides_and_errors(tmp_path: Path) -> None:
         load_settings(config, environ={})
 
 
+class _Upstream:
+    """A source whose status the test sets (`bridge.records.Source`)."""
+
+    def __init__(self, stream_id: str, state: SourceStatus) -> None:
+        self.stream_id = stream_id
+        self.state = state
+
+    def status(self) -> SourceStatus:
+        return self.state
+
+    async def stream(self, start: Position | None) -> AsyncIterator[Batch]:
+        raise NotImplementedError
+        yield  # pragma: no cover
+
+
 def _view(
-    stream_id: str, source: object, *, commits: int, last_commit_at: float | None
+    stream_id: str, source: _Upstream | None, *, commits: int, last_commit_at: float | None
 ) -> StreamView:
     stats = PipelineStats()
     stats.running = True
@@ -191,10 +208,11 @@ def _view(
 
 
 def test_readyz_reports_maintenance_instead_of_failing() -> None:
-    waiting = SimpleNamespace(
-        maintenance=True, maintenance_ended_at=None, maintenance_until="2024-01-11T13:00:00+00:00"
+    waiting = _Upstream(
+        "dropcopy.executions",
+        SourceStatus(maintenance=True, maintenance_until="2024-01-11T13:00:00+00:00"),
     )
-    healthy = SimpleNamespace(maintenance=False, maintenance_ended_at=None)
+    healthy = _Upstream("dropcopy.instrument_states", SourceStatus(maintenance=False))
     views = [
         _view("dropcopy.executions", waiting, commits=5, last_commit_at=0.0),
         _view("dropcopy.instrument_states", healthy, commits=5, last_commit_at=99.0),
@@ -209,13 +227,12 @@ def test_readyz_reports_maintenance_instead_of_failing() -> None:
     assert not_ready(fresh, 10, now=100.0) == {}
     # After the window the stream gets one readiness window to commit again, then the
     # usual rule applies.
-    waiting.maintenance = False
-    waiting.maintenance_ended_at = 95.0
+    waiting.state = SourceStatus(maintenance=False, maintenance_ended_at=95.0)
     assert in_maintenance(views) == {}
     assert not_ready(views, 10, now=100.0) == {}
     assert "last commit 106.0s ago" in not_ready(views, 10, now=106.0)["dropcopy.executions"]
     # A stopped pipeline is a failure whatever its source says.
-    waiting.maintenance = True
+    waiting.state = replace(waiting.state, maintenance=True)
     views[0].stats.running = False
     assert not_ready(views, 10, now=100.0) == {"dropcopy.executions": "pipeline not running"}
     assert in_maintenance(views) == {}
@@ -233,9 +250,11 @@ def test_readyz_reports_maintenance_instead_of_failing() -> None:
 
 def test_maintenance_gauge_per_stream() -> None:
     views = [
-        _view("a", SimpleNamespace(maintenance=True), commits=2, last_commit_at=1.0),
-        _view("b", SimpleNamespace(maintenance=False), commits=2, last_commit_at=1.0),
-        _view("c", object(), commits=2, last_commit_at=1.0),  # e.g. a Predexon source
+        _view("a", _Upstream("a", SourceStatus(maintenance=True)), commits=2, last_commit_at=1.0),
+        _view("b", _Upstream("b", SourceStatus(maintenance=False)), commits=2, last_commit_at=1.0),
+        # e.g. a Predexon source: no maintenance windows
+        _view("c", _Upstream("c", SourceStatus()), commits=2, last_commit_at=1.0),
+        _view("d", None, commits=2, last_commit_at=1.0),
     ]
     families = {f.name: f for f in BridgeCollector(lambda: views).collect()}
     samples = {
