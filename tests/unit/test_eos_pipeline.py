@@ -55,6 +55,15 @@ class FakeKafka:
     producers: int = 0
     transactions: list[int] = field(default_factory=list)
     """Data records per committed transaction."""
+    calls: list[tuple[int, str, float]] = field(default_factory=list)
+    """Every call the producers got, in order: (producer number from 1, what, monotonic
+    time); what is init, begin, produce, commit, commit refused (it raised), abort, close."""
+    sent: list[tuple[str, float]] = field(default_factory=list)
+    """(event id, monotonic time) of every record a `FakeSource` yielded."""
+
+    def ops(self, producer: int | None = None) -> list[str]:
+        """What the producers (or producer number `producer`) were asked, in order."""
+        return [what for n, what, _ in self.calls if producer is None or n == producer]
 
     def data(self) -> list[str]:
         return [dict(h)[EVENT_ID_HEADER].decode() for t, _, _, h in self.committed if t == "data"]
@@ -68,12 +77,17 @@ class FakeProducer:
         self.broken = False
         self.open: list[Produced] | None = None
         kafka.producers += 1
+        self.number = kafka.producers
+
+    def _call(self, what: str) -> None:
+        self.kafka.calls.append((self.number, what, time.monotonic()))
 
     def _check_epoch(self) -> None:
         if self.kafka.epochs[self.transactional_id] != self.epoch:
             raise FencedError("fenced (fake)")
 
     async def init(self) -> None:
+        self._call("init")
         if self.kafka.pending_outcome is not None:  # init settles the earlier transaction
             self.kafka.committed.extend(self.kafka.pending_outcome)
             self.kafka.pending_outcome = None
@@ -81,18 +95,25 @@ class FakeProducer:
         self.epoch = self.kafka.epochs[self.transactional_id]
 
     def begin(self) -> None:
+        self._call("begin")
         assert self.open is None, "begin inside an open transaction"
         self.open = []
 
     def produce(
         self, topic: str, key: bytes | None, value: bytes | None, headers: object = None
     ) -> None:
+        self._call("produce")
         assert self.open is not None, "produce outside a transaction"
         self.open.append((topic, key, value, list(headers or [])))  # type: ignore[call-overload]
 
     async def commit(self) -> None:
+        self._call("commit")
         assert self.open is not None
-        self._check_epoch()
+        try:
+            self._check_epoch()
+        except FencedError:
+            self._call("commit refused")
+            raise
         if self.kafka.commit_failures:
             failure = self.kafka.commit_failures.pop(0)
             if isinstance(failure, CommitPending) or failure.args[0] == "held":
@@ -101,6 +122,7 @@ class FakeProducer:
                 await asyncio.sleep(0.02)  # a commit call that runs into its timeout
             elif isinstance(failure, KafkaError) and failure.args[0] == "fatal":
                 self.broken = True
+            self._call("commit refused")
             raise failure
         self.kafka.pending_outcome = None  # a resumed commit that went through
         self.kafka.committed.extend(self.open)
@@ -111,11 +133,13 @@ class FakeProducer:
         self.broken = True
 
     async def abort(self) -> None:
+        self._call("abort")
         self.open = None
         if self.kafka.abort_failures:
             raise self.kafka.abort_failures.pop(0)
 
     def close(self) -> None:
+        self._call("close")
         self.open = None
 
     async def aclose(self) -> None:
@@ -141,8 +165,17 @@ class FakeSource:
 
     stream_id = STREAM
 
-    def __init__(self, total: int, per_batch: int = 1, resend: int = 0, pause_s: float = 0.0):
+    def __init__(
+        self,
+        total: int,
+        per_batch: int = 1,
+        resend: int = 0,
+        pause_s: float = 0.0,
+        kafka: FakeKafka | None = None,
+    ):
         self.total, self.per_batch, self.resend, self.pause_s = total, per_batch, resend, pause_s
+        self.kafka = kafka
+        """Where to note each yielded record's time (`FakeKafka.sent`), if given."""
         self.starts: list[int] = []
 
     async def stream(self, start: Position | None) -> AsyncIterator[Batch]:
@@ -152,6 +185,8 @@ class FakeSource:
         for i in range(first, self.total, self.per_batch):
             ids = range(i, min(i + self.per_batch, self.total))
             records = [Record("data", b"k", b"v", str(n), None) for n in ids]
+            if self.kafka is not None:
+                self.kafka.sent += [(str(n), time.monotonic()) for n in ids]
             yield Batch(records, Position(resume_token=str(ids[-1]).encode()))
             if self.pause_s:
                 await asyncio.sleep(self.pause_s)
@@ -216,12 +251,28 @@ def test_commits_when_the_transaction_holds_max_batch_records() -> None:
     assert _all_once(kafka, 95)  # the last 5 committed on stop
 
 
+MAX_LATENCY_S = 0.3
+LATENCY_MARGIN_S = 0.2
+"""How late past its deadline a lone record may commit: the pipeline wakes at the deadline
+(`_wait_budget`), so only the event loop's own delay is added: 0.4-2 ms on an idle machine,
+up to 113 ms measured over 80 runs beside other test runs (load average 52 on 2 cores). A
+deadline long enough for that margin to stay below it tells a deadline kept (0.3-0.5 s)
+from one doubled (0.6 s) or ignored."""
+
+
 def test_commits_when_the_oldest_record_waited_max_latency() -> None:
     kafka = FakeKafka()
-    pipeline, _ = _pipeline(kafka, FakeSource(1), max_batch_records=1_000, max_latency_ms=50)
-    started = time.monotonic()
+    source = FakeSource(1, kafka=kafka)
+    pipeline, _ = _pipeline(
+        kafka, source, max_batch_records=1_000, max_latency_ms=int(MAX_LATENCY_S * 1000)
+    )
     asyncio.run(_run_until(pipeline, lambda: kafka.data() == ["0"]))
-    assert 0.04 <= time.monotonic() - started < 2.0
+    ((_, yielded_at),) = kafka.sent
+    commits = [at for _, what, at in kafka.calls if what == "commit"]
+    # The first commit is the lone record's, on its deadline: not before, not much after.
+    waited = commits[0] - yielded_at
+    assert MAX_LATENCY_S <= waited <= MAX_LATENCY_S + LATENCY_MARGIN_S, waited
+    assert kafka.transactions[0] == 1
 
 
 def test_heartbeats_alone_commit_at_most_every_interval() -> None:
@@ -316,6 +367,9 @@ def test_a_commit_whose_outcome_is_unknown_is_learnt_from_kafka_before_producing
 
 
 def test_fencing_ends_the_stream_and_its_open_transaction_never_lands() -> None:
+    """A successor fences the stream's producer: the pipeline learns it from the refused
+    commit, and from then on produces, commits and begins nothing, starts no new producer,
+    and ends with `FencedError`; Kafka keeps exactly what it committed before."""
     kafka = FakeKafka()
     pipeline, made = _pipeline(
         kafka, FakeSource(10_000, pause_s=0.001), max_batch_records=5, max_latency_ms=1
@@ -332,9 +386,14 @@ def test_fencing_ends_the_stream_and_its_open_transaction_never_lands() -> None:
             await asyncio.wait_for(task, 10)
 
     asyncio.run(run())
+    assert len(made) == 1  # no new producer to take the stream back
+    ops = kafka.ops(producer=1)
+    assert ops.count("commit refused") == 1, ops[-10:]
+    after = ops[ops.index("commit refused") + 1 :]
+    assert set(after) <= {"abort", "close"}, after  # nothing produced or committed after it
+    assert after[-1:] == ["close"]
     committed = kafka.data()
     assert committed == [str(i) for i in range(len(committed))]
-    assert len(made) == 1
 
 
 def test_a_non_retriable_error_ends_the_stream() -> None:

@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+from typing import Any
 
 import pytest
 from confluent_kafka import KafkaError as LibKafkaError
 from confluent_kafka import KafkaException as LibKafkaException
 
+from bridge.config import PipelineSettings
+from bridge.eos.pipeline import Pipeline
+from bridge.eos.repeats import RecentIds
 from bridge.errors import KafkaError
-from bridge.kafka.producer import TRANSITIONS, CommitPending, TransactionalProducer, TxnState
+from bridge.kafka.producer import TRANSITIONS, TransactionalProducer, TxnState
+from tests.bridge_harness import run_within
+from tests.unit.test_eos_pipeline import SIDE, STREAM, FakeSource, _run_until
 
 
 def _producer() -> TransactionalProducer:
@@ -65,14 +71,51 @@ def test_give_up_leaves_a_producer_that_must_be_replaced() -> None:
         producer.close()
 
 
-class _RefusingCommit:
-    """librdkafka's producer, as far as commit() uses it: the commit fails with `error`."""
+class _ScriptedLibrdkafka:
+    """librdkafka's transactional producer, as far as `TransactionalProducer` uses it: every
+    call is recorded, and commits fail with the scripted errors first, then succeed."""
 
-    def __init__(self, error: LibKafkaError) -> None:
-        self.error = error
+    def __init__(self, *commit_errors: LibKafkaError) -> None:
+        self.commit_errors = list(commit_errors)
+        self.calls: list[str] = []
+
+    def init_transactions(self, timeout: float) -> None:
+        self.calls.append("init")
+
+    def begin_transaction(self) -> None:
+        self.calls.append("begin")
+
+    def produce(self, topic: str, value: bytes | None, key: bytes | None, **_: Any) -> None:
+        self.calls.append(f"produce {topic}")
+
+    def poll(self, timeout: float = 0) -> int:
+        return 0
 
     def commit_transaction(self, timeout: float) -> None:
-        raise LibKafkaException(self.error)
+        self.calls.append("commit")
+        if self.commit_errors:
+            self.calls.append("refused")
+            raise LibKafkaException(self.commit_errors.pop(0))
+
+    def abort_transaction(self, timeout: float) -> None:
+        self.calls.append("abort")
+
+    def purge(self, **_: Any) -> None:
+        pass
+
+    def close(self) -> None:
+        self.calls.append("close")
+
+    def committed(self) -> int:
+        """Commits that went through."""
+        return sum(
+            1 for a, b in itertools.pairwise([*self.calls, ""]) if a == "commit" and b != "refused"
+        )
+
+
+class _NoPositions:
+    def latest(self, stream_id: str, complete: bool = True) -> None:
+        return None
 
 
 @pytest.mark.parametrize(
@@ -94,15 +137,42 @@ class _RefusingCommit:
 def test_a_retriable_commit_error_is_committed_again_not_aborted(
     error: LibKafkaError, pending: bool
 ) -> None:
+    """A pipeline over a real `TransactionalProducer` whose librdkafka refuses the first
+    commit with `error`, then accepts every call. "Commit again": the same transaction is
+    committed a second time and nothing is aborted or produced twice. "Abort": one abort,
+    then the records are produced again from the last committed position (none)."""
     producer = _producer()
     real = producer._producer
+    lib = _ScriptedLibrdkafka(error)
+    producer._producer = lib  # type: ignore[assignment]
+    source = FakeSource(20, per_batch=10)
+    pipeline = Pipeline(
+        stream_id=STREAM,
+        upstream="dropcopy",
+        source=source,
+        producer=lambda: producer,
+        positions=_NoPositions(),
+        side=SIDE,
+        settings=PipelineSettings(max_batch_records=10, max_latency_ms=1),
+        repeats=lambda: RecentIds(1_000),
+        read_back=list,
+        instance_id="me",
+    )
     try:
-        producer._producer = _RefusingCommit(error)  # type: ignore[assignment]
-        producer.state = TxnState.OPEN
-        with pytest.raises(KafkaError) as raised:
-            asyncio.run(producer.commit(timeout=0.1))
-        assert isinstance(raised.value, CommitPending) is pending, raised.value
-        assert raised.value.retriable
+        run_within(lambda: _run_until(pipeline, lambda: lib.committed() >= 2), 30)
     finally:
         producer._producer = real
         producer.close()
+    calls = lib.calls
+    first = calls[: calls.index("refused") + 3]
+    data = calls.count("produce data")
+    if pending:
+        assert first[-3:] == ["refused", "commit", "begin"], calls  # committed again at once
+        assert "abort" not in calls, calls
+        assert data == 20, calls  # each record once: nothing resent after the failure
+    else:
+        assert first[-3:] == ["refused", "abort", "begin"], calls
+        assert calls.count("abort") == 1, calls
+        assert data == 30, calls  # the aborted ten again, from the start
+        assert source.starts[:2] == [0, 0]
+    assert calls.count("refused") == 1
