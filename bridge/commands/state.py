@@ -49,7 +49,9 @@ def show(settings: Settings) -> str:
     kafka = settings.kafka.librdkafka()
     store = PositionStore(kafka, _state_topic(settings))
     try:
-        entries = store.refresh()
+        # A look, not a start: committed positions up to the last stable offset, without
+        # waiting for a transaction still open (e.g. a crashed bridge's, until it is fenced).
+        entries = store.refresh(complete=False)
         problems = store.problems()
     finally:
         store.close()
