@@ -2,8 +2,9 @@
 
 `CHANNELS` is the one place a channel is described; the schema generator
 (`predexon_schema`), the subscription filters (`predexon_filters`), the mapper
-(`predexon`), the connection and the simulator all read it. Field kinds are the names of
-`predexon_fields.KINDS`.
+(`predexon`) and the connection all read it. The simulator keeps its own table
+(`bridge.sim.predexon.protocol`), compared with this one by a test. Field kinds are the
+names of `predexon_fields.KINDS`.
 """
 
 from __future__ import annotations

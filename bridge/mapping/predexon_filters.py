@@ -1,7 +1,8 @@
 """Predexon subscription filters: which events a subscription's filters select.
 
-The source routes each event to the subscriptions it matches (`sources/predexon_routing.py`);
-the simulator applies the same rule to decide what to send.
+The source routes each event to the subscriptions it matches (`sources/predexon_routing.py`).
+The simulator decides what to send with its own reading of the rule
+(`bridge.sim.predexon.protocol`), so the two are checked against each other, not copied.
 """
 
 from __future__ import annotations

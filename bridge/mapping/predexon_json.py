@@ -3,8 +3,9 @@
 `loads()` keeps each JSON *number* with a fraction or exponent as its exact text
 (`RawNumber`), so `0.1` never becomes a binary float; integers stay `int`. `dumps()` writes
 canonical JSON (sorted keys, no spaces) and gives a `RawNumber` back as the text it was
-read from, so parse-then-write is lossless. Every Predexon path (WebSocket frames, REST
-history pages, the simulators) reads and writes JSON through these two functions.
+read from, so parse-then-write is lossless. Every Predexon path of the bridge (WebSocket
+frames, REST history pages) reads and writes JSON through these two functions; the
+simulator writes its own (`bridge.sim.predexon.protocol`).
 """
 
 from __future__ import annotations

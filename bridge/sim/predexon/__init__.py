@@ -22,7 +22,9 @@ CLI: `polybridge sim predexon` (`bridge.commands.sim_predexon`).
 This package is the Predexon simulator; this module runs the server: lifecycle,
 connections and fault knobs. The parts: `handshake` (keys, refusals), `control`
 (subscriptions, plan limits), `fanout` (events to subscriptions), `events` (the seeded
-event factory), `rest` (REST history), `connections` and `config` (settings, plans).
+event factory), `rest` (REST history), `connections` and `config` (settings, plans), and
+`protocol` (the channels, which events a subscription receives, JSON: the server's own
+reading of the documentation, sharing no code with the bridge).
 """
 
 from __future__ import annotations
@@ -40,14 +42,13 @@ from typing import Any
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
-from bridge.mapping.predexon_filters import matches
-from bridge.mapping.predexon_json import dumps
 from bridge.sim.predexon.config import PLANS, PlanLimits, SimConfig
 from bridge.sim.predexon.connections import SentEvent, SimConnection, SimSubscription
 from bridge.sim.predexon.control import ControlHandler
 from bridge.sim.predexon.events import EventFactory
 from bridge.sim.predexon.fanout import Fanout
 from bridge.sim.predexon.handshake import Handshake
+from bridge.sim.predexon.protocol import selects, to_json
 from bridge.sim.predexon.rest import PredexonRest
 from bridge.sim.spans import longest_overlap
 from bridge.sim.thread import LoopThread
@@ -180,7 +181,7 @@ class PredexonSimulator:
         return [
             e
             for e in self._truth
-            if e["channel"] == channel and (filters is None or matches(channel, filters, e["data"]))
+            if e["channel"] == channel and (filters is None or selects(channel, filters, e["data"]))
         ]
 
     def sent(self, subscription_id: str) -> list[SentEvent]:
@@ -206,7 +207,7 @@ class PredexonSimulator:
     def export_ground_truth(self, path: str) -> None:
         with open(path, "w", encoding="utf-8") as out:
             for e in self._truth:
-                out.write(dumps(e, sort_keys=False) + "\n")
+                out.write(to_json(e) + "\n")
 
     # -- fault knobs ----------------------------------------------------------------
     def drop_connections(self, code: int = 1006, key: str | None = None) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from bridge.mapping.predexon_channels import CHANNELS
+from bridge.sim.predexon.protocol import CHANNELS
 from bridge.sim.predexon.rest import PredexonRestConfig
 
 

@@ -9,10 +9,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from bridge.mapping.predexon_channels import CHANNELS
-from bridge.mapping.predexon_filters import WILDCARD
 from bridge.sim.predexon.config import PLANS, SimConfig
 from bridge.sim.predexon.connections import SimConnection, SimSubscription, error, reply
+from bridge.sim.predexon.protocol import CHANNELS, ORDER_STATUSES, WILDCARD, channel_named
 
 
 class ControlHandler:
@@ -96,12 +95,6 @@ class ControlHandler:
             error(conn, "SUBSCRIPTION_NOT_FOUND", "no such subscription on this connection")
         return sub
 
-    def _channel_of(self, request: dict[str, Any]) -> str | None:
-        for name, ch in CHANNELS.items():
-            if request.get("platform") == ch.platform and request.get("type") == ch.type:
-                return name
-        return None
-
     def _check_filters(
         self,
         conn: SimConnection,
@@ -126,11 +119,7 @@ class ControlHandler:
         ):
             error(conn, "INVALID_FILTERS", f"{keys[0]} must be a non-empty list of strings")
             return None
-        if channel == "orders" and filters.get("status", "confirmed") not in (
-            "confirmed",
-            "all",
-            "pending",
-        ):
+        if channel == "orders" and filters.get("status", "confirmed") not in ORDER_STATUSES:
             error(conn, "INVALID_FILTERS", "status must be confirmed, all or pending")
             return None
         others = [s for s in conn.subs.values() if s is not replacing]
@@ -191,7 +180,7 @@ class ControlHandler:
         return filters, len(values), False
 
     def _subscribe(self, conn: SimConnection, request: dict[str, Any]) -> None:
-        channel = self._channel_of(request)
+        channel = channel_named(request.get("platform"), request.get("type"))
         if channel is None:
             error(conn, "INVALID_FILTERS", "unknown platform/type")
             return

@@ -12,11 +12,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from bridge.mapping.predexon_filters import matches
-from bridge.mapping.predexon_json import dumps
 from bridge.sim.predexon.config import SimConfig
 from bridge.sim.predexon.connections import SentEvent, SimConnection, SimSubscription
 from bridge.sim.predexon.events import EventFactory
+from bridge.sim.predexon.protocol import selects, to_json
 
 
 class Fanout:
@@ -70,7 +69,7 @@ class Fanout:
         self._truth.append({"channel": channel, "generated_at": time.time(), "data": data})
         for conn in self._connections():
             for sub in list(conn.subs.values()):
-                if sub.channel == channel and matches(channel, sub.filters, data):
+                if sub.channel == channel and selects(channel, sub.filters, data):
                     if sub.wildcard and channel == "orderbook":
                         sub.batch.append(data)
                     else:
@@ -86,11 +85,9 @@ class Fanout:
             sub.sent.append(SentEvent(data, time.time(), "dropped_slow_consumer"))
             return
         if self._rng.random() < self._config.bare_ratio:
-            frame = dumps(data, sort_keys=False)
+            frame = to_json(data)
         else:
-            frame = dumps(
-                {"type": "event", "subscription_id": sub.id, "data": data}, sort_keys=False
-            )
+            frame = to_json({"type": "event", "subscription_id": sub.id, "data": data})
         conn.outbox.put_nowait((frame, [(sub, data)]))
         if self._rng.random() < self._config.duplicate_ratio:
             conn.outbox.put_nowait((frame, [(sub, data)]))
@@ -117,14 +114,13 @@ class Fanout:
                         now = time.time()
                         sub.sent.extend(SentEvent(e, now, "dropped_stalled") for e in events)
                         continue
-                    frame = dumps(
+                    frame = to_json(
                         {
                             "type": "event_batch",
                             "subscription_id": sub.id,
                             "count": len(events),
                             "events": events,
                             "gap": False,
-                        },
-                        sort_keys=False,
+                        }
                     )
                     conn.outbox.put_nowait((frame, [(sub, e) for e in events]))

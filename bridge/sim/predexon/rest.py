@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from bridge.mapping.predexon_json import dumps
+from bridge.sim.predexon.protocol import to_json
 from bridge.sim.rest import (
     HttpRequest,
     HttpResponse,
@@ -213,7 +213,7 @@ class PredexonRest:
 
     def _json(self, body: dict[str, Any]) -> HttpResponse:
         # Decimals as exact JSON numbers, as Predexon writes them.
-        return HttpResponse(200, dumps(body, sort_keys=False).encode(), {}, self.faults.slow_page_s)
+        return HttpResponse(200, to_json(body).encode(), {}, self.faults.slow_page_s)
 
     async def _handle(self, request: HttpRequest) -> HttpResponse:
         faults = self.faults
