@@ -59,7 +59,7 @@ def _events(channel: str, factory: EventFactory) -> list[dict[str, Any]]:
     made: list[dict[str, Any]] = []
     at = float(NOW_S)
     while len(made) < len(EXTREMES) + 1:
-        made += [loads(dumps(data)) for _, data in factory.make(channel, at)]
+        made += [dict(data) for _, data in factory.make(channel, at)]
         at += 1.0
     events = []
     for value, event in zip(EXTREMES, made, strict=False):
