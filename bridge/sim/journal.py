@@ -133,6 +133,10 @@ class Journal:
 
     # -- writing ---------------------------------------------------------------------------
 
+    def newest_selection(self) -> tuple[str, tuple[str, ...]]:
+        """(symbol, firms) of the newest record: who a record appended like it reaches."""
+        return self._symbols[-1], self._firms[-1]
+
     def append(self, time_us: int, symbol: str, firms: tuple[str, ...], payload: bytes) -> int:
         """Add one serialized record; returns its sequence number. Call `notify()` after."""
         if self._times and time_us < self._times[-1]:

@@ -1,10 +1,13 @@
-"""Extreme values through the bridge into Kafka, every Predexon channel: a real WebSocket
-server (the simulator's `send_event`) sends events whose time and number fields hold 0,
-negatives, the time in seconds, milliseconds, microseconds and nanoseconds, 2^63-1, numbers
-beyond 64 bits and strings. Each event is in Kafka as a record fastavro decodes (with its
-logical types: timestamp-micros as dates), or in the dead-letter topic; every stream's state
-record decodes the same way and is usable; and the Java reader (`java/topic-reader`) decodes
-every data topic, the dead letters and the state topic.
+"""Extreme values through the bridge into Kafka, every Predexon channel and DropCopy stream.
+
+A real WebSocket server (the Predexon simulator's `send_event`) sends events whose time and
+number fields hold 0, negatives, the time in seconds, milliseconds, microseconds and
+nanoseconds, 2^63-1, numbers beyond 64 bits and strings; the DropCopy gRPC simulator (its
+`inject`) serves messages with every integer field, Timestamp seconds included, at such
+values. Each is in Kafka as a record fastavro decodes (with its logical types:
+timestamp-micros as dates), or in the dead-letter topic; every stream's state record decodes
+the same way and is usable; and the Java reader (`java/topic-reader`) decodes every data
+topic, the dead letters and the state topic.
 
 The mapping of the same values on every channel and DropCopy stream is the property test
 `tests/unit/test_extreme_values.py`.
@@ -19,16 +22,24 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from google.protobuf.descriptor import FieldDescriptor
+
 from bridge.eos.state_records import StateRecords
 from bridge.kafka.state import STATE_SCHEMA
+from bridge.mapping.dropcopy import DropCopyMapper
 from bridge.mapping.predexon_channels import CHANNELS
 from bridge.mapping.predexon_json import dumps, loads
 from bridge.serde.avro import Serializer, SingleObjectFormat
+from bridge.sim import dropcopy as dsim
+from bridge.sim.market import DEFAULT_FIRMS
 from bridge.sim.predexon import SimConfig, SimulatorThread
 from bridge.sim.predexon.events import EventFactory
+from bridge.sources.dropcopy_kinds import KINDS
 from bridge.timeutil import now_us
+from bridge.verify import kafka_rows
 from tests import kafka_fixture
-from tests.bridge_harness import ALONE
+from tests.bridge_harness import ALL_KINDS, ALONE
+from tests.bridge_harness import write_setup as dc_setup
 from tests.integration.test_crypto_times_in_milliseconds import one_per_channel
 from tests.integration.test_java_consumer import build_topic_reader
 from tests.predexon_harness import BridgeProcess, PredexonSetup, Sub, wait_until, write_setup
@@ -147,16 +158,130 @@ def test_extreme_values_are_records_or_dead_letters_that_decode(
 
 
 def _assert_the_state_records_decode(setup: PredexonSetup, subs: list[Sub]) -> None:
-    state_topic = setup.prefix + "polybridge.state"
+    _assert_state_records_decode(setup.bootstrap, setup.prefix, [s.stream_id for s in subs])
+
+
+def _assert_state_records_decode(bootstrap: str, prefix: str, stream_ids: list[str]) -> None:
+    state_topic = prefix + "polybridge.state"
     serializer = Serializer(STATE_SCHEMA, SingleObjectFormat().prefix(STATE_SCHEMA, ""))
     stored = StateRecords(state_topic)
-    for key, value, _, _, offset in kafka_fixture.read_all(setup.bootstrap, state_topic):
+    for key, value, _, _, offset in kafka_fixture.read_all(bootstrap, state_topic):
         assert key is not None and value is not None
         serializer.decode(value)  # timestamp-micros as dates
         stored.put(key.decode(), offset, value)
-    for sub in subs:
-        entry = stored.entry(sub.stream_id, now_us())  # no StateRecordError
-        assert entry is not None and entry.position.live_time_us is not None, sub.stream_id
+    for stream_id in stream_ids:
+        entry = stored.entry(stream_id, now_us())  # no StateRecordError
+        assert entry is not None and entry.position.live_time_us is not None, stream_id
+
+
+# -- DropCopy ---------------------------------------------------------------------------
+
+_INTEGERS = {
+    FieldDescriptor.TYPE_INT32: (-(2**31), 2**31),
+    FieldDescriptor.TYPE_SINT32: (-(2**31), 2**31),
+    FieldDescriptor.TYPE_UINT32: (0, 2**32),
+    FieldDescriptor.TYPE_INT64: (-(2**63), 2**63),
+    FieldDescriptor.TYPE_SINT64: (-(2**63), 2**63),
+    FieldDescriptor.TYPE_SFIXED64: (-(2**63), 2**63),
+    FieldDescriptor.TYPE_UINT64: (0, 2**64),
+}
+"""Integer field types: the values each can hold, [low, high)."""
+
+
+def _set_integers(message: Any, value: int) -> None:
+    """Every integer field of `message` and of the messages it holds (Timestamp seconds
+    included) to `value`, where the field can hold it."""
+    for field in message.DESCRIPTOR.fields:
+        if field.is_repeated:
+            continue
+        if field.type == FieldDescriptor.TYPE_MESSAGE:
+            if message.HasField(field.name):
+                _set_integers(getattr(message, field.name), value)
+            continue
+        bounds = _INTEGERS.get(field.type)
+        if bounds is not None and bounds[0] <= value < bounds[1]:
+            if field.name == "nanos":
+                continue  # a Timestamp's nanos: seconds carry the extreme
+            setattr(message, field.name, value)
+
+
+def _dropcopy_extremes(kind: str, base: Any) -> list[Any]:
+    """One message per extreme integer value, each with its own identity."""
+    out = []
+    for i, value in enumerate(v for v in EXTREMES if isinstance(v, int)):
+        message = type(base).FromString(base.SerializeToString())
+        _set_integers(message, value)
+        if kind in ("executions", "trade_captures"):
+            message.id = f"extreme-{i}"
+        out.append(message)
+    return out
+
+
+def test_dropcopy_extreme_values_are_records_or_dead_letters_that_decode(
+    kafka_bootstrap: str, tmp_path: Path, unique_name: Callable[[str], str]
+) -> None:
+    """The same through the DropCopy gRPC simulator (its `inject`), every stream: every
+    integer field, Timestamp seconds included, at each extreme."""
+    reader = build_topic_reader()
+    config = dsim.SimConfig(seed=37, prefill=200, heartbeat_s=0.1, batch=100, rate=0)
+    with dsim.SimulatorThread(config) as sim:
+        setup = dc_setup(tmp_path, kafka_bootstrap, sim, unique_name("dc-extreme") + ".")
+        setup.config_path.write_text(setup.config_path.read_text() + "\n" + ALONE)
+        bridge = BridgeProcess(setup, tmp_path / "bridge.log")
+        expected: dict[str, tuple[set[str], int]] = {}
+        try:
+            setup.wait_equal(sim, log=bridge.log_path)
+            for kind in ALL_KINDS:
+                firms = DEFAULT_FIRMS if KINDS[kind].account_scoped else ()
+                base = sim.ground_truth(kind, firms=firms)[-1]
+                messages = _dropcopy_extremes(kind, base)
+                for message in messages:
+                    sim.inject(kind, message)
+                mapper = DropCopyMapper(KINDS[kind], f"dropcopy.{kind}", "t", b"")
+                response = KINDS[kind].response_type()
+                getattr(response, KINDS[kind].list_field).extend(messages)
+                records, dead = mapper.map_response(response, now_us())
+                expected[kind] = ({r.event_id for r in records}, len(dead))
+            for kind in ALL_KINDS:
+                ids, dead_count = expected[kind]
+                stream_id = f"dropcopy.{kind}"
+                wait_until(
+                    lambda kind=kind, ids=ids, stream_id=stream_id, dead_count=dead_count: (
+                        ids <= {e for _, e in kafka_rows(setup.kafka, setup.topic(kind), stream_id)}
+                        and _dead_count(kafka_bootstrap, setup.prefix, stream_id) == dead_count
+                    ),
+                    60,
+                    f"{stream_id}: the messages injected",
+                    poll=0.3,
+                )
+        finally:
+            code = bridge.terminate()
+        assert code == 0, bridge.log()
+
+    for kind in ALL_KINDS:
+        schema = KINDS[kind].schema
+        serializer = Serializer(schema, SingleObjectFormat().prefix(schema, ""))
+        for _, value, _, _, _ in kafka_fixture.read_all(kafka_bootstrap, setup.topic(kind)):
+            datum = serializer.decode(value or b"")  # timestamp-micros as dates
+            assert datum["event_time"] is None or datum["event_time"].year >= 2000
+    assert all(ids for ids, _ in expected.values())  # records with extreme values, each kind
+    assert sum(dead for _, dead in expected.values()) > 0  # beyond years 1-9999: dead letters
+    _assert_state_records_decode(
+        kafka_bootstrap, setup.prefix, [f"dropcopy.{kind}" for kind in ALL_KINDS]
+    )
+    topics = [setup.topic(kind) for kind in ALL_KINDS] + [
+        setup.prefix + "polybridge.dlq",
+        setup.prefix + "polybridge.state",
+    ]
+    lines = reader.read(kafka_bootstrap, _exported_schemas(tmp_path), topics)
+    for topic in topics:
+        written = kafka_fixture.read_all(kafka_bootstrap, topic)
+        assert len([line for line in lines if line["topic"] == topic]) == len(written) > 0
+
+
+def _dead_count(bootstrap: str, prefix: str, stream_id: str) -> int:
+    rows = kafka_fixture.read_all(bootstrap, prefix + "polybridge.dlq")
+    return sum(1 for key, _, _, _, _ in rows if key == stream_id.encode())
 
 
 def _exported_schemas(tmp_path: Path) -> Path:

@@ -144,6 +144,9 @@ class SimulatorThread:
     def head(self, stream: str) -> int:
         return self._on_loop(lambda: self.simulator.head(stream))
 
+    def inject(self, stream: str, message: Message) -> int:
+        return self._on_loop(lambda: self.simulator.inject(stream, message))
+
     def ground_truth(
         self, stream: str, symbols: Collection[str] = (), firms: Collection[str] = ()
     ) -> list[Message]:

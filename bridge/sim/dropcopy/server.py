@@ -254,6 +254,16 @@ class DropCopySimulator:
         the serialized proto)}; returns the number of lines."""
         return self._market_journals.write_jsonl(path)
 
+    def inject(self, stream: str, message: Message) -> int:
+        """Append `message` to `stream`'s journal as it is (no market behind it: values no
+        generator makes, e.g. extreme numbers), selected like the journal's newest record
+        so it reaches the same subscribers, and wake them. Returns its sequence number."""
+        journal = self._journals[stream]
+        symbol, firms = journal.newest_selection()
+        seq = journal.append(_now_us(), symbol, firms, message.SerializeToString())
+        journal.notify()
+        return seq
+
     async def generate(self, records: int) -> int:
         """Generate at least `records` more records now (wall-clock event times) and wake
         subscribers; ignores `max_records`. Returns how many were generated."""
