@@ -28,6 +28,7 @@ from bridge.eos.pipeline import Pipeline
 from bridge.eos.positions import PositionStore
 from bridge.eos.repeats import LatestPerKey, RecentIds, RepeatFilter
 from bridge.errors import BridgeError, ConfigError
+from bridge.kafka.acls import set_deployment
 from bridge.kafka.admin import TopicSpec, check_state_topic, ensure_partitions, ensure_topics
 from bridge.kafka.producer import TransactionalProducer
 from bridge.kafka.readback import header, recent_records
@@ -76,6 +77,7 @@ class Bridge:
         self.sources: dict[str, Source] = {}  # by stream id, read by bridge.metrics
         self._format = wire_format or wire_format_of(settings)
         self._kafka = settings.kafka.librdkafka()
+        set_deployment(settings.app_id, settings.kafka.topic_prefix)  # for missing-ACL lines
         self._channels: list[Any] = []
         self._predexon: PredexonConnectionManager | None = None
         self.positions: PositionStore | None = None

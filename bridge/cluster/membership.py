@@ -42,6 +42,7 @@ from confluent_kafka import KafkaError as LibKafkaError
 from confluent_kafka.admin import AdminClient
 
 from bridge.errors import ConfigError, KafkaError
+from bridge.kafka.acls import denied, is_denied
 from bridge.kafka.client_log import client_log_config
 
 log = logging.getLogger(__name__)
@@ -97,6 +98,10 @@ def describe_group(
             return futures[group_id].result(timeout=remaining + 1)
         except KafkaException as exc:
             error = exc.args[0]
+            if is_denied(error):  # a missing ACL: Describe on the group, implied by READ
+                raise KafkaError(
+                    denied(config, error, "READ", f"stream group {group_id}", group_id)
+                ) from exc
             if error.code() not in _COORDINATOR_STARTING or time.monotonic() + 0.2 > deadline:
                 raise KafkaError(
                     f"cannot describe consumer group {group_id}: {error}", retriable=True
@@ -248,6 +253,8 @@ class Membership:
                     if not err.fatal():
                         log.debug("stream group error=%s", err.str())
                 if self._fatal is not None:
+                    if is_denied(self._fatal):
+                        raise ConfigError(self._denied(self._fatal))
                     if self._replaced():
                         raise self._fenced()
                     raise KafkaError(f"stream group {self.group_id}: {self._fatal.str()}")
@@ -260,8 +267,18 @@ class Membership:
             self._leave(consumer)
 
     def _error(self, err: LibKafkaError) -> None:
-        if err.fatal() or err.code() in (LibKafkaError._FATAL, LibKafkaError.FENCED_INSTANCE_ID):
+        if (
+            err.fatal()
+            or err.code() in (LibKafkaError._FATAL, LibKafkaError.FENCED_INSTANCE_ID)
+            or is_denied(err)  # a missing ACL: librdkafka would retry it forever
+        ):
             self._fatal = self._fatal or err
+
+    def _denied(self, err: LibKafkaError) -> str:
+        """The line for a missing ACL of the group member: the group, or its topic."""
+        group = err.code() == LibKafkaError.GROUP_AUTHORIZATION_FAILED
+        name = self.group_id if group else self.topic
+        return denied(self._config, err, "READ", f"stream group {self.group_id}", name)
 
     def _replaced(self) -> bool:
         """True when the group lists another member under this instance's

@@ -9,6 +9,7 @@ from typing import Any
 
 from confluent_kafka import KafkaError as LibKafkaError
 from confluent_kafka import KafkaException as LibKafkaException
+from confluent_kafka import TopicCollection
 
 # Public API, re-exported without __all__ in confluent-kafka's stubs.
 from confluent_kafka.admin import (  # type: ignore[attr-defined]
@@ -20,6 +21,7 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]
 )
 
 from bridge.errors import ConfigError, KafkaError
+from bridge.kafka.acls import REFUSALS, denied, is_denied
 from bridge.kafka.client_log import client_log_config
 from bridge.kafka.metadata import cluster_metadata
 
@@ -41,11 +43,13 @@ class TopicSpec:
 
 
 def _admin(config: Mapping[str, Any]) -> AdminClient:
-    conf = {
+    conf: dict[str, Any] = {
         k: v
         for k, v in config.items()
         if not k.startswith(("transactional.", "linger.", "isolation.", "group."))
     }
+    # Refused credentials reach only error_cb: noted for the error line (`cluster_metadata`).
+    conf["error_cb"] = REFUSALS.note
     return AdminClient({**conf, **client_log_config(conf)})
 
 
@@ -79,6 +83,10 @@ def ensure_topics(config: Mapping[str, Any], specs: Iterable[TopicSpec]) -> list
             err: LibKafkaError = exc.args[0]
             if err.code() == LibKafkaError.TOPIC_ALREADY_EXISTS:
                 continue
+            if is_denied(err):
+                raise KafkaError(
+                    denied(config, err, "CREATE", f"creating topic {name}", name)
+                ) from exc
             raise KafkaError(f"cannot create topic {name}: {err.str()}") from exc
         created.append(name)
         log.info("topic created topic=%s", name)
@@ -108,15 +116,22 @@ def _describe(
         return {}
     admin = _admin(config)
     found: dict[str, dict[str, str]] = {}
+    current = resources[0]
     try:
         result = admin.describe_configs(resources, request_timeout=ADMIN_TIMEOUT_S)
-        for resource, future in result.items():
+        for current, future in result.items():
+            resource = current
             entries = future.result(timeout=ADMIN_TIMEOUT_S)
             found[resource.name] = {
                 k: str(v.value) for k, v in entries.items() if v.value is not None
             }
     except LibKafkaException as exc:
         names = ", ".join(r.name for r in resources)
+        err: LibKafkaError = exc.args[0]
+        if is_denied(err):
+            raise KafkaError(
+                denied(config, err, "DESCRIBE_CONFIGS", f"describing {names}", current.name)
+            ) from exc
         raise KafkaError(f"cannot describe {names}: {exc.args[0]}", retriable=True) from exc
     return found
 
@@ -141,6 +156,34 @@ def check_state_topic(config: Mapping[str, Any], name: str) -> None:
             f"state topic {name} has {len(meta.partitions)} partitions; polybridge needs "
             "exactly 1 (positions are read back in commit order). Use another state topic name"
         )
+    check_access(config, name, ("READ", "WRITE"))
+
+
+def check_access(config: Mapping[str, Any], name: str, operations: Iterable[str]) -> None:
+    """Refuse, with the line naming the ACL to grant, a topic on which the bridge may not
+    do each of `operations` (Kafka's operations authorized for the caller, KIP-430): at
+    start, not at the first transaction, where a missing WRITE can surface as records
+    purged from a failed transaction instead of its cause."""
+    admin = _admin(config)
+    future = admin.describe_topics(
+        TopicCollection([name]),
+        include_authorized_operations=True,
+        request_timeout=ADMIN_TIMEOUT_S,
+    )[name]
+    try:
+        found = future.result(timeout=ADMIN_TIMEOUT_S).authorized_operations
+    except LibKafkaException as exc:
+        err: LibKafkaError = exc.args[0]
+        if is_denied(err):  # not even Describe, which READ and WRITE imply
+            raise KafkaError(denied(config, err, "READ", f"using topic {name}", name)) from exc
+        raise KafkaError(f"cannot describe topic {name}: {err.str()}", retriable=True) from exc
+    if found is None:
+        return  # the broker does not say (authorization off, or too old to tell)
+    allowed = {operation.name for operation in found}
+    for operation in operations:
+        if operation not in allowed and "ALL" not in allowed:
+            missing = LibKafkaError(LibKafkaError.TOPIC_AUTHORIZATION_FAILED)
+            raise KafkaError(denied(config, missing, operation, f"using topic {name}", name))
 
 
 def ensure_partitions(config: Mapping[str, Any], name: str, count: int) -> None:

@@ -11,8 +11,10 @@ States and the moves between them (`TxnState`, `TRANSITIONS`):
     any state --close--> CLOSED
 
 Every librdkafka error is translated here into `bridge.errors`:
-- PRODUCER_FENCED, INVALID_PRODUCER_EPOCH, TRANSACTIONAL_ID_AUTHORIZATION_FAILED
-                                           -> `FencedError`, state FENCED
+- an authorization error (a missing ACL: TRANSACTIONAL_ID_ / TOPIC_AUTHORIZATION_FAILED)
+                                           -> `KafkaError(retriable=False)` naming the ACL
+                                              to grant (`bridge.kafka.acls.denied`)
+- PRODUCER_FENCED, INVALID_PRODUCER_EPOCH  -> `FencedError`, state FENCED
 - any other fatal error (e.g. OUT_OF_ORDER_SEQUENCE_NUMBER after a broker restart)
                                            -> `KafkaError(retriable=True)`, state BROKEN:
                                               fatal for this producer instance only
@@ -39,6 +41,7 @@ from confluent_kafka import KafkaException as LibKafkaException
 from confluent_kafka import Message, Producer
 
 from bridge.errors import FencedError, KafkaError
+from bridge.kafka.acls import denied, is_denied
 from bridge.kafka.client_log import client_log_config, report
 from bridge.kafka.outage import KAFKA
 
@@ -106,7 +109,6 @@ _FENCED_CODES = frozenset(
         LibKafkaError._FENCED,
         LibKafkaError.PRODUCER_FENCED,
         LibKafkaError.INVALID_PRODUCER_EPOCH,
-        LibKafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED,
     }
 )
 
@@ -171,6 +173,9 @@ class TransactionalProducer:
         conf["transactional.id"] = transactional_id
         conf["error_cb"] = self._on_error
         self._producer = Producer({**conf, **client_log_config(conf)})
+        self._config = dict(config)
+        self._denied_topic: str | None = None
+        """The topic of a delivery refused for a missing ACL (for the error line)."""
         self.state = TxnState.NEW
         self._txn_error: LibKafkaError | None = None
         self.delivered_records = 0
@@ -221,6 +226,20 @@ class TransactionalProducer:
         """Translate one librdkafka error (see the module docstring); moves the state."""
         where = f"stream {self.stream_id} (transactional.id={self.transactional_id})"
         err = self._fatal_cause(err)
+        if is_denied(err):  # a missing ACL, not another instance: retrying cannot help
+            if err.fatal():
+                self._move(TxnState.BROKEN)
+            txn_id = err.code() == LibKafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED
+            return KafkaError(
+                denied(
+                    self._config,
+                    err,
+                    "WRITE",
+                    f"{action} for {where}",
+                    self.transactional_id if txn_id else self._denied_topic,
+                ),
+                retriable=False,
+            )
         if err.code() in _FENCED_CODES:
             self._move(TxnState.FENCED)
             return FencedError(
@@ -252,6 +271,8 @@ class TransactionalProducer:
         if self._txn_error is not None:
             return  # one line per transaction: the first failure says why it fails
         self._txn_error = err
+        if is_denied(err):
+            self._denied_topic = msg.topic()
         # Records we purged ourselves (closing, or a transaction given up) are expected.
         purged = err.code() in (LibKafkaError._PURGE_QUEUE, LibKafkaError._PURGE_INFLIGHT)
         log.log(

@@ -27,6 +27,7 @@ from confluent_kafka import KafkaError as LibKafkaError
 from confluent_kafka import KafkaException as LibKafkaException
 
 from bridge.errors import KafkaError
+from bridge.kafka.acls import denied, is_denied
 from bridge.kafka.client_log import client_log_config
 from bridge.kafka.metadata import cluster_metadata
 from bridge.records import STREAM_HEADER
@@ -103,6 +104,8 @@ def partitions_of(consumer: Consumer, topic: str, config: Mapping[str, Any]) -> 
     if meta is None or meta.error is not None:
         if meta is not None and meta.error.code() == LibKafkaError.UNKNOWN_TOPIC_OR_PART:
             raise KafkaError(f"topic {topic} does not exist", retriable=False)
+        if meta is not None and is_denied(meta.error):  # Describe: implied by READ
+            raise KafkaError(denied(config, meta.error, "READ", f"reading {topic}", topic))
         raise KafkaError(f"cannot describe topic {topic}: {meta.error if meta else 'absent'}")
     return sorted(meta.partitions)
 
@@ -148,6 +151,8 @@ def read_ranges(
                 part = msg.partition()
                 offset = msg.offset()
                 if part is None or offset is None:
+                    if err is not None and is_denied(err):
+                        raise KafkaError(denied(config, err, "READ", f"reading {topic}", topic))
                     if err is not None and (err.fatal() or not err.retriable()):
                         raise KafkaError(f"reading {topic}: {err.str()}")
                     continue
@@ -161,6 +166,8 @@ def read_ranges(
                             ends[part] = offset
                             del pending[part]
                         continue
+                    if is_denied(err):
+                        raise KafkaError(denied(config, err, "READ", f"reading {topic}", topic))
                     if err.fatal() or not err.retriable():
                         raise KafkaError(f"reading {topic} [{part}]: {err.str()}")
                     log.debug("transient read error topic=%s error=%s", topic, err.str())
