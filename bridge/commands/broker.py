@@ -17,6 +17,7 @@ from types import FrameType
 from typing import Any
 
 from bridge.embedded import EmbeddedBroker, EmbeddedCluster
+from bridge.embedded_security import add_security_arguments, serve_secured
 from bridge.errors import BridgeError
 
 
@@ -51,6 +52,7 @@ class BrokerCommand:
             help="write the broker's log here; with --nodes N, node i writes "
             "kafka-i.log in this file's directory",
         )
+        add_security_arguments(parser)
 
     def run(self, args: argparse.Namespace) -> int:
         stop = threading.Event()
@@ -62,6 +64,8 @@ class BrokerCommand:
         for sig in (signal.SIGTERM, signal.SIGINT):
             previous[sig] = signal.signal(sig, on_signal)
         try:
+            if args.secure:  # SASL_SSL, mutual TLS and ACLs: bridge.embedded_security
+                return serve_secured(args, stop)
             if args.nodes == 1:
                 with EmbeddedBroker(args.port, args.data_dir, args.log_file) as broker:
                     print(f"bootstrap.servers={broker.bootstrap_servers}", flush=True)
