@@ -31,13 +31,17 @@ from tests.fault.test_high_availability import instance_env
 SESSION_MS = 20_000
 """The stream group's session in these tests, twice the default: a restart that waited for
 its previous member's session to expire would cost at least this much."""
-RESTART_GAP_S = 8.0
+RESTART_GAP_S = 12.0
 """SIGKILL -> the restarted instance's Predexon subscriptions live again (the `restarted`
 gap record's length). It is the previous run's last liveness evidence (pings every second)
-plus the new process's whole start-up: Python imports, topic checks, the group join (about
-0.1 s), init_transactions, the state read and the subscription. On this 2-core machine with
-other test runs beside it, 3.6-7.4 s were seen (load average 5-25: the imports alone took
-1-4 s); far below `SESSION_MS`, which the restart no longer waits for."""
+plus the new process's whole start-up: Python imports, topic checks, the group join (0.07-
+0.26 s from join to assignment, always), init_transactions, the state read and the
+subscription. Measured on this 2-core machine with other engineers' test runs beside it:
+2.2-3.8 s in this test (load average about 25); 1.6-6.0 s and, in a later run at load
+average 40-55, 3.8-12.7 s in `bench/restart.py` (the imports alone then took seconds). The
+bound allows for such a starved machine; the test's session (`SESSION_MS`, 20 s) is what
+proves the restart no longer waits for the previous member's session: that wait alone
+would exceed it."""
 
 
 def _gaps_after(both: Both, at_us: int) -> dict[str, float]:
