@@ -161,9 +161,18 @@ def check_state_topic(config: Mapping[str, Any], name: str) -> None:
 
 def check_access(config: Mapping[str, Any], name: str, operations: Iterable[str]) -> None:
     """Refuse, with the line naming the ACL to grant, a topic on which the bridge may not
-    do each of `operations` (Kafka's operations authorized for the caller, KIP-430): at
-    start, not at the first transaction, where a missing WRITE can surface as records
-    purged from a failed transaction instead of its cause."""
+    do each of `operations`: at start, not at the first transaction, where a missing WRITE
+    can surface as records purged from a failed transaction instead of its cause."""
+    for operation in missing_operations(config, name, operations):
+        missing = LibKafkaError(LibKafkaError.TOPIC_AUTHORIZATION_FAILED)
+        raise KafkaError(denied(config, missing, operation, f"using topic {name}", name))
+
+
+def missing_operations(
+    config: Mapping[str, Any], name: str, operations: Iterable[str]
+) -> list[str]:
+    """Which of `operations` Kafka does not authorize the bridge to do on topic `name`
+    (the operations it authorizes for the caller, KIP-430); none when it does not say."""
     admin = _admin(config)
     future = admin.describe_topics(
         TopicCollection([name]),
@@ -178,12 +187,9 @@ def check_access(config: Mapping[str, Any], name: str, operations: Iterable[str]
             raise KafkaError(denied(config, err, "READ", f"using topic {name}", name)) from exc
         raise KafkaError(f"cannot describe topic {name}: {err.str()}", retriable=True) from exc
     if found is None:
-        return  # the broker does not say (authorization off, or too old to tell)
+        return []  # the broker does not say (authorization off, or too old to tell)
     allowed = {operation.name for operation in found}
-    for operation in operations:
-        if operation not in allowed and "ALL" not in allowed:
-            missing = LibKafkaError(LibKafkaError.TOPIC_AUTHORIZATION_FAILED)
-            raise KafkaError(denied(config, missing, operation, f"using topic {name}", name))
+    return [op for op in operations if op not in allowed and "ALL" not in allowed]
 
 
 def ensure_partitions(config: Mapping[str, Any], name: str, count: int) -> None:

@@ -42,6 +42,7 @@ from confluent_kafka import Message, Producer
 
 from bridge.errors import FencedError, KafkaError
 from bridge.kafka.acls import denied, is_denied
+from bridge.kafka.admin import missing_operations
 from bridge.kafka.client_log import client_log_config, report
 from bridge.kafka.outage import KAFKA
 
@@ -113,6 +114,11 @@ _FENCED_CODES = frozenset(
 )
 
 
+_PURGED = frozenset({LibKafkaError._PURGE_QUEUE, LibKafkaError._PURGE_INFLIGHT})
+"""Delivery errors of records purged unsent: by `close()`, or by librdkafka from a
+transaction that failed (which then hides the cause, see `_missing_write`)."""
+
+
 _WORKERS = concurrent.futures.ThreadPoolExecutor(max_workers=64, thread_name_prefix="kafka-txn")
 """The worker threads of the producers' blocking calls (not asyncio's default executor:
 a call that outlives its cancelled task must stay reachable, see `aclose`). A stream has at
@@ -174,8 +180,8 @@ class TransactionalProducer:
         conf["error_cb"] = self._on_error
         self._producer = Producer({**conf, **client_log_config(conf)})
         self._config = dict(config)
-        self._denied_topic: str | None = None
-        """The topic of a delivery refused for a missing ACL (for the error line)."""
+        self._failed_topic: str | None = None
+        """The topic of the first failed delivery (for a missing ACL's error line)."""
         self.state = TxnState.NEW
         self._txn_error: LibKafkaError | None = None
         self.delivered_records = 0
@@ -236,10 +242,14 @@ class TransactionalProducer:
                     err,
                     "WRITE",
                     f"{action} for {where}",
-                    self.transactional_id if txn_id else self._denied_topic,
+                    self.transactional_id if txn_id else self._failed_topic,
                 ),
                 retriable=False,
             )
+        if err.code() in _PURGED and self._failed_topic is not None:
+            line = self._missing_write(action, where)
+            if line is not None:
+                return KafkaError(line, retriable=False)
         if err.code() in _FENCED_CODES:
             self._move(TxnState.FENCED)
             return FencedError(
@@ -253,6 +263,19 @@ class TransactionalProducer:
         if err.txn_requires_abort() or err.retriable():
             return KafkaError(text, retriable=True)
         return KafkaError(text, retriable=False)
+
+    def _missing_write(self, action: str, where: str) -> str | None:
+        """Records purged from a failed transaction hide why it failed. If Kafka does not
+        authorize WRITE on their topic (KIP-430's authorized operations), that is why: the
+        line naming the ACL to grant. None when it does, or cannot be asked."""
+        topic = self._failed_topic
+        try:
+            if topic is None or "WRITE" not in missing_operations(self._config, topic, ["WRITE"]):
+                return None
+        except KafkaError:
+            return None
+        refused = LibKafkaError(LibKafkaError.TOPIC_AUTHORIZATION_FAILED)
+        return denied(self._config, refused, "WRITE", f"{action} for {where}", topic)
 
     def _on_error(self, err: LibKafkaError) -> None:
         # Client-level errors (broker down, all brokers down): informative only; the
@@ -271,8 +294,7 @@ class TransactionalProducer:
         if self._txn_error is not None:
             return  # one line per transaction: the first failure says why it fails
         self._txn_error = err
-        if is_denied(err):
-            self._denied_topic = msg.topic()
+        self._failed_topic = msg.topic()
         # Records we purged ourselves (closing, or a transaction given up) are expected.
         purged = err.code() in (LibKafkaError._PURGE_QUEUE, LibKafkaError._PURGE_INFLIGHT)
         log.log(

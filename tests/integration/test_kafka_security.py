@@ -3,10 +3,11 @@ with SCRAM-SHA-512 and mutual TLS, `StandardAuthorizer`, one secured broker per 
 
 The ACLs granted are the table "ACLs the bridge needs" of docs/operations.md, parsed from
 the document (and checked to be `bridge.kafka.acls.BRIDGE_ACLS`, which the error lines
-quote): with exactly those the bridge comes out exact; without any one row of it, with a
-wrong SCRAM password or with a certificate the broker does not trust, it exits non-zero
-with one error line that names what to grant or fix, within 30 s of starting, and no
-secret shows in its logs, /metrics or Kafka.
+quote): with exactly those the bridge comes out exact; without any one row of it (and
+without WRITE on its data topic only, found at the first commit rather than at start),
+with a wrong SCRAM password or with a certificate the broker does not trust, it exits
+non-zero with one error line that names what to grant or fix, within 30 s of starting,
+and no secret shows in its logs, /metrics or Kafka.
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ EXIT_S = 30.0
 (the interpreter's own start-up on a loaded runner is not what is measured)."""
 SIM = SimConfig(seed=41, prefill=600, heartbeat_s=0.1, rate=0)
 KIND = "executions"
+SIDE_TOPICS = ("polybridge.state", "polybridge.dlq", "polybridge.gaps", "polybridge.streams")
+"""The bridge's topics besides the data topic (their default names)."""
 
 
 # -- the documented ACLs ----------------------------------------------------------------
@@ -135,11 +138,13 @@ def start_run(
     *,
     auth: str,
     drop: AclGrant | None = None,
+    side_writes: bool = False,
     metrics: bool = False,
 ) -> Run:
     """Start a bridge named `name` authenticating by `auth` ("sasl", "mtls", "wrong
     password", "untrusted certificate") as a principal of its own, granted the documented
-    ACLs (all but the row `drop`) for its app_id and topic prefix."""
+    ACLs (all but the row `drop`) for its app_id and topic prefix; with `side_writes`
+    also WRITE on each of `SIDE_TOPICS` by name."""
     tag = re.sub(r"\W", "", name)[:12] + "-" + uuid.uuid4().hex[:6]
     prefix = f"{tag}."
     work = tmp_path / tag
@@ -161,10 +166,10 @@ def start_run(
         conf = broker.mtls_config(cert)
         secrets.append(cert.key_path.read_text().splitlines()[1])  # the key's first line
     # What the document says, for this run's app_id and prefix; `drop` left out.
-    broker.grant(
-        principal,
-        [g.named(prefix + "app", prefix) for g, _ in documented_acls() if g != drop],
-    )
+    grants = [g.named(prefix + "app", prefix) for g, _ in documented_acls() if g != drop]
+    if side_writes:  # WRITE on every topic but the stream's data topic
+        grants += [AclGrant("TOPIC", "LITERAL", prefix + t, "WRITE") for t in SIDE_TOPICS]
+    broker.grant(principal, grants)
     port = free_port() if metrics else 0
     setup = write_setup(
         work,
@@ -239,6 +244,9 @@ class Refusal:
     drop: AclGrant | None
     says: tuple[str, ...]
     """What the one error line must contain (`{principal}`, `{prefix}` filled in)."""
+    side_writes: bool = False
+    """WRITE on `SIDE_TOPICS` by name instead of `drop`: a layout other than the documented
+    one, where the start-up check of the state topic passes and the first commit fails."""
 
 
 def _missing(index: int) -> Refusal:
@@ -258,6 +266,17 @@ def _missing(index: int) -> Refusal:
 
 REFUSALS = [
     *(_missing(i) for i in range(len(BRIDGE_ACLS))),
+    Refusal(
+        "no WRITE on the data topic",
+        "sasl",
+        AclGrant("TOPIC", "PREFIXED", "{topic_prefix}", "WRITE"),
+        (
+            "Kafka denied {principal} WRITE on ",
+            "Grant WRITE on TOPIC ",
+            "kafka-acls.sh --add --allow-principal {principal} --operation Write --topic ",
+        ),
+        side_writes=True,
+    ),
     Refusal(
         "wrong password",
         "wrong password",
@@ -282,7 +301,15 @@ def test_each_missing_acl_a_wrong_password_and_an_untrusted_certificate_end_the_
         runs: dict[str, tuple[Refusal, Run]] = {}
         try:
             for case in REFUSALS:
-                run = start_run(secured, tmp_path, sim, case.name, auth=case.auth, drop=case.drop)
+                run = start_run(
+                    secured,
+                    tmp_path,
+                    sim,
+                    case.name,
+                    auth=case.auth,
+                    drop=case.drop,
+                    side_writes=case.side_writes,
+                )
                 runs[case.name] = (case, run)
             wait_until(
                 lambda: all(run.exited() for _, run in runs.values()),
