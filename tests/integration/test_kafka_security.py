@@ -4,10 +4,11 @@ with SCRAM-SHA-512 and mutual TLS, `StandardAuthorizer`, one secured broker per 
 The ACLs granted are the table "ACLs the bridge needs" of docs/operations.md, parsed from
 the document (and checked to be `bridge.kafka.acls.BRIDGE_ACLS`, which the error lines
 quote): with exactly those the bridge comes out exact; without any one row of it (and
-without WRITE on its data topic only, found at the first commit rather than at start),
-with a wrong SCRAM password or with a certificate the broker does not trust, it exits
-non-zero with one error line that names what to grant or fix, within 30 s of starting,
-and no secret shows in its logs, /metrics or Kafka.
+without WRITE on its data topic only, found at the first transaction rather than at
+start), with a wrong SCRAM password, with a certificate the broker does not trust, or
+trusting another CA than the broker's, it exits non-zero with one error line that names
+what to grant or fix, within 30 s of starting, and no secret shows in its logs, /metrics
+or Kafka.
 """
 
 from __future__ import annotations
@@ -142,7 +143,8 @@ def start_run(
     metrics: bool = False,
 ) -> Run:
     """Start a bridge named `name` authenticating by `auth` ("sasl", "mtls", "wrong
-    password", "untrusted certificate") as a principal of its own, granted the documented
+    password", "untrusted certificate": the broker's CA did not sign it, "untrusted broker":
+    the bridge trusts another CA) as a principal of its own, granted the documented
     ACLs (all but the row `drop`) for its app_id and topic prefix; with `side_writes`
     also WRITE on each of `SIDE_TOPICS` by name."""
     tag = re.sub(r"\W", "", name)[:12] + "-" + uuid.uuid4().hex[:6]
@@ -160,10 +162,12 @@ def start_run(
         secrets += [password, given]
         del conf["sasl.password"]  # from the environment, never the file
     else:
-        ca = broker.ca if auth == "mtls" else CertificateAuthority(work / "other-ca", "other CA")
-        cert = ca.issue(tag)
+        other = CertificateAuthority(work / "other-ca", "other CA")
+        cert = (other if auth == "untrusted certificate" else broker.ca).issue(tag)
         principal = cert.principal
         conf = broker.mtls_config(cert)
+        if auth == "untrusted broker":  # the client trusts another CA than the broker's
+            conf["ssl.ca.location"] = str(other.ca_path)
         secrets.append(cert.key_path.read_text().splitlines()[1])  # the key's first line
     # What the document says, for this run's app_id and prefix; `drop` left out.
     grants = [g.named(prefix + "app", prefix) for g, _ in documented_acls() if g != drop]
@@ -288,6 +292,12 @@ REFUSALS = [
         "untrusted certificate",
         None,
         ("refused the bridge's login as {principal}", "certificate", "ssl.certificate.location"),
+    ),
+    Refusal(
+        "untrusted broker",
+        "untrusted broker",
+        None,
+        ("refused the bridge's login as {principal}", "certificate", "ssl.ca.location"),
     ),
 ]
 
