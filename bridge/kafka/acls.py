@@ -88,7 +88,8 @@ BRIDGE_ACLS: tuple[tuple[AclGrant, str], ...] = (
     ),
     (
         AclGrant("TRANSACTIONAL_ID", "PREFIXED", "{app_id}.", "WRITE"),
-        "one transactional producer per stream, `<app_id>.<stream id>`",
+        "a transactional producer per stream, `<app_id>.<stream id>`, and per backfill, "
+        "`<app_id>.<stream id>.backfill`",
     ),
     (
         AclGrant("GROUP", "LITERAL", "{app_id}", "READ"),
