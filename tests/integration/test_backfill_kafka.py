@@ -23,9 +23,9 @@ from bridge.commands.state import show
 from bridge.config import Settings
 from bridge.eos.contract import SideTopics
 from bridge.eos.positions import PositionStore
+from bridge.eos.side_records import OPEN, gap_datum
 from bridge.kafka.producer import TransactionalProducer
 from bridge.kafka.readback import header
-from bridge.eos.side_records import OPEN, gap_datum
 from bridge.records import EVENT_ID_HEADER, STREAM_HEADER, Gap, Record
 from bridge.serde.avro import Serializer, SingleObjectFormat
 from bridge.serde.decode import Decoder

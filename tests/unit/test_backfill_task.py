@@ -26,9 +26,9 @@ from bridge.backfill.history import History, Page, Unfillable, Window
 from bridge.backfill.task import BackfillStats, BackfillTask
 from bridge.backfill.writer import SOURCE_HEADER
 from bridge.eos.contract import Producer, SideTopics
+from bridge.eos.side_records import OPEN
 from bridge.errors import FencedError, KafkaError
 from bridge.kafka.state import StateEntry, decode_state
-from bridge.eos.side_records import OPEN
 from bridge.records import EVENT_ID_HEADER, DeadLetter, Gap, Record
 from bridge.serde.avro import Serializer, SingleObjectFormat
 
