@@ -65,19 +65,22 @@ def test_state_show_and_reset_rewind_safely(
 
         # Reset while a bridge runs: the reset fences it, and it stops with a clear message.
         running = BridgeProcess(setup, tmp_path / "running.log")
-        wait_until(lambda: "starting from" in running.log(), 30, "the bridge to start")
-        reset = _cli(
-            "state",
-            "reset",
-            "dropcopy.executions",
-            "--to-time",
-            "1970-01-01T00:00:00Z",
-            "--config",
-            config,
-        )
-        assert reset.returncode == 0, reset.stderr
-        assert running.wait(60) != 0
-        assert "dropcopy.executions" in running.log()
+        try:
+            wait_until(lambda: "starting from" in running.log(), 30, "the bridge to start")
+            reset = _cli(
+                "state",
+                "reset",
+                "dropcopy.executions",
+                "--to-time",
+                "1970-01-01T00:00:00Z",
+                "--config",
+                config,
+            )
+            assert reset.returncode == 0, reset.stderr
+            assert running.wait(60) != 0
+            assert "dropcopy.executions" in running.log()
+        finally:
+            running.kill()  # a failed check must not leave the bridge running
 
         # Restarted from the rewound position it replays everything: repeats are dropped.
         again = BridgeProcess(setup, tmp_path / "again.log")
