@@ -644,12 +644,17 @@ class EmbeddedCluster:
         self.nodes[node_id].start(timeout)
 
     def stop(self, timeout: float = STOP_TIMEOUT_S) -> None:
-        """Shut every node down at once (SIGKILL after `timeout`); delete a temporary data
-        directory."""
+        """Shut every node down at once (SIGKILL after `timeout`); a temporary cluster is
+        SIGKILLed and its data directory deleted. Nodes shutting down together can wait
+        on each other's controlled shutdown for the whole `timeout` (measured: 30 s), which
+        data about to be deleted does not need."""
+        if self._owns_data:
+            for node in self.nodes.values():
+                node.kill()
+            shutil.rmtree(self.data_dir, ignore_errors=True)
+            return
         with ThreadPoolExecutor(len(self.nodes)) as pool:
             list(pool.map(lambda node: node.stop(timeout), self.nodes.values()))
-        if self._owns_data:
-            shutil.rmtree(self.data_dir, ignore_errors=True)
 
     def __enter__(self) -> EmbeddedCluster:
         return self if self.running() else self.start()
