@@ -30,6 +30,7 @@ and checks again once it has joined (two instances started at the same instant).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import threading
@@ -58,6 +59,13 @@ answer the instance leaves (its streams move at once if anyone is there)."""
 
 LEAVE_S = 5.0
 """At close, how long leaving the group (revoking the streams, LeaveGroup) may take."""
+
+REJOIN_WINDOW_S = 120.0
+"""A fencing of this instance's own name this soon after its session was lost is its own
+doing: librdkafka rejoins a static member after a session timeout (the broker was away)
+and the broker then fences the requests still in flight under the old member id
+(librdkafka issue 3437). The member rejoins with a new consumer, once per loss; a fencing
+with no such loss before it is another instance under the same name."""
 
 
 def fingerprint(stream_ids: Sequence[str]) -> str:
@@ -179,6 +187,8 @@ class Membership:
         self._closing = threading.Event()
         self._thread: threading.Thread | None = None
         self._consumer: Consumer | None = None
+        self._lost_at: float | None = None
+        """When the session was last lost (None: not since the last (re)join)."""
 
     # -- agreement ---------------------------------------------------------------------
 
@@ -208,6 +218,12 @@ class Membership:
     def start(self) -> None:
         """Check agreement, join the group, and serve it from a thread until `close()`."""
         self.check_agreement()
+        self._consumer = self._join()
+        self._thread = threading.Thread(target=self._serve, name="stream-group", daemon=True)
+        self._thread.start()
+
+    def _join(self) -> Consumer:
+        """A group consumer subscribed to the coordination topic (joining the group)."""
         conf = {
             **self._config,
             "group.id": self.group_id,
@@ -232,14 +248,12 @@ class Membership:
             on_revoke=self._revoked,
             on_lost=self._lost,
         )
-        self._consumer = consumer
         log.info(
             "stream group %s: joining as cluster.instance_id %s",
             self.group_id,
             self.group_instance_id,
         )
-        self._thread = threading.Thread(target=self._serve, name="stream-group", daemon=True)
-        self._thread.start()
+        return consumer
 
     def _serve(self) -> None:
         consumer = self._consumer
@@ -252,6 +266,9 @@ class Membership:
                     self._error(err)
                     if not err.fatal():
                         log.debug("stream group error=%s", err.str())
+                if self._fatal is not None and self._fenced_by_own_rejoin():
+                    consumer = self._rejoin(consumer)
+                    continue
                 if self._fatal is not None:
                     if is_denied(self._fatal):
                         raise ConfigError(self._denied(self._fatal))
@@ -265,6 +282,35 @@ class Membership:
             self._on_fatal(exc)
         finally:
             self._leave(consumer)
+
+    def _fenced_by_own_rejoin(self) -> bool:
+        """True for FENCED_INSTANCE_ID soon after this member lost its session (see
+        `REJOIN_WINDOW_S`)."""
+        fatal, lost_at = self._fatal, self._lost_at
+        # A consumer's fatal errors are its static membership's fencing; librdkafka
+        # reports it as _FATAL ("Fatal error: ... fenced by other consumer ...").
+        return (
+            fatal is not None
+            and fatal.code() in (LibKafkaError.FENCED_INSTANCE_ID, LibKafkaError._FATAL)
+            and lost_at is not None
+            and time.monotonic() - lost_at < REJOIN_WINDOW_S
+        )
+
+    def _rejoin(self, fenced: Consumer) -> Consumer:
+        """Drop the consumer librdkafka fenced and join again under the same name."""
+        log.warning(
+            "stream group %s: this instance's session expired while Kafka was away, and its "
+            "own rejoin fenced the old member; joining again as cluster.instance_id %s",
+            self.group_id,
+            self.group_instance_id,
+        )
+        with contextlib.suppress(KafkaException, RuntimeError):
+            fenced.close()  # a fatal consumer sends nothing more
+        self._fatal = None
+        self._lost_at = None  # once per loss: a second fencing is another instance's
+        self._member_id = None
+        self._consumer = consumer = self._join()
+        return consumer
 
     def _error(self, err: LibKafkaError) -> None:
         if (
@@ -396,6 +442,7 @@ class Membership:
         self._release(self._ids(partitions), "revoked", self._on_revoke)
 
     def _lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._lost_at = time.monotonic()
         self._release(self._ids(partitions), "lost", self._on_lost)
 
     def _release(self, ids: list[str], why: str, stop: Callable[[list[str]], None]) -> None:

@@ -71,14 +71,23 @@ class PositionStore:
                     raise
                 self._reader = reader
                 self._offsets = open_offsets_reader(self.config)
-                self._next = dict.fromkeys(parts, 0)  # offset 0: from the beginning
+                if not self._next:
+                    self._next = dict.fromkeys(parts, 0)  # offset 0: from the beginning
             assert self._offsets is not None
-            targets = (
-                high_watermarks(self._offsets, self.topic, list(self._next)) if complete else None
-            )
-            records, ends = read_ranges(
-                self._reader, self.topic, self._next, self.config, stable_ends=targets
-            )
+            try:
+                targets = (
+                    high_watermarks(self._offsets, self.topic, list(self._next))
+                    if complete
+                    else None
+                )
+                records, ends = read_ranges(
+                    self._reader, self.topic, self._next, self.config, stable_ends=targets
+                )
+            except BaseException:
+                # New clients for the next refresh (it goes on from where this one started):
+                # after the whole cluster was away, one kept answering "Unknown partition".
+                self._close_clients()
+                raise
             for record in records:
                 if record.key is None:
                     log.warning(
@@ -113,7 +122,10 @@ class PositionStore:
 
     def close(self) -> None:
         with self._lock:
-            for client in (self._reader, self._offsets):
-                if client is not None:
-                    client.close()
-            self._reader = self._offsets = None
+            self._close_clients()
+
+    def _close_clients(self) -> None:
+        for client in (self._reader, self._offsets):
+            if client is not None:
+                client.close()
+        self._reader = self._offsets = None

@@ -176,6 +176,11 @@ class TransactionalProducer:
         self.bootstrap = str(config.get("bootstrap.servers", "?"))
         conf: dict[str, Any] = dict(DEFAULTS)
         conf.update(config)
+        if "message.timeout.ms" not in config:
+            # librdkafka refuses a message timeout above the transaction timeout.
+            conf["message.timeout.ms"] = min(
+                int(conf["message.timeout.ms"]), int(conf["transaction.timeout.ms"])
+            )
         conf["transactional.id"] = transactional_id
         conf["error_cb"] = self._on_error
         self._producer = Producer({**conf, **client_log_config(conf)})

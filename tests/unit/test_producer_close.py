@@ -39,3 +39,14 @@ def test_aclose_waits_for_the_call_its_cancelled_task_left_running() -> None:
     started, closed, call_done = asyncio.run(body())
     assert call_done, "closed while init_transactions was still running"
     assert closed - started >= 1.0  # it waited for the bounded call (1.5 s) to return
+
+
+def test_a_transaction_timeout_below_a_minute_is_accepted() -> None:
+    """kafka.transaction_timeout_ms under 60 s: the message timeout follows it down
+    (librdkafka refuses message.timeout.ms above transaction.timeout.ms)."""
+    producer = TransactionalProducer(
+        {"bootstrap.servers": f"127.0.0.1:{_closed_port()}", "transaction.timeout.ms": 20_000},
+        "t.s",
+        "s",
+    )
+    producer.close()
