@@ -16,6 +16,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from bridge.commands.broker_registry import add_registry_arguments, start_registry
 from bridge.embedded import EmbeddedBroker, EmbeddedCluster
 from bridge.embedded_security import add_security_arguments, serve_secured
 from bridge.errors import BridgeError
@@ -52,6 +53,7 @@ class BrokerCommand:
             help="write the broker's log here; with --nodes N, node i writes "
             "kafka-i.log in this file's directory",
         )
+        add_registry_arguments(parser)
         add_security_arguments(parser)
 
     def run(self, args: argparse.Namespace) -> int:
@@ -63,6 +65,7 @@ class BrokerCommand:
         previous: dict[int, Any] = {}
         for sig in (signal.SIGTERM, signal.SIGINT):
             previous[sig] = signal.signal(sig, on_signal)
+        registry = start_registry(args)  # first: printed before bootstrap.servers
         try:
             if args.secure:  # SASL_SSL, mutual TLS and ACLs: bridge.embedded_security
                 return serve_secured(args, stop)
@@ -87,6 +90,8 @@ class BrokerCommand:
                         )
             return 0
         finally:
+            if registry is not None:
+                registry.stop()
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
 
