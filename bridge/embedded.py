@@ -406,7 +406,7 @@ class EmbeddedBroker:
     def launch(self, base: list[str]) -> None:
         """Start the broker process from `prepare()`'s command line, without waiting.
         Call it on the thread that lives as long as the broker should (see
-        `_die_with_parent`)."""
+        `die_with_parent`)."""
         config = self.data_dir / "server.properties"
         self._out = open(self._out_path, "ab")  # noqa: SIM115 (closed in stop())
         log.info(
@@ -417,7 +417,7 @@ class EmbeddedBroker:
         )
         self._proc = subprocess.Popen(
             [
-                *_die_with_parent(),
+                *die_with_parent(),
                 *base,
                 "-XX:+UseG1GC",
                 "-XX:MaxGCPauseMillis=20",
@@ -678,11 +678,11 @@ def _distinct_port(taken: set[int]) -> int:
             return port
 
 
-def _die_with_parent() -> list[str]:
-    """A command prefix that has the broker SIGKILLed when the thread that started it ends
-    (util-linux `setpriv --pdeathsig`, Linux), so a test run or demo that is itself killed
-    leaks no broker. Not a `preexec_fn`: code in a forked child of a threaded process can
-    crash or deadlock."""
+def die_with_parent() -> list[str]:
+    """A command prefix that has the process (a broker, the registry) SIGKILLed when the
+    thread that started it ends (util-linux `setpriv --pdeathsig`, Linux), so a test run or
+    demo that is itself killed leaks no JVM. Not a `preexec_fn`: code in a forked child of
+    a threaded process can crash or deadlock."""
     setpriv = shutil.which("setpriv")
     return [setpriv, "--pdeathsig", "KILL", "--"] if setpriv else []
 

@@ -30,7 +30,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO
 
-from bridge.embedded import free_port, java_binary, pom_path, port_free
+from bridge.embedded import die_with_parent, free_port, java_binary, pom_path, port_free
 from bridge.errors import BridgeError
 
 log = logging.getLogger(__name__)
@@ -150,7 +150,7 @@ class EmbeddedRegistry:
         log.info("starting embedded schema registry port=%d log=%s", self.port, out_path)
         self._proc = subprocess.Popen(
             [
-                *_die_with_parent(),
+                *die_with_parent(),
                 java,
                 *JVM_OPTIONS,
                 f"-Djava.io.tmpdir={self._tmp}",
@@ -236,10 +236,3 @@ class EmbeddedRegistry:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
-
-
-def _die_with_parent() -> list[str]:
-    """`setpriv --pdeathsig KILL` (util-linux): the registry dies with the thread that
-    started it, so a killed test run or demo leaks no JVM (as `bridge.embedded` does)."""
-    setpriv = shutil.which("setpriv")
-    return [setpriv, "--pdeathsig", "KILL", "--"] if setpriv else []
