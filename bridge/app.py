@@ -153,7 +153,9 @@ class Bridge:
     def build(self) -> dict[str, StreamRunner]:
         """One runner per configured stream; its pipeline is built when the stream runs."""
         side = self._side_topics()
-        self.positions = positions = PositionStore(self._kafka, side.state)
+        self.positions = positions = PositionStore(
+            self._kafka, side.state, self.settings.kafka.transaction_timeout_ms / 1000
+        )
         runners = [
             self._dropcopy_pipeline(stream, side, positions)
             for stream in self.settings.dropcopy.streams

@@ -26,7 +26,10 @@ from confluent_kafka import Consumer
 
 from bridge.eos.state_records import StateRecords
 from bridge.kafka.readback import (
+    READ_TIMEOUT_S,
+    EndNotReached,
     high_watermarks,
+    low_high,
     open_offsets_reader,
     open_reader,
     partitions_of,
@@ -37,14 +40,26 @@ from bridge.timeutil import now_us
 
 log = logging.getLogger(__name__)
 
+HANGING_MARGIN_S = 5.0
+"""A stream's start waits for a transaction open on the state topic for the transaction
+timeout plus this. Past it, a transaction still open is one its coordinator does not know
+(a hanging transaction, seen once in eight broker SIGKILLs): it never ends by itself, and
+every stream would wait for it forever. The start then goes on from the stable view, said
+at ERROR with the offset to abort."""
+
 
 class PositionStore:
     """The newest committed `StateEntry` per stream id. Thread-safe (pipelines refresh it
     from worker threads)."""
 
-    def __init__(self, config: Mapping[str, Any], topic: str) -> None:
+    def __init__(
+        self, config: Mapping[str, Any], topic: str, transaction_timeout_s: float = 60.0
+    ) -> None:
         self.config = dict(config)
         self.topic = topic
+        self._hanging_s = transaction_timeout_s + HANGING_MARGIN_S
+        self._stuck: dict[int, int] = {}
+        """Per partition: where a transaction was found hanging (no wait there again)."""
         self._records = StateRecords(topic)
         """The newest record per key, each decoded on its own: one stream's bad record
         stops that stream only (`latest`); the others' are never decoded strictly."""
@@ -75,14 +90,25 @@ class PositionStore:
                     self._next = dict.fromkeys(parts, 0)  # offset 0: from the beginning
             assert self._offsets is not None
             try:
+                if complete and self._still_stuck():
+                    complete = False  # said once, when it was found
                 targets = (
                     high_watermarks(self._offsets, self.topic, list(self._next))
                     if complete
                     else None
                 )
-                records, ends = read_ranges(
-                    self._reader, self.topic, self._next, self.config, stable_ends=targets
-                )
+                try:
+                    records, ends = read_ranges(
+                        self._reader,
+                        self.topic,
+                        self._next,
+                        self.config,
+                        timeout=self._hanging_s if complete else READ_TIMEOUT_S,
+                        stable_ends=targets,
+                    )
+                except EndNotReached as exc:
+                    self._report_hanging(exc.positions)
+                    records, ends = read_ranges(self._reader, self.topic, self._next, self.config)
             except BaseException:
                 # New clients for the next refresh (it goes on from where this one started):
                 # after the whole cluster was away, one kept answering "Unknown partition".
@@ -104,6 +130,34 @@ class PositionStore:
             )
             # Those that decode: `problems` names the others, `latest` stops on its own.
             return self._records.entries()
+
+    def _still_stuck(self) -> bool:
+        """True while a partition's stable offset stays where a hanging transaction was
+        found (checked by ListOffsets; forgotten once it moves)."""
+        assert self._reader is not None
+        for partition, offset in list(self._stuck.items()):
+            if low_high(self._reader, self.topic, partition)[1] > offset:
+                del self._stuck[partition]
+        return bool(self._stuck)
+
+    def _report_hanging(self, positions: Mapping[int, int]) -> None:
+        self._stuck.update(positions)
+        for partition, offset in positions.items():
+            log.error(
+                "a transaction has stayed open on the state topic %s [%d] at offset %d for "
+                "%.0f s: one no coordinator will end (a hanging transaction). Streams start "
+                "from the positions committed before it; a stream whose newest commit lies "
+                "after it may write again what it wrote since (its repeat filter drops what "
+                "it still holds). Abort it: kafka-transactions.sh --bootstrap-server ... "
+                "abort --topic %s --partition %d --start-offset %d",
+                self.topic,
+                partition,
+                offset,
+                self._hanging_s,
+                self.topic,
+                partition,
+                offset,
+            )
 
     def latest(self, stream_id: str, complete: bool = True) -> StateEntry | None:
         """The stream's newest committed position, as of now (None: none stored); see

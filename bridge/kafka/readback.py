@@ -51,6 +51,15 @@ _BATCH = 10_000
 Headers = list[tuple[str, bytes | None]]
 
 
+class EndNotReached(KafkaError):
+    """A read did not reach its end in time; `positions`: where each late partition's
+    fetch stood (below the end: held back by a transaction still open there)."""
+
+    def __init__(self, message: str, positions: Mapping[int, int]) -> None:
+        super().__init__(message, retriable=True)
+        self.positions = dict(positions)
+
+
 @dataclass(frozen=True, slots=True)
 class ReadRecord:
     """One record read back."""
@@ -138,13 +147,17 @@ def read_ranges(
         while pending:
             if time.monotonic() > deadline:
                 missing = sorted(pending)
-                raise KafkaError(
+                positions = {
+                    tp.partition: tp.offset
+                    for tp in consumer.position([TopicPartition(topic, p) for p in missing])
+                }
+                raise EndNotReached(
                     f"reading {topic} partitions {missing} from {bootstrap_of(config)} did not "
                     f"reach offsets {[targets[p] for p in missing]} within {timeout:.0f} s "
                     f"({_where(consumer, topic, missing)}; a transaction still open there "
                     "ends when it commits, when its stream's next owner starts, or at the "
                     "broker's transaction.timeout.ms)",
-                    retriable=True,
+                    positions,
                 )
             for msg in next_messages(consumer):
                 err = msg.error()

@@ -10,15 +10,19 @@ kill left: every stream had a transaction open when the broker died)."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 from collections.abc import Callable
+
+import pytest
 
 from bridge.eos.positions import PositionStore
 from bridge.kafka.producer import TransactionalProducer
 from bridge.kafka.state import STATE_SCHEMA, encode_state
 from bridge.records import Position
 from bridge.serde.avro import Serializer, SingleObjectFormat
+from tests.bridge_harness import wait_until
 
 SER = Serializer(STATE_SCHEMA, SingleObjectFormat().prefix(STATE_SCHEMA, "state"))
 
@@ -74,3 +78,58 @@ def test_a_start_reads_its_own_commit_that_follows_another_streams_open_transact
         other.close()
         mine.close()
         loop.close()
+
+
+def test_a_transaction_open_past_the_transaction_timeout_is_reported_and_not_waited_for_again(
+    kafka_bootstrap: str,
+    make_topic: Callable[..., str],
+    unique_name: Callable[[str], str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A transaction open longer than any transaction may be (a hanging one) would stop
+    every stream's start: the wait ends, the error names the offset to abort, the start goes
+    on from the stable view, and no later start waits for it again."""
+    topic = make_topic(config={"cleanup.policy": "compact"})
+    config = {"bootstrap.servers": kafka_bootstrap}
+    loop = asyncio.new_event_loop()
+    other = TransactionalProducer(config, unique_name("other"), "other")
+    mine = TransactionalProducer(config, unique_name("mine"), "mine")
+    store = PositionStore(config, topic, transaction_timeout_s=1.0)  # waits 6 s
+    try:
+        loop.run_until_complete(other.init())
+        loop.run_until_complete(mine.init())
+        mine.begin()
+        mine.produce(topic, b"mine", _value("mine", b"old"))
+        loop.run_until_complete(mine.commit())
+        other.begin()
+        other.produce(topic, b"other", _value("other", b"o1"))
+        other._producer.flush(10)
+        mine.begin()
+        mine.produce(topic, b"mine", _value("mine", b"new"))
+        loop.run_until_complete(mine.commit())
+
+        with caplog.at_level(logging.ERROR, logger="bridge.eos.positions"):
+            started = time.monotonic()
+            first = store.latest("mine")
+            waited = time.monotonic() - started
+            started = time.monotonic()
+            again = store.latest("mine")
+            second = time.monotonic() - started
+        assert 6.0 <= waited < 20.0
+        assert first is not None and first.position.resume_token == b"old"  # the stable view
+        assert again is not None and second < 3.0  # not waited for again
+        (line,) = [r.getMessage() for r in caplog.records]
+        assert "hanging transaction" in line and f"--topic {topic} --partition 0" in line
+        # Once it ends, starts read to the end again.
+        loop.run_until_complete(other.commit())
+        wait_until(lambda: _token(store) == b"new", 30, "the newest position after it ended")
+    finally:
+        store.close()
+        other.close()
+        mine.close()
+        loop.close()
+
+
+def _token(store: PositionStore) -> bytes | None:
+    entry = store.latest("mine")
+    return entry.position.resume_token if entry is not None else None
