@@ -21,6 +21,7 @@ from bridge.serde.avro import Serializer
 from bridge.sim import predexon as px
 from bridge.sim.dropcopy import DropCopySimulator, SimConfig
 from bridge.sim.dropcopy.rest import RestConfig
+from bridge.sim.predexon.protocol import to_json
 from bridge.sim.predexon.rest import PredexonRestConfig
 from bridge.sim.rest import RestFaults
 from bridge.sources.dropcopy_kinds import KINDS
@@ -227,7 +228,7 @@ def live_predexon(
     """The live mapper's records of the events the subscription would have received."""
     records = []
     for entry in sim.ground_truth(mapper.channel.name, filters):
-        frame = px.dumps({"type": "event", "subscription_id": "sub_1", "data": entry["data"]})
+        frame = to_json({"type": "event", "subscription_id": "sub_1", "data": entry["data"]})
         mapped, dead = mapper.map_frame(frame, now_us())  # as received live
         assert not dead
         records += [
