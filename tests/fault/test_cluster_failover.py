@@ -27,6 +27,7 @@ log shows them).
 from __future__ import annotations
 
 import logging
+import os
 import random
 import statistics
 import subprocess
@@ -303,18 +304,21 @@ def run_faults(
 
 # -- the faults ------------------------------------------------------------------------
 
-RANDOM_KILLS = 20
+RANDOM_KILLS = int(os.environ.get("POLYBRIDGE_FAILOVER_RANDOM_KILLS", "4"))
+"""Random single-node kills after the targeted ones. 4 under `make test` (each kill and
+restart costs about 20 s on two cores, beside the other tests); the measured run of the
+docs used 20: `POLYBRIDGE_FAILOVER_RANDOM_KILLS=20 pytest tests/fault/test_cluster_failover.py`."""
 
 
-@pytest.mark.slow(420)
-@pytest.mark.timeout(1200)  # 27 node restarts: 6-10 min on 2 cores, more beside other tests
+@pytest.mark.slow(240)
+@pytest.mark.timeout(1200)  # 27 node restarts with 20 random kills: 6-10 min on 2 cores
 def test_leaders_coordinators_random_nodes_killed_and_rolling_restart(
     healthy: EmbeddedCluster, tmp_path: Path
 ) -> None:
     """In one run of the bridge: SIGKILL the leader of a data partition, the state topic's
     leader, the transaction coordinator of a stream's transactional id and the stream
-    group's coordinator; then 20 random nodes; each restarted at once on its data. Then a
-    rolling restart of all three nodes."""
+    group's coordinator; then `RANDOM_KILLS` random nodes; each restarted at once on its
+    data. Then a rolling restart of all three nodes."""
     prefix = unique("failover") + "."
     seed = random.randrange(1 << 30)
     log.info("random kills seed=%d", seed)
@@ -340,9 +344,10 @@ def test_leaders_coordinators_random_nodes_killed_and_rolling_restart(
             run.kill("random node", pick.choice(sorted(run.cluster.nodes)))
         run.rolling_restart()
 
-    # DropCopy generates for about 180 s, through the targeted and most random kills;
-    # afterwards its streams still commit heartbeat positions twice a second.
-    recoveries = run_faults(healthy, tmp_path, prefix, total=10_000, rate=50, faults=faults)
+    # DropCopy generates through the targeted and most random kills; afterwards its
+    # streams still commit heartbeat positions twice a second.
+    total = 10_000 if RANDOM_KILLS >= 20 else 3_000
+    recoveries = run_faults(healthy, tmp_path, prefix, total=total, rate=50, faults=faults)
     assert len(recoveries) == 4 + RANDOM_KILLS + NODES
     report(recoveries)
 

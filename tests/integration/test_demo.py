@@ -23,15 +23,22 @@ METRICS_LINE = re.compile(
 )
 
 
-@pytest.mark.slow(60)
+@pytest.mark.slow(90)
 def test_demo_reports_equality_with_ground_truth_after_a_kill() -> None:
+    """With registry framing (`--registry`, `make demo REGISTRY=1`): one demo run serves
+    both, as a second full demo cost 4 minutes of `make test`; the default single-object
+    framing is the one every other bridge test writes."""
+    command = [sys.executable, "-m", "bridge", "--log-level", "WARNING", "demo"]
     result = subprocess.run(
-        [sys.executable, "-m", "bridge", "--log-level", "WARNING", "demo", "--duration", "12"],
-        capture_output=True,
-        text=True,
-        timeout=300,
+        [*command, "--duration", "12", "--registry"], capture_output=True, text=True, timeout=300
     )
     assert result.returncode == 0, result.stdout[:6000]
+    assert "Schema Registry: http://127.0.0.1:" in result.stdout
+    framing = re.search(
+        r"registry framing: demo\.\S+ schema ids \[(\d+)\], 0 records", result.stdout
+    )
+    assert framing is not None, result.stdout[:6000]
+    assert "--schema-registry-url URL" in result.stdout
     assert "[kill -9]" in result.stdout
     assert "RESULT: EQUAL to ground truth after kill -9 and restart" in result.stdout
     assert result.stdout.count(": EQUAL expected=") == 4
@@ -49,19 +56,3 @@ def test_demo_reports_equality_with_ground_truth_after_a_kill() -> None:
     # The kill shows in the restarted bridge's metrics as one gap per live Predexon stream.
     restarted = [r for r in rows if r[0] == "restarted" and r[1].startswith("predexon.")]
     assert max(int(r[8]) for r in restarted) >= 1
-
-
-@pytest.mark.slow(45)
-def test_demo_with_registry_framing_registers_and_frames_every_record() -> None:
-    command = [sys.executable, "-m", "bridge", "--log-level", "WARNING", "demo"]
-    result = subprocess.run(
-        [*command, "--duration", "6", "--registry"], capture_output=True, text=True, timeout=300
-    )
-    assert result.returncode == 0, result.stdout[:6000]
-    assert "Schema Registry: http://127.0.0.1:" in result.stdout
-    framing = re.search(
-        r"registry framing: demo\.\S+ schema ids \[(\d+)\], 0 records", result.stdout
-    )
-    assert framing is not None, result.stdout[:6000]
-    assert "RESULT: EQUAL to ground truth after kill -9 and restart" in result.stdout
-    assert "--schema-registry-url URL" in result.stdout
