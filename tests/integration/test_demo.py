@@ -30,7 +30,12 @@ def test_demo_reports_equality_with_ground_truth_after_a_kill() -> None:
     framing is the one every other bridge test writes."""
     command = [sys.executable, "-m", "bridge", "--log-level", "WARNING", "demo"]
     result = subprocess.run(
-        [*command, "--duration", "12", "--registry"], capture_output=True, text=True, timeout=300
+        # The demo starts a broker, a registry, two simulators and the bridge twice: under
+        # make test's load it took 255-300 s (alone about 60 s).
+        [*command, "--duration", "8", "--registry"],
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert result.returncode == 0, result.stdout[:6000]
     assert "Schema Registry: http://127.0.0.1:" in result.stdout
