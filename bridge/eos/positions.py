@@ -147,9 +147,9 @@ class PositionStore:
                 "a transaction has stayed open on the state topic %s [%d] at offset %d for "
                 "%.0f s: one no coordinator will end (a hanging transaction). Streams start "
                 "from the positions committed before it; a stream whose newest commit lies "
-                "after it may write again what it wrote since (its repeat filter drops what "
-                "it still holds). Abort it: kafka-transactions.sh --bootstrap-server ... "
-                "abort --topic %s --partition %d --start-offset %d",
+                "after it may write again what it wrote since. Abort it: "
+                "kafka-transactions.sh --bootstrap-server ... abort --topic %s --partition %d "
+                "--start-offset %d",
                 self.topic,
                 partition,
                 offset,
