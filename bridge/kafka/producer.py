@@ -87,8 +87,9 @@ INIT_TIMEOUT_S = 10.0
 """init_transactions() bound: also how long an unreachable broker takes to be reported."""
 
 COMMIT_TIMEOUT_S = 30.0
-"""Default bound for one commit()/abort() call: far above a healthy commit (milliseconds on
-one node, tens of ms on a cluster), short enough to report a stuck broker promptly."""
+"""Default bound for one abort() call: far above a healthy abort (milliseconds on one node,
+tens of ms on a cluster), short enough to report a stuck broker promptly. A commit is not
+bounded by it: see `commit`."""
 
 CLOSE_ABORT_S = 5.0
 """Bound for aborting an open transaction in close(): a healthy abort takes milliseconds."""
@@ -400,7 +401,7 @@ class TransactionalProducer:
             self._unpolled = 0
             self._call("produce (poll)", self._producer.poll, 0)
 
-    async def commit(self, timeout: float = COMMIT_TIMEOUT_S) -> None:
+    async def commit(self, timeout: float | None = None) -> None:
         """Flush and commit the open transaction, within `timeout` seconds.
 
         Raises `FencedError` when another instance owns the id; `CommitPending` when the
@@ -409,9 +410,18 @@ class TransactionalProducer:
         transaction must be aborted; else `KafkaError`.
         """
         self._move(TxnState.COMMITTING)
+        within = "the transaction timeout" if timeout is None else f"{timeout:.0f} s"
         started = time.monotonic()
         try:
-            await self._in_thread(self._producer.commit_transaction, timeout)
+            if timeout is None:
+                # librdkafka's own advice: commit with no timeout of ours, i.e. the
+                # transaction's remaining timeout. A commit cut by a shorter one mid-flush
+                # and then resumed was followed, in broker pauses, by the transaction's last
+                # record (its state record) landing after the commit marker: an open
+                # transaction no coordinator knows, holding every reader of the state topic.
+                await self._in_thread(self._producer.commit_transaction)
+            else:
+                await self._in_thread(self._producer.commit_transaction, timeout)
         except LibKafkaException as exc:
             err: LibKafkaError = exc.args[0]
             # A delivery report's error says more than the commit's summary of it.
@@ -427,7 +437,7 @@ class TransactionalProducer:
                 KAFKA.unreachable(f"stream {self.stream_id}", f"commit pending: {err.str()}")
                 raise CommitPending(
                     f"commit for stream {self.stream_id} (transactional.id="
-                    f"{self.transactional_id}) not finished within {timeout:.0f} s: "
+                    f"{self.transactional_id}) not finished within {within}: "
                     f"{err.name()}: {err.str()}",
                     retriable=True,
                 ) from exc

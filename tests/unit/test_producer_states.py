@@ -91,7 +91,7 @@ class _ScriptedLibrdkafka:
     def poll(self, timeout: float = 0) -> int:
         return 0
 
-    def commit_transaction(self, timeout: float) -> None:
+    def commit_transaction(self, timeout: float = -1) -> None:
         self.calls.append("commit")
         if self.commit_errors:
             self.calls.append("refused")
