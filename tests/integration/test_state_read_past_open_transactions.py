@@ -31,6 +31,28 @@ def _value(stream: str, token: bytes) -> bytes:
     return encode_state(stream, "dropcopy", Position(resume_token=token), "me", 1, SER)
 
 
+def _commit_after_an_open_transaction(
+    loop: asyncio.AbstractEventLoop,
+    topic: str,
+    other: TransactionalProducer,
+    mine: TransactionalProducer,
+) -> None:
+    """`mine` commits token old, then `other` opens a transaction on the topic (its state
+    record written, not committed: a commit in flight), then `mine` commits token new
+    after it."""
+    loop.run_until_complete(other.init())
+    loop.run_until_complete(mine.init())
+    mine.begin()
+    mine.produce(topic, b"mine", _value("mine", b"old"))
+    loop.run_until_complete(mine.commit())
+    other.begin()
+    other.produce(topic, b"other", _value("other", b"o1"))
+    other._producer.flush(10)  # on the broker: the transaction is open there
+    mine.begin()
+    mine.produce(topic, b"mine", _value("mine", b"new"))
+    loop.run_until_complete(mine.commit())
+
+
 def test_a_start_reads_its_own_commit_that_follows_another_streams_open_transaction(
     kafka_bootstrap: str, make_topic: Callable[..., str], unique_name: Callable[[str], str]
 ) -> None:
@@ -40,19 +62,7 @@ def test_a_start_reads_its_own_commit_that_follows_another_streams_open_transact
     other = TransactionalProducer(config, unique_name("other"), "other")
     mine = TransactionalProducer(config, unique_name("mine"), "mine")
     try:
-        loop.run_until_complete(other.init())
-        loop.run_until_complete(mine.init())
-        mine.begin()
-        mine.produce(topic, b"mine", _value("mine", b"old"))
-        loop.run_until_complete(mine.commit())
-        # The other stream's commit is in flight (its state record written, not committed)
-        # when this stream commits its newest position after it.
-        other.begin()
-        other.produce(topic, b"other", _value("other", b"o1"))
-        other._producer.flush(10)  # on the broker: the transaction is open there
-        mine.begin()
-        mine.produce(topic, b"mine", _value("mine", b"new"))
-        loop.run_until_complete(mine.commit())
+        _commit_after_an_open_transaction(loop, topic, other, mine)
 
         read: dict[str, bytes | None] = {}
         reader = threading.Thread(
@@ -96,17 +106,7 @@ def test_a_transaction_open_past_the_transaction_timeout_is_reported_and_not_wai
     mine = TransactionalProducer(config, unique_name("mine"), "mine")
     store = PositionStore(config, topic, transaction_timeout_s=1.0)  # waits 6 s
     try:
-        loop.run_until_complete(other.init())
-        loop.run_until_complete(mine.init())
-        mine.begin()
-        mine.produce(topic, b"mine", _value("mine", b"old"))
-        loop.run_until_complete(mine.commit())
-        other.begin()
-        other.produce(topic, b"other", _value("other", b"o1"))
-        other._producer.flush(10)
-        mine.begin()
-        mine.produce(topic, b"mine", _value("mine", b"new"))
-        loop.run_until_complete(mine.commit())
+        _commit_after_an_open_transaction(loop, topic, other, mine)
 
         with caplog.at_level(logging.ERROR, logger="bridge.eos.positions"):
             started = time.monotonic()
