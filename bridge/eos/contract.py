@@ -67,10 +67,9 @@ class Producer(Protocol):
 
     async def abort(self) -> None: ...
 
-    def close(self) -> None: ...
-
     async def aclose(self) -> None:
-        """`close()` once no call of it runs any more (see `TransactionalProducer`)."""
+        """Release the producer once no call of it runs any more (see
+        `TransactionalProducer`)."""
         ...
 
 
