@@ -329,15 +329,15 @@ class Membership:
     def _replaced(self) -> bool:
         """True when the group lists another member under this instance's
         `cluster.instance_id`: a newer instance took the name, and this one is fenced."""
-        try:
-            members = describe_group(self._config, self.group_id, LEAVE_CHECK_S).members
-        except KafkaError:
-            return False
-        self._fenced_out = any(
+        members = self._members()
+        self._fenced_out = members is not None and self._replaced_in(members)
+        return self._fenced_out
+
+    def _replaced_in(self, members: Any) -> bool:
+        return self._member_id is not None and any(
             m.group_instance_id == self.group_instance_id and m.member_id != self._member_id
             for m in members
         )
-        return self._fenced_out
 
     def _fenced(self) -> ConfigError:
         return ConfigError(
@@ -350,17 +350,22 @@ class Membership:
     def _leave(self, consumer: Consumer) -> None:
         """Stop the owned streams and close the consumer; leave the group first when other
         members are there to take the streams over at once. A static member's close does
-        not leave: alone, this instance keeps its place for its own restart."""
+        not leave: alone, this instance keeps its place for its own restart. An instance
+        whose name another one took stops with that error, even when it learnt of it only
+        from its streams' fencing (the newer instance's producers can be first)."""
         try:
+            members = None if self._fenced_out else self._members()
             if self._fenced_out:
                 pass  # no longer a member: nothing to leave
-            elif self._fatal is not None or self._member_id is None:
-                # Failed, or stopping before a first assignment: nothing to keep a place for.
-                if self._fatal is not None and self._replaced():
-                    self._on_fatal(self._fenced())  # the streams may have been fenced first
-                else:
-                    self._unsubscribe(consumer)
-            elif self._others_present(consumer):
+            elif members is not None and self._replaced_in(members):
+                self._fenced_out = True
+                self._on_fatal(self._fenced())
+            elif (
+                self._fatal is not None  # failed: nothing to keep a place for
+                or self._member_id is None  # stopping before a first assignment
+                or members is None  # unknown: leaving moves the streams if anyone is there
+                or any(m.member_id != self._member_id for m in members)
+            ):
                 self._unsubscribe(consumer)
             else:
                 log.info(
@@ -377,14 +382,13 @@ class Membership:
         except (KafkaException, RuntimeError) as exc:
             log.warning("stream group close error=%s", exc)
 
-    def _others_present(self, consumer: Consumer) -> bool:
-        """True when the group has members other than this one (or when that is unknown)."""
+    def _members(self) -> Any | None:
+        """The group's members, or None when the group cannot be described now."""
         try:
-            members = describe_group(self._config, self.group_id, LEAVE_CHECK_S).members
+            return describe_group(self._config, self.group_id, LEAVE_CHECK_S).members
         except (KafkaError, KafkaException, RuntimeError) as exc:
-            log.info("stream group members unknown (%s): leaving", exc)
-            return True
-        return any(m.member_id != self._member_id for m in members)
+            log.info("stream group members unknown (%s)", exc)
+            return None
 
     def _unsubscribe(self, consumer: Consumer) -> None:
         """Revoke the owned streams (the callback stops them) and send LeaveGroup, which

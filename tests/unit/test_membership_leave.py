@@ -1,0 +1,81 @@
+"""How an instance leaves the stream group: the decision in `Membership._leave`, with the
+group's description given (the whole flow runs against Kafka in
+tests/fault/test_static_membership.py, where the order of events is the broker's)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from bridge.cluster import membership as membership_mod
+from bridge.cluster.membership import Membership
+from bridge.errors import ConfigError
+
+
+class FakeConsumer:
+    def __init__(self) -> None:
+        self.unsubscribed = False
+        self.closed = False
+
+    def unsubscribe(self) -> None:
+        self.unsubscribed = True
+
+    def poll(self, timeout: float) -> None:
+        return None
+
+    def assignment(self) -> list[Any]:
+        return []
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def member(member_id: str, instance: str) -> SimpleNamespace:
+    return SimpleNamespace(member_id=member_id, group_instance_id=instance, client_id="c")
+
+
+def leave_with(monkeypatch: pytest.MonkeyPatch, members: list[SimpleNamespace]) -> tuple:
+    monkeypatch.setattr(
+        membership_mod, "describe_group", lambda *a, **k: SimpleNamespace(members=members)
+    )
+    fatal: list[BaseException] = []
+    group = Membership(
+        {"bootstrap.servers": "127.0.0.1:1"},
+        group_id="app",
+        topic="app.polybridge.streams",
+        stream_ids=["a", "b"],
+        instance_id="run",
+        group_instance_id="twin",
+        session_timeout_ms=10_000,
+        on_assign=lambda ids: None,
+        on_revoke=lambda ids: None,
+        on_lost=lambda ids: None,
+        on_fatal=fatal.append,
+    )
+    group._member_id = "mine"
+    consumer = FakeConsumer()
+    group._leave(consumer)  # type: ignore[arg-type]
+    return consumer, fatal
+
+
+def test_an_instance_whose_name_was_taken_stops_with_that_error_without_leaving(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Its streams were fenced by the newer instance's producers before the group told it
+    (FENCED_INSTANCE_ID not seen yet): the group lists its name under another member."""
+    consumer, fatal = leave_with(monkeypatch, [member("newer", "twin")])
+    assert len(fatal) == 1 and isinstance(fatal[0], ConfigError)
+    assert "cluster.instance_id 'twin'" in str(fatal[0]) and "this one stops" in str(fatal[0])
+    assert not consumer.unsubscribed  # a LeaveGroup under its name is not its to send
+    assert consumer.closed
+
+
+def test_an_instance_with_others_present_leaves_and_alone_keeps_its_place(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    consumer, fatal = leave_with(monkeypatch, [member("mine", "twin"), member("x", "other")])
+    assert fatal == [] and consumer.unsubscribed and consumer.closed
+    consumer, fatal = leave_with(monkeypatch, [member("mine", "twin")])
+    assert fatal == [] and not consumer.unsubscribed and consumer.closed
