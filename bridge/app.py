@@ -290,6 +290,7 @@ class Bridge:
             stream_id=stream_id,
             upstream=upstream,
             source=source,
+            topic=topic,
             producer=lambda: TransactionalProducer(
                 {**self._kafka, "transaction.timeout.ms": settings.kafka.transaction_timeout_ms},
                 f"{settings.app_id}.{stream_id}",

@@ -34,7 +34,7 @@ import subprocess
 import tempfile
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -232,9 +232,11 @@ def server_properties(
     advertised: str | None,
     node_id: int = 1,
     quorum: Quorum | None = None,
+    extra: Mapping[str, str] | None = None,
 ) -> str:
     """`server.properties` for one combined broker+controller on loopback: a node of its
-    own (`quorum` None), or node `node_id` of the cluster `quorum` describes."""
+    own (`quorum` None), or node `node_id` of the cluster `quorum` describes; `extra`
+    settings override."""
     replicas = quorum.replicas if quorum is not None else 1
     min_isr = min(replicas, CLUSTER_MIN_ISR) if quorum is not None else 1
     settings = {
@@ -277,6 +279,7 @@ def server_properties(
         # A new group rebalances at once instead of waiting 3 s for more members.
         "group.initial.rebalance.delay.ms": "0",
         "num.partitions": "1",
+        **(extra or {}),
     }
     return "".join(f"{key}={value}\n" for key, value in settings.items())
 
@@ -325,8 +328,11 @@ class EmbeddedBroker:
         quorum: Quorum | None = None,
         heap: str = HEAP,
         jvm_options: Sequence[str] = (),
+        settings: Mapping[str, str] | None = None,
     ) -> None:
         self.port = port if port is not None else free_port()
+        self.settings = dict(settings or {})
+        """Broker settings over the defaults of `server_properties` (a test's own broker)."""
         self.controller_port = controller_port if controller_port is not None else free_port()
         self.node_id = node_id
         self.quorum = quorum
@@ -387,6 +393,7 @@ class EmbeddedBroker:
                 self.advertised,
                 self.node_id,
                 self.quorum,
+                self.settings,
             )
         )
         log4j = self.data_dir / "log4j2.properties"
@@ -524,7 +531,7 @@ class EmbeddedBroker:
                 proc.kill()
                 proc.wait()
         self._close_out()
-        if self._owns_data:
+        if self._owns_data and not os.environ.get("POLYBRIDGE_KEEP_KAFKA_DATA"):
             shutil.rmtree(self.data_dir, ignore_errors=True)
 
     def _close_out(self) -> None:

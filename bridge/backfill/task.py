@@ -133,6 +133,7 @@ class BackfillTask:
             stream_id=stream_id,
             upstream=upstream,
             instance_id=instance_id,
+            topic=topic,
             side=side,
             new_producer=io.new_producer,
         )

@@ -77,6 +77,7 @@ class BackfillWriter:
         stream_id: str,
         upstream: str,
         instance_id: str,
+        topic: str,
         side: SideTopics,
         new_producer: Callable[[], Producer],
     ) -> None:
@@ -85,7 +86,9 @@ class BackfillWriter:
         self._instance_id = instance_id
         self._side = side
         self._records = SideRecords(stream_id, upstream, side)
-        self._txns = Transactions(stream_id, new_producer)
+        self._txns = Transactions(
+            stream_id, new_producer, (topic, side.state, side.gaps, side.dead_letters)
+        )
         self._key = cursor_key(stream_id).encode()
         self._headers: list[tuple[str, str | bytes | None]] = [
             (STREAM_HEADER, stream_id.encode()),

@@ -4,6 +4,7 @@ counters it reports. The backfill task works with the same."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -54,6 +55,11 @@ class Producer(Protocol):
     def broken(self) -> bool: ...
 
     async def init(self) -> None: ...
+
+    async def settle(self, topics: Sequence[str]) -> None:
+        """Abort what earlier producers of the id left open, unknown to the coordinator, on
+        the partitions of `topics` (after `init`)."""
+        ...
 
     def begin(self) -> None: ...
 

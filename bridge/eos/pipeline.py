@@ -9,11 +9,11 @@ The loop, for one stream (Kafka Connect's exactly-once source task, in this shap
 3. Each batch's records (minus upstream repeats), dead letters and gaps are produced into
    the open transaction; the state record carrying the newest batch's position is produced
    last, and the transaction commits when `CommitPolicy` says so.
-4. A retriable Kafka error aborts the transaction and restarts the source from the last
-   *committed* position: nothing after it reached Kafka, so nothing is lost or doubled.
-   A producer left in an unknown state (a commit that kept timing out, a fatal error) is
-   replaced: the new one's `init_transactions()` settles the last transaction either way,
-   and step 1 reads back which. Fencing and other fatal errors end the pipeline.
+4. A retriable Kafka error aborts the transaction and goes back to step 1 with a new
+   producer: its `init_transactions()` settles the last transaction either way (also when
+   its commit had an unknown outcome), its epoch fences the old producer's requests still
+   under way, and step 1 reads back the committed position; the source restarts from
+   there, so nothing is lost or doubled. Fencing and other fatal errors end the pipeline.
 """
 
 from __future__ import annotations
@@ -76,6 +76,7 @@ class Pipeline:
         stream_id: str,
         upstream: str,
         source: Source,
+        topic: str,
         producer: Callable[[], Producer],
         positions: Positions,
         side: SideTopics,
@@ -93,7 +94,12 @@ class Pipeline:
         self.upstream = upstream
         self.stats = stats if stats is not None else PipelineStats()
         self._source = source
-        self._txns = Transactions(stream_id, producer, pending_commit_limit_s)
+        self._txns = Transactions(
+            stream_id,
+            producer,
+            (topic, side.state, side.gaps, side.dead_letters),
+            pending_commit_limit_s,
+        )
         self._started = False
         self._has_committed = False
         self._positions = positions
@@ -292,19 +298,19 @@ class Pipeline:
             self._on_gaps(txn.gap_list)
 
     async def _after_kafka_error(self, exc: KafkaError) -> None:
-        """Abort and decide: resume from the committed position (replacing a BROKEN
-        producer first, which reads the position back), or end the stream (fenced, or
-        not retriable)."""
+        """Abort, and end the stream (fenced, or not retriable) or go back to step 1 with
+        a new producer. Not on with the same one: a request of the failed transaction may
+        still reach a partition after its end, and only a new producer's epoch fences it
+        (librdkafka has no KIP-890); step 1 then reads the position back from Kafka."""
         self._repeats.abort()
         self._txn = None
         self.stats.aborts += 1
         await self._txns.recover(exc)
-        if self._txns.broken:
-            self._started = False  # step 1 again, with a new producer
+        self._started = False
         log.warning(
-            "stream=%s kafka error, resuming from the last committed position%s: %s",
+            "stream=%s kafka error, resuming from the last committed position with a new "
+            "producer: %s",
             self.stream_id,
-            "" if self._started else " with a new producer",
             exc,
         )
 

@@ -10,6 +10,10 @@ The rules it holds (see `docs/design.md`, "When Kafka fails"):
 - a given-up (BROKEN) producer is replaced by `start()`: the new producer's
   `init_transactions()` settles the last transaction either way, and the caller reads its
   position back from Kafka before it produces again;
+- every producer, before its first transaction, aborts what earlier producers of its id
+  may have left open on its partitions unknown to the coordinator (`settle`): a hanging
+  transaction would stop every read_committed reader of the partition, and the next
+  transaction there would take it in and commit it;
 - fencing and non-retriable errors are raised to the caller, which ends;
 - a producer is released (`aclose`) only once no call of it runs, so two producers of one
   transactional id never act at once in this process.
@@ -19,7 +23,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from bridge.eos.contract import Producer
 from bridge.errors import FencedError, KafkaError
@@ -35,10 +39,13 @@ class Transactions:
         self,
         stream_id: str,
         new_producer: Callable[[], Producer],
+        topics: Sequence[str],
         pending_commit_limit_s: float = 60.0,
     ) -> None:
         self.stream_id = stream_id
         self._new_producer = new_producer
+        self._topics = tuple(topics)
+        """Every topic this transactional id writes (`settle` covers all their partitions)."""
         self._pending_commit_limit_s = pending_commit_limit_s
         """How long a commit may stay pending (broker away) before the producer is given
         up: the transaction timeout, after which the broker has aborted it anyway."""
@@ -73,12 +80,14 @@ class Transactions:
     async def start(self) -> None:
         """A producer ready for transactions: the current one if fresh, else a new one
         (the old one released first). Its init fences older owners of the id and settles
-        their open transaction."""
+        their open transaction; then it aborts any they left hanging (`Producer.settle`)."""
         if self._started:
             await self.aclose()
         self._started = True
         self._open = False
-        await self.producer.init()
+        producer = self.producer
+        await producer.init()
+        await producer.settle(self._topics)
 
     def produce(
         self, topic: str, key: bytes | None, value: bytes | None, headers: Headers | None = None

@@ -33,7 +33,7 @@ import contextlib
 import enum
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from confluent_kafka import KafkaError as LibKafkaError
@@ -114,6 +114,11 @@ _FENCED_CODES = frozenset(
     }
 )
 
+
+SETTLE_KEY = b"polybridge.settle"
+"""The key of the records `settle()` writes, each in a transaction that is aborted: a
+read_committed consumer never sees them; a read_uncommitted one sees them with the other
+aborted records, and should skip this key."""
 
 _PURGED = frozenset({LibKafkaError._PURGE_QUEUE, LibKafkaError._PURGE_INFLIGHT})
 """Delivery errors of records purged unsent: by `close()`, or by librdkafka from a
@@ -347,6 +352,57 @@ class TransactionalProducer:
         log.info(
             "producer ready stream=%s transactional_id=%s", self.stream_id, self.transactional_id
         )
+
+    async def settle(self, topics: Sequence[str], timeout: float = COMMIT_TIMEOUT_S) -> None:
+        """Abort whatever this transactional id's earlier producers left open on the
+        partitions of `topics` without its coordinator knowing (a hanging transaction).
+
+        Call it right after `init()`. librdkafka has no KIP-890 support, and a batch can
+        land on a partition after its transaction's end: a produce request applied late,
+        or a marker the coordinator never wrote (seen when a single broker was fenced by its
+        own controller while it wrote them). The partition then holds the batch as an open
+        transaction that nobody will end: it stops every read_committed reader there, and
+        the id's next transaction on that partition would take it in and commit it. One
+        record (`SETTLE_KEY`, no value) per partition in a transaction that is aborted takes
+        any such batch in, and ends it aborted: what no transaction of this id committed
+        stays uncommitted. Its cost: one aborted transaction per producer."""
+        self.begin()
+        for topic in topics:
+            for partition in await self._partitions(topic, timeout):
+                self._call(
+                    "produce (settle)",
+                    self._producer.produce,
+                    topic,
+                    None,
+                    SETTLE_KEY,
+                    partition,
+                    self._on_delivery,
+                )
+        # On the partitions before the abort (which would purge them unsent).
+        left = await self._in_thread(self._producer.flush, timeout)
+        if left or self._txn_error is not None:
+            error = self._txn_error
+            await self.abort(timeout)
+            raise KafkaError(
+                f"stream {self.stream_id}: settling transaction not delivered "
+                f"({error.str() if error is not None else f'{left} record(s) still queued'})",
+                retriable=True,
+            )
+        await self.abort(timeout)
+
+    async def _partitions(self, topic: str, timeout: float) -> list[int]:
+        try:
+            metadata = await self._in_thread(self._producer.list_topics, topic, timeout)
+        except LibKafkaException as exc:
+            raise self._error(exc.args[0], f"metadata of {topic}") from exc
+        found = metadata.topics.get(topic)
+        if found is None or found.error is not None or not found.partitions:
+            raise KafkaError(
+                f"stream {self.stream_id}: no partitions known for topic {topic} "
+                f"({found.error if found is not None else 'not in the metadata'})",
+                retriable=True,
+            )
+        return sorted(found.partitions)
 
     def begin(self) -> None:
         """Start a transaction."""

@@ -109,6 +109,9 @@ class FakeProducer:
         self.kafka.epoch += 1
         self.epoch = self.kafka.epoch
 
+    async def settle(self, topics: object) -> None:
+        self._check()
+
     def _check(self) -> None:
         if self.epoch != self.kafka.epoch:
             raise FencedError("fenced")
@@ -601,6 +604,7 @@ def test_the_pipeline_tells_its_gaps_only_once_committed() -> None:
         stream_id=STREAM,
         upstream="dropcopy",
         source=GapSource(),
+        topic="data",
         producer=lambda: eos.FakeProducer(kafka, "app." + STREAM),  # type: ignore[arg-type]
         positions=eos.FakePositions(kafka),
         side=eos.SIDE,

@@ -94,6 +94,9 @@ class FakeProducer:
         self.kafka.epochs[self.transactional_id] += 1
         self.epoch = self.kafka.epochs[self.transactional_id]
 
+    async def settle(self, topics: object) -> None:
+        self._call("settle")
+
     def begin(self) -> None:
         self._call("begin")
         assert self.open is None, "begin inside an open transaction"
@@ -207,6 +210,7 @@ def _pipeline(
         stream_id=STREAM,
         upstream="dropcopy",
         source=source,  # type: ignore[arg-type]
+        topic="data",
         producer=producer,
         positions=FakePositions(kafka),
         side=SIDE,
@@ -293,12 +297,16 @@ def test_heartbeats_alone_commit_at_most_every_interval() -> None:
 
 
 def test_a_retriable_commit_error_aborts_and_resumes_after_the_last_committed_record() -> None:
+    """Each failure: abort, a new producer (its epoch fences requests of the aborted
+    transaction still under way; it settles before producing), the position read back."""
     kafka = FakeKafka(commit_failures=[KafkaError("broker hiccup", retriable=True)] * 2)
     source = FakeSource(200, per_batch=7, resend=3)
     pipeline, made = _pipeline(kafka, source, max_batch_records=20, max_latency_ms=1)
     asyncio.run(_run_until(pipeline, lambda: len(kafka.data()) >= 200))
     assert _all_once(kafka, 200)
-    assert len(made) == 1 and pipeline.stats.aborts == 2
+    assert len(made) == 3 and pipeline.stats.aborts == 2
+    for number in (1, 2, 3):
+        assert kafka.ops(number)[:2] == ["init", "settle"], kafka.ops(number)
     assert source.starts[:3] == [0, 0, 0]  # nothing was committed before the failures
 
 
