@@ -43,7 +43,8 @@ log = logging.getLogger(__name__)
 HANGING_MARGIN_S = 5.0
 """A stream's start waits for a transaction open on the state topic for the transaction
 timeout plus this. Past it, a transaction still open is one its coordinator does not know
-(a hanging transaction, seen once in eight broker SIGKILLs): it never ends by itself, and
+(a hanging transaction): the next start of the stream that wrote it ends it
+(`TransactionalProducer.settle`), but a stream that does not start again never does, and
 every stream would wait for it forever. The start then goes on from the stable view, said
 at ERROR with the offset to abort."""
 
