@@ -2,8 +2,11 @@
 
 Environment overrides use `POLYBRIDGE_<SECTION>__<KEY>` (double underscore between levels),
 e.g. `POLYBRIDGE_KAFKA__BOOTSTRAP_SERVERS=broker:9092`; values are parsed as JSON when they
-parse (numbers, booleans, lists, objects) and taken as strings otherwise. Unknown keys are
-rejected by name. Secrets are never values here, only where to read them (env var or file).
+parse (numbers, booleans, lists, objects) and taken as strings otherwise; the one top-level
+key is `POLYBRIDGE_APP_ID`. Other `POLYBRIDGE_` names without a double underscore are not
+settings (the tooling's own, e.g. `POLYBRIDGE_KAFKA_POM`) and are left alone. Unknown keys
+are rejected by name. Secrets are never values here, only where to read them (env var or
+file).
 """
 
 from __future__ import annotations
@@ -401,6 +404,8 @@ def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
         if not name.startswith(ENV_PREFIX):
             continue
         path = name[len(ENV_PREFIX) :].lower().split("__")
+        if len(path) == 1 and path[0] not in Settings.model_fields:
+            continue  # not a setting: a variable of the tooling (POLYBRIDGE_KAFKA_POM, ...)
         try:
             value: Any = json.loads(raw)
         except json.JSONDecodeError:

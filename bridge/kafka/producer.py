@@ -380,15 +380,21 @@ class TransactionalProducer:
                 )
         # On the partitions before the abort (which would purge them unsent).
         left = await self._in_thread(self._producer.flush, timeout)
-        if left or self._txn_error is not None:
-            error = self._txn_error
-            await self.abort(timeout)
-            raise KafkaError(
-                f"stream {self.stream_id}: settling transaction not delivered "
-                f"({error.str() if error is not None else f'{left} record(s) still queued'})",
+        failure = None
+        if self._txn_error is not None:  # e.g. a missing WRITE ACL: the line names it
+            failure = self._error(self._txn_error, "settle (produce)")
+        elif left:
+            failure = KafkaError(
+                f"stream {self.stream_id}: the settling transaction's records were not "
+                f"delivered within {timeout:.0f} s ({left} still queued)",
                 retriable=True,
             )
-        await self.abort(timeout)
+        if failure is None:
+            await self.abort(timeout)
+            return
+        with contextlib.suppress(KafkaError):  # the failure says more than a failed abort
+            await self.abort(timeout)
+        raise failure
 
     async def _partitions(self, topic: str, timeout: float) -> list[int]:
         try:
@@ -396,6 +402,9 @@ class TransactionalProducer:
         except LibKafkaException as exc:
             raise self._error(exc.args[0], f"metadata of {topic}") from exc
         found = metadata.topics.get(topic)
+        if found is not None and found.error is not None and is_denied(found.error):
+            self._failed_topic = topic
+            raise self._error(found.error, f"metadata of {topic}")
         if found is None or found.error is not None or not found.partitions:
             raise KafkaError(
                 f"stream {self.stream_id}: no partitions known for topic {topic} "
