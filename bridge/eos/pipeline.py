@@ -50,6 +50,9 @@ log = logging.getLogger(__name__)
 _RETRY_DELAY_S = 1.0
 # How often an idle loop wakes to notice a stop request.
 _IDLE_WAKE_S = 0.1
+GHOST_FENCES = 3
+"""Starts in a row fenced with no other owner in sight that are retried; the next ends the
+stream (two instances fencing each other back and forth, none committing)."""
 
 
 class _OpenTransaction:
@@ -102,6 +105,8 @@ class Pipeline:
         )
         self._started = False
         self._has_committed = False
+        self._ghost_fences = 0
+        """Starts fenced in a row with no other owner (see `_start`)."""
         self._positions = positions
         self._side = side
         self._records = SideRecords(stream_id, upstream, side)
@@ -151,17 +156,27 @@ class Pipeline:
         stream now: stop rather than fence it back."""
         if self._txns.used:
             await self._txns.aclose()
-            if self._has_committed:
-                # A quick look (not waiting for open transactions): taking the stream back
-                # from a new owner only costs a hand-over, never a record.
-                entry = await asyncio.to_thread(self._positions.latest, self.stream_id, False)
-                if entry is not None and entry.owner not in ("", self._instance_id):
-                    raise FencedError(
-                        f"stream {self.stream_id}: another polybridge instance "
-                        f"({entry.owner}) now owns this stream (transactional.id "
-                        f"{self._txns.transactional_id}); this one stops"
-                    )
-        await self._txns.start()
+            if self._has_committed and (owner := await self._owned_elsewhere()):
+                raise FencedError(
+                    f"stream {self.stream_id}: another polybridge instance ({owner}) now "
+                    f"owns this stream (transactional.id {self._txns.transactional_id}); "
+                    "this one stops"
+                )
+        try:
+            await self._txns.start()
+        except FencedError as fenced:
+            # Fenced before this producer wrote anything. By another instance (it owns the
+            # stream now), or by this stream's own given-up producer: librdkafka goes on
+            # retrying an init that timed out, and a retry the broker answers after ours
+            # takes the epoch back. Only the state topic tells which.
+            if self._ghost_fences >= GHOST_FENCES or await self._owned_elsewhere():
+                raise
+            self._ghost_fences += 1
+            raise KafkaError(
+                f"stream {self.stream_id}: fenced while starting, and no other instance "
+                f"owns it (a late request of this stream's earlier producer): {fenced}",
+                retriable=True,
+            ) from fenced
         # Complete: the stream's newest position may follow another stream's transaction
         # that is still open on the shared state topic (`PositionStore.refresh`).
         entry = await asyncio.to_thread(self._positions.latest, self.stream_id)
@@ -172,6 +187,15 @@ class Pipeline:
         self._started = True
         self.stats.running = True
         log.info("stream=%s starting from %s", self.stream_id, _describe(self._committed))
+
+    async def _owned_elsewhere(self) -> str | None:
+        """The instance that committed the stream last, if not this one. A quick look (not
+        waiting for open transactions): taking the stream back from a new owner only costs
+        a hand-over, never a record."""
+        entry = await asyncio.to_thread(self._positions.latest, self.stream_id, False)
+        if entry is not None and entry.owner not in ("", self._instance_id):
+            return entry.owner
+        return None
 
     async def _run_from(self, start: Position | None, stop: asyncio.Event) -> None:
         queue: asyncio.Queue[Batch | BaseException] = asyncio.Queue(self._queue_max)
@@ -279,6 +303,7 @@ class Pipeline:
         await self._txns.commit()
         finished = time.monotonic()
         self._has_committed = True
+        self._ghost_fences = 0
         self._repeats.commit()
         self._committed = position
         self._txn = None

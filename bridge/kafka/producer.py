@@ -379,7 +379,10 @@ class TransactionalProducer:
                     self._on_delivery,
                 )
         # On the partitions before the abort (which would purge them unsent).
-        left = await self._in_thread(self._producer.flush, timeout)
+        try:
+            left = await self._in_thread(self._producer.flush, timeout)
+        except LibKafkaException as exc:  # fatal: fenced, most often
+            raise self._error(exc.args[0], "settle (flush)") from exc
         failure = None
         if self._txn_error is not None:  # e.g. a missing WRITE ACL: the line names it
             failure = self._error(self._txn_error, "settle (produce)")

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from bridge.sim import predexon as predexon_sim
 from bridge.sim.dropcopy import SimConfig, SimulatorThread
@@ -51,7 +53,9 @@ def _run_bridge(
         )
 
 
-def _check_output(config: Path, env: dict[str, str]) -> str:
+def _check_output(config: Path, env: dict[str, str], failing: str) -> str:
+    """`polybridge check`'s output; it must exit 1 with exactly the `failing` check
+    FAILed (the refused credential) and every other check OK."""
     result = subprocess.run(
         [sys.executable, "-m", "bridge", "check", "--config", str(config)],
         capture_output=True,
@@ -59,7 +63,39 @@ def _check_output(config: Path, env: dict[str, str]) -> str:
         timeout=120,
         env={**os.environ, **env},
     )
-    return result.stdout + result.stderr
+    output = result.stdout + result.stderr
+    assert result.returncode == 1, output
+    verdicts = {
+        line[5:].split(":", 1)[0]: line[:4].strip()
+        for line in result.stdout.splitlines()
+        if line[:4] in ("OK  ", "FAIL")
+    }
+    assert {name for name, verdict in verdicts.items() if verdict == "FAIL"} == {failing}, output
+    assert "settings" in verdicts and "kafka" in verdicts, output
+    return output
+
+
+JWT = re.compile(r"eyJ[\w-]+\.eyJ[\w-]+\.[\w-]+")
+"""A JSON Web Token (header and claims base64url JSON): any token the bridge minted or was
+given, whichever it is."""
+
+
+def _minted(dc: SimulatorThread) -> list[str]:
+    """Record every client assertion the bridge signs and every access token the
+    simulator's token endpoint gives it: the secrets a Private Key JWT client holds."""
+    minted: list[str] = []
+    grant = dc.simulator._grant
+    handle = grant.handle
+
+    def recording(body: Any) -> dict[str, Any]:
+        if isinstance(body.get("client_assertion"), str):
+            minted.append(body["client_assertion"])
+        answer = handle(body)
+        minted.append(answer["access_token"])
+        return answer
+
+    grant.handle = recording  # type: ignore[method-assign]
+    return minted
 
 
 def _stopped(port: int, stream: str, log: Path) -> bool:
@@ -77,6 +113,7 @@ def _assert_absent(secrets: list[str], **outputs: str) -> None:
     for where, text in outputs.items():
         for secret in secrets:
             assert secret not in text, f"secret {secret[:12]}... found in {where}"
+        assert not JWT.search(text), f"a JWT found in {where}"
 
 
 def test_no_secret_in_logs_metrics_or_errors(
@@ -127,7 +164,7 @@ def test_no_secret_in_logs_metrics_or_errors(
             text_log=log1,
             metrics=str(metrics1),
             readyz=str(ready1),
-            check=_check_output(config1, env1),
+            check=_check_output(config1, env1, failing="dropcopy token"),
         )
 
         # 2. Private Key JWT (works), wrong Predexon key (HTTP 401); JSON logs.
@@ -135,6 +172,7 @@ def test_no_secret_in_logs_metrics_or_errors(
         run2 = tmp_path / "run2"
         run2.mkdir()
         key_path = dc.create_client("secrets-client")
+        minted = _minted(dc)
         pem_lines = [
             line
             for line in key_path.read_text().splitlines()
@@ -176,11 +214,10 @@ def test_no_secret_in_logs_metrics_or_errors(
         entries = [json.loads(line) for line in log2.splitlines() if line.strip()]
         assert all({"time", "level", "logger", "message"} <= e.keys() for e in entries)
         assert "HTTP 401" in log2 and '"level": "ERROR"' in log2, log2
-        secrets2 = [WRONG_PREDEXON_KEY, SASL_PASSWORD, *pem_lines]
+        check2 = _check_output(config2, {}, failing="predexon handshake")
+        # The bridge and `check` each minted an assertion and got an access token.
+        assert len(minted) >= 4, minted
+        secrets2 = [WRONG_PREDEXON_KEY, SASL_PASSWORD, *pem_lines, *minted]
         _assert_absent(
-            secrets2,
-            json_log=log2,
-            metrics=str(metrics2),
-            readyz=str(ready2),
-            check=_check_output(config2, {}),
+            secrets2, json_log=log2, metrics=str(metrics2), readyz=str(ready2), check=check2
         )

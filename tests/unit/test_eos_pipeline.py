@@ -16,6 +16,7 @@ from bridge.config import PipelineSettings
 from bridge.eos.contract import SideTopics
 from bridge.eos.pipeline import Pipeline
 from bridge.eos.repeats import RecentIds
+from bridge.eos.side_records import SideRecords
 from bridge.errors import FencedError, KafkaError
 from bridge.kafka.producer import CommitPending
 from bridge.kafka.state import StateEntry, decode_state
@@ -52,6 +53,9 @@ class FakeKafka:
     pending_outcome: list[Produced] | None = None
     """A transaction whose commit timed out; the next init of its id commits it."""
     abort_failures: list[BaseException] = field(default_factory=list)
+    ghost_inits: int = 0
+    """Producers to fence right after their init, as a late init of an earlier producer
+    of the id would (the epoch taken back before the settling transaction)."""
     producers: int = 0
     transactions: list[int] = field(default_factory=list)
     """Data records per committed transaction."""
@@ -96,6 +100,10 @@ class FakeProducer:
 
     async def settle(self, topics: object) -> None:
         self._call("settle")
+        if self.kafka.ghost_inits:
+            self.kafka.ghost_inits -= 1
+            self.kafka.epochs[self.transactional_id] += 1
+        self._check_epoch()
 
     def begin(self) -> None:
         self._call("begin")
@@ -402,6 +410,32 @@ def test_fencing_ends_the_stream_and_its_open_transaction_never_lands() -> None:
     assert after[-1:] == ["close"]
     committed = kafka.data()
     assert committed == [str(i) for i in range(len(committed))]
+
+
+def test_a_start_fenced_by_the_streams_own_earlier_producer_starts_again() -> None:
+    """Fenced right after init, twice, with no other instance in the state topic: a late
+    init of a producer this stream gave up. The stream starts again, each time with a new
+    producer, and writes everything once."""
+    kafka = FakeKafka(ghost_inits=2)
+    pipeline, made = _pipeline(kafka, FakeSource(50, per_batch=5), max_latency_ms=1)
+    asyncio.run(_run_until(pipeline, lambda: len(kafka.data()) >= 50))
+    assert _all_once(kafka, 50)
+    assert len(made) == 3
+
+
+def test_a_start_fenced_while_another_instance_owns_the_stream_ends_it() -> None:
+    """The state topic names another owner: its fencing is a hand-over, not a ghost."""
+    kafka = FakeKafka(ghost_inits=1)
+    theirs = SideRecords(STREAM, "dropcopy", SIDE).state(Position(resume_token=b"9"), "other")
+    kafka.committed.append((STATE, STREAM.encode(), theirs, []))
+    pipeline, made = _pipeline(kafka, FakeSource(20), max_latency_ms=1)
+
+    async def run() -> None:
+        with pytest.raises(FencedError):
+            await asyncio.wait_for(pipeline.run(asyncio.Event()), 10)
+
+    asyncio.run(run())
+    assert len(made) == 1 and kafka.data() == []
 
 
 def test_a_non_retriable_error_ends_the_stream() -> None:
