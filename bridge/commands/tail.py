@@ -82,6 +82,8 @@ def records(
                 err = msg.error()
                 part = msg.partition()
                 if part is None:
+                    if readback.about_placeholder_group(err):
+                        continue
                     if err is not None and (err.fatal() or not err.retriable()):
                         raise KafkaError(f"reading {topic}: {err.str()}")
                     continue

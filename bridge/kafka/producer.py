@@ -367,37 +367,47 @@ class TransactionalProducer:
         any such batch in, and ends it aborted: what no transaction of this id committed
         stays uncommitted. Its cost: one aborted transaction per producer."""
         self.begin()
-        for topic in topics:
-            for partition in await self._partitions(topic, timeout):
-                self._call(
-                    "produce (settle)",
-                    self._producer.produce,
-                    topic,
-                    None,
-                    SETTLE_KEY,
-                    partition,
-                    self._on_delivery,
-                )
-        # On the partitions before the abort (which would purge them unsent).
-        try:
-            left = await self._in_thread(self._producer.flush, timeout)
-        except LibKafkaException as exc:  # fatal: fenced, most often
-            raise self._error(exc.args[0], "settle (flush)") from exc
         failure = None
-        if self._txn_error is not None:  # e.g. a missing WRITE ACL: the line names it
-            failure = self._error(self._txn_error, "settle (produce)")
-        elif left:
-            failure = KafkaError(
-                f"stream {self.stream_id}: the settling transaction's records were not "
-                f"delivered within {timeout:.0f} s ({left} still queued)",
-                retriable=True,
-            )
+        try:
+            for topic in topics:
+                for partition in await self._partitions(topic, timeout):
+                    self._producer.produce(
+                        topic, None, SETTLE_KEY, partition, on_delivery=self._on_delivery
+                    )
+            # On the partitions before the abort (which would purge them unsent).
+            left = await self._in_thread(self._producer.flush, timeout)
+        except LibKafkaException as exc:  # failed (a missing ACL) or fatal (fenced, most often)
+            with contextlib.suppress(LibKafkaException):
+                self._producer.poll(0)  # serve the delivery reports that say why
+            failure = self._settle_error(self._txn_error or exc.args[0], topics)
+        else:
+            if self._txn_error is not None:
+                failure = self._settle_error(self._txn_error, topics)
+            elif left:
+                failure = KafkaError(
+                    f"stream {self.stream_id}: the settling transaction's records were not "
+                    f"delivered within {timeout:.0f} s ({left} still queued)",
+                    retriable=True,
+                )
         if failure is None:
             await self.abort(timeout)
             return
         with contextlib.suppress(KafkaError):  # the failure says more than a failed abort
             await self.abort(timeout)
         raise failure
+
+    def _settle_error(self, err: LibKafkaError, topics: Sequence[str]) -> KafkaError:
+        """A failed settle, translated. When the transaction failed without saying why
+        (its records purged, or a produce refused in its failed state), a topic of `topics`
+        the principal may not write to is why: the line names the ACL."""
+        if err.code() in _PURGED or err.code() == LibKafkaError._STATE:
+            where = f"stream {self.stream_id} (transactional.id={self.transactional_id})"
+            for topic in topics:
+                self._failed_topic = topic
+                line = self._missing_write("settle", where)
+                if line is not None:
+                    return KafkaError(line, retriable=False)
+        return self._error(err, "settle")
 
     async def _partitions(self, topic: str, timeout: float) -> list[int]:
         try:

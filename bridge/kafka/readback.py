@@ -79,6 +79,15 @@ partition's EOF one fetch after its last records, and that fetch is empty: with 
 default (500 ms) every read to an end took half a second longer."""
 
 
+def about_placeholder_group(err: LibKafkaError | None) -> bool:
+    """Whether a reader's consumer-level error is only its placeholder group.id denied:
+    librdkafka looks up the coordinator of any consumer's group, even one that only
+    assign()s, and reports the denial when the principal may not describe it. Readers never
+    use the group, so the bridge needs no ACL for it (seen on the secured broker once a
+    start's read of the state topic took more than one fetch)."""
+    return err is not None and err.code() == LibKafkaError.GROUP_AUTHORIZATION_FAILED
+
+
 def reader_config(config: Mapping[str, Any], follow: bool = False) -> dict[str, Any]:
     """A read_committed, group-less consumer config from the bridge's common client config;
     `follow` for a reader that waits for new records (keeps the default fetch wait)."""
@@ -164,6 +173,8 @@ def read_ranges(
                 part = msg.partition()
                 offset = msg.offset()
                 if part is None or offset is None:
+                    if about_placeholder_group(err):
+                        continue
                     if err is not None and is_denied(err):
                         raise KafkaError(denied(config, err, "READ", f"reading {topic}", topic))
                     if err is not None and (err.fatal() or not err.retriable()):
