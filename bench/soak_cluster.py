@@ -12,9 +12,9 @@ and `test_cluster_failover.py`), so the verdict means what theirs means: every D
 equals the simulator's ground truth (0 missing, 0 doubled, per-key order) and every
 Predexon event is in Kafka once or inside a gap record.
 
-Every `--node-kill-s` a random node is SIGKILLed and restarted at once on its data (the
-next kill waits until every replica is back in sync, so no partition falls below
-min.insync.replicas); every `--bridge-kill-s` the bridge is SIGKILLed and started again
+Every `--node-kill-s` a random node is SIGKILLed and restarted at once on its data (a
+kill waits until every replica is back in sync after the one before, so no partition falls
+below min.insync.replicas); every `--bridge-kill-s` the bridge is SIGKILLed and started again
 under the same `cluster.instance_id`. Each minute prints the bridge's RSS and the lag: per
 stream, how far the newest committed position's time is behind the clock (the state topic
 tailed read_committed), the largest of the six.
@@ -138,13 +138,13 @@ def main() -> None:
                     cluster.restart(node)
                     wait_in_sync(cluster.bootstrap_servers, NODES, IN_SYNC_S)
                     kills["node"] += 1
-                    next_node = time.monotonic() + args.node_kill_s
+                    next_node += args.node_kill_s  # on the minute, unless the sync took longer
                 if now >= next_bridge:
                     os.kill(bridge.process.pid, signal.SIGKILL)
                     bridge.wait(30)
                     bridge = BridgeProcess(both, work / "bridge.log")
                     kills["bridge"] += 1
-                    next_bridge = time.monotonic() + args.bridge_kill_s
+                    next_bridge += args.bridge_kill_s
                 code = bridge.process.poll()
                 if code is not None:
                     raise SystemExit(f"the bridge exited ({code}): see {work / 'bridge.log'}")
