@@ -29,7 +29,13 @@ from bridge.eos.positions import PositionStore
 from bridge.eos.repeats import LatestPerKey, RecentIds, RepeatFilter
 from bridge.errors import BridgeError, ConfigError
 from bridge.kafka.acls import set_deployment
-from bridge.kafka.admin import TopicSpec, check_state_topic, ensure_partitions, ensure_topics
+from bridge.kafka.admin import (
+    STATE_TOPIC_CONFIG,
+    TopicSpec,
+    check_state_topic,
+    ensure_partitions,
+    ensure_topics,
+)
 from bridge.kafka.producer import TransactionalProducer
 from bridge.kafka.readback import header, recent_records
 from bridge.mapping.dropcopy import DropCopyMapper
@@ -92,7 +98,7 @@ class Bridge:
                 kafka.topic(kafka.state_topic),
                 1,
                 kafka.replication_factor,
-                {"cleanup.policy": "compact"},
+                STATE_TOPIC_CONFIG,
             ),
             TopicSpec(kafka.topic(kafka.dlq_topic), 1, kafka.replication_factor, {}),
             TopicSpec(kafka.topic(kafka.gaps_topic), 1, kafka.replication_factor, {}),

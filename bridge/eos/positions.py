@@ -28,6 +28,7 @@ from bridge.eos.state_records import StateRecords
 from bridge.kafka.readback import (
     READ_TIMEOUT_S,
     EndNotReached,
+    ReadRecord,
     high_watermarks,
     low_high,
     open_offsets_reader,
@@ -98,39 +99,46 @@ class PositionStore:
                     if complete
                     else None
                 )
+                # Folded as read: a state topic not yet compacted holds every commit
+                # since its last cleaning, and only each key's newest record is kept. A
+                # read that fails part way starts again from `_next`: putting the same
+                # records again in the same order leaves the same newest ones.
                 try:
-                    records, ends = read_ranges(
+                    _, ends = read_ranges(
                         self._reader,
                         self.topic,
                         self._next,
                         self.config,
                         timeout=self._hanging_s if complete else READ_TIMEOUT_S,
                         stable_ends=targets,
+                        each=self._keep,
                     )
                 except EndNotReached as exc:
                     self._report_hanging(exc.positions)
-                    records, ends = read_ranges(self._reader, self.topic, self._next, self.config)
+                    _, ends = read_ranges(
+                        self._reader, self.topic, self._next, self.config, each=self._keep
+                    )
             except BaseException:
                 # New clients for the next refresh (it goes on from where this one started):
                 # after the whole cluster was away, one kept answering "Unknown partition".
                 self._close_clients()
                 raise
-            for record in records:
-                if record.key is None:
-                    log.warning(
-                        "state record without key topic=%s offset=%d", self.topic, record.offset
-                    )
-                    continue
-                self._records.put(record.key.decode(), record.offset, record.value)
+            read = sum(ends[p] - self._next[p] for p in ends)
             self._next.update(ends)
             log.debug(
-                "state followed topic=%s new_records=%d ms=%.0f",
+                "state followed topic=%s offsets_read=%d ms=%.0f",
                 self.topic,
-                len(records),
+                read,
                 (time.monotonic() - started) * 1e3,
             )
             # Those that decode: `problems` names the others, `latest` stops on its own.
             return self._records.entries()
+
+    def _keep(self, record: ReadRecord) -> None:
+        if record.key is None:
+            log.warning("state record without key topic=%s offset=%d", self.topic, record.offset)
+            return
+        self._records.put(record.key.decode(), record.offset, record.value)
 
     def _still_stuck(self) -> bool:
         """True while a partition's stable offset stays where a hanging transaction was

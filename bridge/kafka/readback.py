@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -135,6 +135,7 @@ def read_ranges(
     config: Mapping[str, Any],
     timeout: float = READ_TIMEOUT_S,
     stable_ends: Mapping[int, int] | None = None,
+    each: Callable[[ReadRecord], None] | None = None,
 ) -> tuple[list[ReadRecord], dict[int, int]]:
     """Read each partition from `starts[p]` to the end it had when the read began; the
     records and the offset each partition's next read starts from. The end is each
@@ -142,7 +143,9 @@ def read_ranges(
     listed them passes them, and one that passes high watermarks (`high_watermarks`) waits
     until every transaction open below them has ended.
 
-    Records come in partition order, then offset order.
+    Records come in partition order, then offset order; with `each`, they go to it as they
+    arrive instead (in offset order per partition) and none is returned: a read of a long
+    topic then holds one record at a time.
     """
     deadline = time.monotonic() + timeout
     targets = dict(stable_ends or {p: low_high(consumer, topic, p)[1] for p in starts})
@@ -196,16 +199,13 @@ def read_ranges(
                         raise KafkaError(f"reading {topic} [{part}]: {err.str()}")
                     log.debug("transient read error topic=%s error=%s", topic, err.str())
                     continue
-                per_partition[part].append(
-                    ReadRecord(
-                        msg.key(),
-                        msg.value(),
-                        _headers(msg.headers()),
-                        part,
-                        offset,
-                        msg.timestamp()[1],
-                    )
-                )
+                headers = _headers(msg.headers())
+                stamp = msg.timestamp()[1]
+                record = ReadRecord(msg.key(), msg.value(), headers, part, offset, stamp)
+                if each is None:
+                    per_partition[part].append(record)
+                else:
+                    each(record)
                 if offset + 1 >= targets[part]:
                     ends[part] = offset + 1
                     del pending[part]

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
+import tracemalloc
 from collections.abc import Callable
 
 import pytest
@@ -18,6 +20,7 @@ from bridge.records import Position
 from bridge.serde.avro import Serializer, SingleObjectFormat
 from tests.bridge_harness import until, wait_until
 
+COMPACT = {"cleanup.policy": "compact"}
 SER = Serializer(STATE_SCHEMA, SingleObjectFormat().prefix(STATE_SCHEMA, "state"))
 
 
@@ -185,3 +188,66 @@ def test_a_store_asked_before_its_topic_exists_reads_it_once_created(
         assert entry is not None and entry.position.resume_token == b"t1"
     finally:
         store.close()
+
+
+def test_a_start_holds_one_state_record_at_a_time_however_long_the_topic(
+    kafka_bootstrap: str, make_topic: Callable[..., str], unique_name: Callable[[str], str]
+) -> None:
+    """Compaction cleans only closed segments, so a start may read a long history of one
+    stream's positions: it keeps the newest, and its memory does not grow with the rest
+    (a start that listed them all held 31 MB here, and hundreds in a soak)."""
+    topic = make_topic(config={"cleanup.policy": "compact"})
+    config = {"bootstrap.servers": kafka_bootstrap}
+    history = 60_000
+
+    def token(i: int) -> bytes:
+        return b"token-%06d" % i + b"." * 200
+
+    async def run() -> None:
+        producer = TransactionalProducer(config, unique_name("txn"), "s")
+        await producer.init()
+        for start in range(0, history, 10_000):
+            producer.begin()
+            for i in range(start, start + 10_000):
+                producer.produce(topic, b"s", _value("s", token(i)))
+            await producer.commit()
+        producer.close()
+
+    asyncio.run(run())
+    store = PositionStore(config, topic)
+    try:
+        tracemalloc.start()
+        try:
+            loaded = store.refresh()
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    finally:
+        store.close()
+    assert loaded["s"].position.resume_token == token(history - 1)
+    assert peak < 10 * 2**20, f"the read held {peak / 2**20:.1f} MB"
+
+
+def test_the_state_topic_is_created_to_be_compacted_within_minutes(
+    kafka_bootstrap: str, unique_name: Callable[[str], str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The bridge's own state topic rolls its segments every 10 minutes (compaction cleans
+    only closed ones); an existing one that keeps Kafka's 7 days is used, with a warning
+    that says how to fix it."""
+    config = {"bootstrap.servers": kafka_bootstrap}
+    ours, theirs = unique_name("state"), unique_name("state")
+    ensure_topics(
+        config,
+        [TopicSpec(ours, 1, 1, admin.STATE_TOPIC_CONFIG), TopicSpec(theirs, 1, 1, COMPACT)],
+    )
+    assert topic_config(config, ours)["segment.ms"] == "600000"
+    with caplog.at_level(logging.WARNING, logger="bridge.kafka.admin"):
+        check_state_topic(config, ours)
+        assert not caplog.records
+        check_state_topic(config, theirs)
+    assert [r.getMessage() for r in caplog.records] == [
+        f"state topic {theirs} rolls its segments every 168.0 h (segment.ms=604800000): "
+        "compaction only cleans closed segments, so each start reads every position committed "
+        f"since. Set `kafka-configs --alter --entity-type topics --entity-name {theirs} "
+        "--add-config segment.ms=600000`"
+    ]
