@@ -59,24 +59,26 @@ VIEW_REFRESH_S = 1.0
 PLAIN_EVERY_S = 2.0
 STREAMING_TIMEOUT_S = 60.0
 """How long the demo waits for the bridge's first committed records before its clock runs."""
-LIVE_RATE = 2_000
-"""Exchange records generated a second while the demo runs (all DropCopy streams)."""
+LIVE_RATE = 2_000.0
+"""Exchange records generated a second while the demo runs (all DropCopy streams), unless
+`--rate` says otherwise."""
 
 
 class _LiveExchange:
-    """Generates the exchange's live records at `LIVE_RATE` from the demo's own loop, so
-    they keep coming through the kill and the restart however slow the machine is, and
+    """Generates the exchange's live records at `rate` a second from the demo's own loop,
+    so they keep coming through the kill and the restart however slow the machine is, and
     stop when the phases end (the comparison with the ground truth needs a still journal)."""
 
-    def __init__(self, dc: dropcopy_sim.SimulatorThread) -> None:
+    def __init__(self, dc: dropcopy_sim.SimulatorThread, rate: float) -> None:
         self._dc = dc
+        self._rate = rate
         self._since = time.monotonic()
 
     def tick(self) -> None:
-        owed = int((time.monotonic() - self._since) * LIVE_RATE)
+        owed = int((time.monotonic() - self._since) * self._rate)
         if owed > 0:
             self._dc.generate(owed)
-            self._since += owed / LIVE_RATE
+            self._since += owed / self._rate
 
 
 def _free_port() -> int:
@@ -215,7 +217,9 @@ def _progress(kafka: dict[str, str], dc: dropcopy_sim.SimulatorThread, label: st
     print(f"[{label}] in Kafka: " + "  ".join(parts), flush=True)
 
 
-def run_demo(duration: float, bootstrap: str | None, registry: bool = False) -> int:
+def run_demo(
+    duration: float, bootstrap: str | None, registry: bool = False, rate: float = LIVE_RATE
+) -> int:
     half = max(3.0, duration / 2)
     dc_config = dropcopy_sim.SimConfig(seed=7, prefill=20_000, rate=0, heartbeat_s=0.1)
     pdx_config = predexon_sim.SimConfig(seed=7, rate=20.0)
@@ -239,7 +243,7 @@ def run_demo(duration: float, bootstrap: str | None, registry: bool = False) -> 
             print(f"Schema Registry: {registry_url} (values framed 00 + schema id)")
         print(f"bridge configuration: {config}")
         print(f"bridge metrics: {view.url} (also /healthz, /readyz)", flush=True)
-        live = _LiveExchange(dc)
+        live = _LiveExchange(dc, rate)
         bridge = _start_bridge(config, log)
         try:
             _until_streaming(view, live)
@@ -374,9 +378,22 @@ def _run_for(
     _progress(kafka, dc, label)
 
 
+def _positive(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a number above 0, not {text}")
+    return value
+
+
 class DemoCommand:
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--duration", type=float, default=20.0, help="seconds of live data")
+        parser.add_argument(
+            "--rate",
+            type=_positive,
+            default=LIVE_RATE,
+            help=f"exchange records generated a second, live (default {LIVE_RATE:g})",
+        )
         parser.add_argument(
             "--bootstrap-servers", default=None, help="use this Kafka instead of the embedded one"
         )
@@ -387,7 +404,7 @@ class DemoCommand:
         )
 
     def run(self, args: argparse.Namespace) -> int:
-        return run_demo(args.duration, args.bootstrap_servers, args.registry)
+        return run_demo(args.duration, args.bootstrap_servers, args.registry, args.rate)
 
 
 def command(path: tuple[str, ...]) -> DemoCommand:
