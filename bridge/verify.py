@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from bridge.kafka.readback import header, read_topic
+from bridge.kafka.readback import ReadRecord, header, read_topic
 from bridge.records import EVENT_ID_HEADER, STREAM_HEADER
 
 Row = tuple[bytes | None, str]
@@ -83,8 +83,13 @@ def _keys_out_of_order(expected: Sequence[Row], actual: Sequence[Row]) -> int:
 
 def kafka_rows(config: Mapping[str, Any], topic: str, stream_id: str) -> list[Row]:
     """(key, event_id) of the stream's committed records in `topic`, in partition order."""
+    return stream_rows(read_topic(config, topic), stream_id)
+
+
+def stream_rows(records: Iterable[ReadRecord], stream_id: str) -> list[Row]:
+    """(key, event_id) of the stream's records among `records` (header `polybridge.stream`)."""
     rows: list[Row] = []
-    for record in read_topic(config, topic):
+    for record in records:
         if header(record.headers, STREAM_HEADER) != stream_id.encode():
             continue
         event_id = header(record.headers, EVENT_ID_HEADER)

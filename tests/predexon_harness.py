@@ -30,7 +30,7 @@ from bridge.serde.avro import Serializer, SingleObjectFormat
 from bridge.sim.predexon import SimSubscription, SimulatorThread
 from bridge.verify import Comparison, Row, compare
 from tests import kafka_fixture
-from tests.bridge_harness import BridgeProcess, decoded_gaps, wait_until
+from tests.bridge_harness import BridgeProcess, TopicFollower, decoded_gaps, wait_until
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +88,7 @@ class PredexonSetup:
     prefix: str
     subs: Sequence[Sub]
     _format: SingleObjectFormat = field(default_factory=SingleObjectFormat)
+    _followers: dict[str, TopicFollower] = field(default_factory=dict, repr=False)
 
     # -- names ----------------------------------------------------------------------
     def topic(self, sub: Sub) -> str:
@@ -104,25 +105,31 @@ class PredexonSetup:
         return PredexonMapper(sub.channel, sub.stream_id, topic, prefix, dumps(sub.filters))
 
     # -- reading Kafka --------------------------------------------------------------
-    def _records(self, topic: str, stream_id: str) -> list[kafka_fixture.Row]:
-        """The stream's committed records in `topic` (header `polybridge.stream`)."""
+    def _records(self, topic: str, stream_id: str, fresh: bool) -> list[kafka_fixture.Row]:
+        """The stream's committed records in `topic` (header `polybridge.stream`): read
+        afresh, or (`fresh=False`, for polls) followed: only what was committed since the
+        last such read is fetched (`TopicFollower`)."""
         wanted = stream_id.encode()
-        return [
-            row
-            for row in kafka_fixture.read_all(self.bootstrap, topic)
-            if dict(row[2]).get(STREAM_HEADER) == wanted
-        ]
+        if fresh:
+            rows = kafka_fixture.read_all(self.bootstrap, topic)
+        else:
+            kafka = {"bootstrap.servers": self.bootstrap}
+            follower = self._followers.setdefault(topic, TopicFollower(kafka, topic))
+            rows = [(r.key, r.value, r.headers, r.partition, r.offset) for r in follower.read()]
+        return [row for row in rows if dict(row[2]).get(STREAM_HEADER) == wanted]
 
     def records(self, sub: Sub) -> list[kafka_fixture.Row]:
         """The stream's committed records in its topic: (key, value, headers, partition,
         offset)."""
-        return self._records(self.topic(sub), sub.stream_id)
+        return self._records(self.topic(sub), sub.stream_id, fresh=True)
 
-    def rows(self, sub: Sub) -> list[Row]:
-        """(key, event_id header) of the stream's records, in partition then offset order."""
+    def rows(self, sub: Sub, fresh: bool = False) -> list[Row]:
+        """(key, event_id header) of the stream's records, in partition then offset order;
+        followed unless `fresh` (a record seen once stays seen: fine for progress, for
+        duplicates and for what may not be there; a verdict on what is there reads afresh)."""
         return [
             (key, (dict(headers).get(EVENT_ID_HEADER) or b"").decode())
-            for key, _, headers, _, _ in self._records(self.topic(sub), sub.stream_id)
+            for key, _, headers, _, _ in self._records(self.topic(sub), sub.stream_id, fresh)
         ]
 
     def decoded(self, sub: Sub) -> list[dict[str, Any]]:
@@ -130,14 +137,15 @@ class PredexonSetup:
         serializer = self.mapper(sub).serializer
         return [
             serializer.decode(value)
-            for _, value, _, _, _ in self._records(self.topic(sub), sub.stream_id)
+            for _, value, _, _, _ in self._records(self.topic(sub), sub.stream_id, fresh=True)
             if value is not None
         ]
 
-    def gaps(self, sub: Sub) -> list[Gap]:
+    def gaps(self, sub: Sub, fresh: bool = False) -> list[Gap]:
         """The stream's gap records, decoded as `polybridge.Gap`, in commit order."""
         return [
-            self._gap(value) for _, value, _, _, _ in self._records(self.gaps_topic, sub.stream_id)
+            self._gap(value)
+            for _, value, _, _, _ in self._records(self.gaps_topic, sub.stream_id, fresh)
         ]
 
     def gap_values(self) -> list[dict[str, Any]]:
@@ -184,14 +192,18 @@ class PredexonSetup:
                     rows.append((record.key, record.event_id))
         return rows
 
-    def compare(self, sim: SimulatorThread, sub: Sub) -> Comparison:
-        return compare(sub.stream_id, self.expected_rows(sim, sub), self.rows(sub))
+    def compare(self, sim: SimulatorThread, sub: Sub, fresh: bool = True) -> Comparison:
+        return compare(sub.stream_id, self.expected_rows(sim, sub), self.rows(sub, fresh))
 
     def wait_equal(self, sim: SimulatorThread, sub: Sub, timeout: float) -> None:
         """Wait until Kafka holds exactly what the simulator sent to `sub`; on timeout the
         error says what differs."""
         try:
-            wait_until(lambda: self.compare(sim, sub).equal, timeout, sub.stream_id, poll=0.3)
+            wait_until(
+                lambda: self.compare(sim, sub, fresh=False).equal, timeout, sub.stream_id, 0.3
+            )
+            # The verdict: Kafka read afresh.
+            wait_until(lambda: self.compare(sim, sub).equal, 30, sub.stream_id, poll=1.0)
         except AssertionError as exc:
             subscriptions = len(self.sim_subscriptions(sim, sub))
             gaps = [(g.reason, g.to_us - g.from_us) for g in self.gaps(sub)]
@@ -201,14 +213,19 @@ class PredexonSetup:
             ) from None
 
     def uncovered_misses(
-        self, sim: SimulatorThread, sub: Sub, end_us: int, gaps: Sequence[Gap] | None = None
+        self,
+        sim: SimulatorThread,
+        sub: Sub,
+        end_us: int,
+        gaps: Sequence[Gap] | None = None,
+        fresh: bool = True,
     ) -> tuple[list[dict[str, Any]], int, int]:
         """Ground-truth events of `sub`, generated between the first event in Kafka and
         `end_us`, that are neither in Kafka nor inside a gap window (with the slack of
-        `GAP_SLACK_US`). Also
-        returns how many were checked and how many were missed (inside gaps)."""
-        gaps = self.gaps(sub) if gaps is None else gaps
-        in_kafka = {event_id for _, event_id in self.rows(sub)}
+        `GAP_SLACK_US`). Also returns how many were checked and how many were missed
+        (inside gaps). Kafka read afresh, unless `fresh=False` (a poll)."""
+        gaps = self.gaps(sub, fresh) if gaps is None else gaps
+        in_kafka = {event_id for _, event_id in self.rows(sub, fresh)}
         truth = self._truth(sim, sub)
         first = min((at for i, (at, _) in truth.items() if i in in_kafka), default=end_us)
         outside, checked, missed = [], 0, 0
@@ -257,17 +274,20 @@ class PredexonSetup:
     def wait_covered(
         self, sim: SimulatorThread, sub: Sub, end_us: int, timeout: float
     ) -> tuple[int, int]:
-        """Wait until `uncovered_misses()` finds none; returns (checked, missed). On timeout
-        the error lists the uncovered events with what the simulator did with each, and the
-        gaps, times in ms before `end_us`."""
+        """Wait until `uncovered_misses()` finds none (polling the followed topics, then
+        the verdict on Kafka read afresh); returns (checked, missed). On timeout the error
+        lists the uncovered events with what the simulator did with each, and the gaps,
+        times in ms before `end_us`."""
         result: list[tuple[list[dict[str, Any]], int, int]] = []
 
-        def covered() -> bool:
-            result[:] = [self.uncovered_misses(sim, sub, end_us)]
+        def covered(fresh: bool) -> bool:
+            result[:] = [self.uncovered_misses(sim, sub, end_us, fresh=fresh)]
             return not result[0][0]
 
+        what = f"{sub.stream_id}: every event in Kafka or a gap"
         try:
-            wait_until(covered, timeout, f"{sub.stream_id}: every event in Kafka or a gap", 0.5)
+            wait_until(lambda: covered(False), timeout, what, 0.5)
+            wait_until(lambda: covered(True), 30, what + " (read afresh)", 1.0)
         except AssertionError as exc:
             raise AssertionError(f"{exc}: {self._explain(sim, sub, end_us)}") from None
         _, checked, missed = result[0]

@@ -121,12 +121,12 @@ def assert_dropcopy_equal(both: Both, timeout: float = RECOVERY_S) -> None:
     for kind in ALL_KINDS:
         with contextlib.suppress(AssertionError):  # the assert below says what differs
             wait_until(
-                lambda kind=kind: both.dc.compare(both.dsim, kind).equal,
+                lambda kind=kind: both.dc.compare(both.dsim, kind, fresh=False).equal,
                 timeout,
                 f"{kind} equal to ground truth",
                 poll=1.0,
             )
-    results = [both.dc.compare(both.dsim, kind) for kind in ALL_KINDS]
+    results = [both.dc.compare(both.dsim, kind) for kind in ALL_KINDS]  # read afresh
     assert all(r.equal for r in results), "\n".join(r.summary() for r in results)
     assert sum(r.expected for r in results) == both.dsim.simulator.stats.generated
 
