@@ -66,6 +66,16 @@ async def until(condition: Callable[[], bool], deadline_s: float = 10) -> None:
         await asyncio.sleep(0.005)
 
 
+def wait_followed_then_fresh(
+    holds: Callable[[bool], bool], timeout: float, what: str, poll: float
+) -> None:
+    """Wait until `holds(False)`, polled on followed topics (`TopicFollower`), then until
+    `holds(True)`: the verdict, on Kafka read afresh (live generation may still add a
+    record between the two reads)."""
+    wait_until(lambda: holds(False), timeout, what, poll)
+    wait_until(lambda: holds(True), 30, f"{what} (read afresh)", 1.0)
+
+
 class TopicFollower:
     """One topic's committed records, read incrementally: each `read()` fetches only what
     was committed since the one before. For polls, which read whole topics again every few
@@ -144,12 +154,12 @@ class BridgeSetup:
         error says what differs and quotes the end of the bridge's `log`."""
         for kind in kinds:
             try:
-                wait_until(
-                    lambda kind=kind: self.compare(sim, kind, fresh=False).equal, timeout, kind, 0.5
+                wait_followed_then_fresh(
+                    lambda fresh, kind=kind: self.compare(sim, kind, fresh).equal,
+                    timeout,
+                    kind,
+                    0.5,
                 )
-                # The verdict: what Kafka holds, read afresh (live generation may still
-                # add a record or two between the two reads).
-                wait_until(lambda kind=kind: self.compare(sim, kind).equal, 30, kind, 1.0)
             except AssertionError as exc:
                 tail = "\n".join(log.read_text(errors="replace").splitlines()[-25:]) if log else ""
                 raise AssertionError(

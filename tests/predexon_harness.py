@@ -30,7 +30,13 @@ from bridge.serde.avro import Serializer, SingleObjectFormat
 from bridge.sim.predexon import SimSubscription, SimulatorThread
 from bridge.verify import Comparison, Row, compare
 from tests import kafka_fixture
-from tests.bridge_harness import BridgeProcess, TopicFollower, decoded_gaps, wait_until
+from tests.bridge_harness import (
+    BridgeProcess,
+    TopicFollower,
+    decoded_gaps,
+    wait_followed_then_fresh,
+    wait_until,
+)
 
 log = logging.getLogger(__name__)
 
@@ -224,11 +230,9 @@ class PredexonSetup:
         """Wait until Kafka holds exactly what the simulator sent to `sub`; on timeout the
         error says what differs."""
         try:
-            wait_until(
-                lambda: self.compare(sim, sub, fresh=False).equal, timeout, sub.stream_id, 0.3
+            wait_followed_then_fresh(
+                lambda fresh: self.compare(sim, sub, fresh).equal, timeout, sub.stream_id, 0.3
             )
-            # The verdict: Kafka read afresh.
-            wait_until(lambda: self.compare(sim, sub).equal, 30, sub.stream_id, poll=1.0)
         except AssertionError as exc:
             subscriptions = len(self.sim_subscriptions(sim, sub))
             gaps = [(g.reason, g.to_us - g.from_us) for g in self.gaps(sub)]
@@ -311,10 +315,10 @@ class PredexonSetup:
             result[:] = [self.uncovered_misses(sim, sub, end_us, fresh=fresh)]
             return not result[0][0]
 
-        what = f"{sub.stream_id}: every event in Kafka or a gap"
         try:
-            wait_until(lambda: covered(False), timeout, what, 0.5)
-            wait_until(lambda: covered(True), 30, what + " (read afresh)", 1.0)
+            wait_followed_then_fresh(
+                covered, timeout, f"{sub.stream_id}: every event in Kafka or a gap", 0.5
+            )
         except AssertionError as exc:
             raise AssertionError(f"{exc}: {self._explain(sim, sub, end_us)}") from None
         _, checked, missed = result[0]

@@ -239,9 +239,13 @@ class TransactionalProducer:
             return cause if cause.code() != LibKafkaError._TIMED_OUT else err
         return err
 
+    @property
+    def _where(self) -> str:
+        return f"stream {self.stream_id} (transactional.id={self.transactional_id})"
+
     def _error(self, err: LibKafkaError, action: str) -> KafkaError:
         """Translate one librdkafka error (see the module docstring); moves the state."""
-        where = f"stream {self.stream_id} (transactional.id={self.transactional_id})"
+        where = self._where
         err = self._fatal_cause(err)
         if is_denied(err):  # a missing ACL, not another instance: retrying cannot help
             if err.fatal():
@@ -258,7 +262,7 @@ class TransactionalProducer:
                 retriable=False,
             )
         if err.code() in _PURGED and self._failed_topic is not None:
-            line = self._missing_write(action, where)
+            line = self._missing_write(action, self._failed_topic)
             if line is not None:
                 return KafkaError(line, retriable=False)
         if err.code() in _FENCED_CODES:
@@ -275,18 +279,17 @@ class TransactionalProducer:
             return KafkaError(text, retriable=True)
         return KafkaError(text, retriable=False)
 
-    def _missing_write(self, action: str, where: str) -> str | None:
+    def _missing_write(self, action: str, topic: str) -> str | None:
         """Records purged from a failed transaction hide why it failed. If Kafka does not
-        authorize WRITE on their topic (KIP-430's authorized operations), that is why: the
+        authorize WRITE on `topic` (KIP-430's authorized operations), that is why: the
         line naming the ACL to grant. None when it does, or cannot be asked."""
-        topic = self._failed_topic
         try:
-            if topic is None or "WRITE" not in missing_operations(self._config, topic, ["WRITE"]):
+            if "WRITE" not in missing_operations(self._config, topic, ["WRITE"]):
                 return None
         except KafkaError:
             return None
         refused = LibKafkaError(LibKafkaError.TOPIC_AUTHORIZATION_FAILED)
-        return denied(self._config, refused, "WRITE", f"{action} for {where}", topic)
+        return denied(self._config, refused, "WRITE", f"{action} for {self._where}", topic)
 
     def _on_error(self, err: LibKafkaError) -> None:
         # Client-level errors (broker down, all brokers down): informative only; the
@@ -401,11 +404,10 @@ class TransactionalProducer:
         (its records purged, or a produce refused in its failed state), a topic of `topics`
         the principal may not write to is why: the line names the ACL."""
         if err.code() in _PURGED or err.code() == LibKafkaError._STATE:
-            where = f"stream {self.stream_id} (transactional.id={self.transactional_id})"
             for topic in topics:
-                self._failed_topic = topic
-                line = self._missing_write("settle", where)
+                line = self._missing_write("settle", topic)
                 if line is not None:
+                    self._failed_topic = topic
                     return KafkaError(line, retriable=False)
         return self._error(err, "settle")
 
