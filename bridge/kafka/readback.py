@@ -245,18 +245,41 @@ def _where(consumer: Consumer, topic: str, partitions: list[int]) -> str:
     return ", ".join(where)
 
 
+_MOVING_LEADER = frozenset(
+    {
+        LibKafkaError.NOT_LEADER_FOR_PARTITION,
+        LibKafkaError.LEADER_NOT_AVAILABLE,
+        LibKafkaError._UNKNOWN_PARTITION,
+        LibKafkaError.UNKNOWN_TOPIC_OR_PART,
+    }
+)
+"""ListOffsets answers while a leader moves or a broker has just come back and not yet
+loaded its partitions: librdkafka refreshes its metadata on them, so asking again soon
+succeeds."""
+
+_RETRY_S = 0.1
+"""Back-off between ListOffsets attempts while a leader moves."""
+
+
 def low_high(consumer: Consumer, topic: str, partition: int) -> tuple[int, int]:
     """(low, high) by ListOffsets; for a read_committed reader `high` is the last stable
-    offset, for a read_uncommitted one the high watermark."""
-    try:
-        low, high = consumer.get_watermark_offsets(
-            TopicPartition(topic, partition), timeout=CONNECT_TIMEOUT_S, cached=False
-        )
-    except LibKafkaException as exc:
-        raise KafkaError(
-            f"cannot list offsets of {topic} [{partition}]: {exc.args[0]}", retriable=True
-        ) from exc
-    return int(low), int(high)
+    offset, for a read_uncommitted one the high watermark. Asks again while the partition's
+    leader moves, for up to `CONNECT_TIMEOUT_S`."""
+    deadline = time.monotonic() + CONNECT_TIMEOUT_S
+    while True:
+        left = deadline - time.monotonic()
+        try:
+            low, high = consumer.get_watermark_offsets(
+                TopicPartition(topic, partition), timeout=max(left, 0.1), cached=False
+            )
+            return int(low), int(high)
+        except LibKafkaException as exc:
+            err = exc.args[0]
+            if err.code() not in _MOVING_LEADER or left <= _RETRY_S:
+                raise KafkaError(
+                    f"cannot list offsets of {topic} [{partition}]: {err}", retriable=True
+                ) from exc
+        time.sleep(_RETRY_S)
 
 
 def open_reader(config: Mapping[str, Any], follow: bool = False) -> Consumer:

@@ -17,6 +17,7 @@ from bridge.kafka.readback import (
 )
 from bridge.records import STREAM_HEADER
 from tests.bridge_harness import wait_until
+from tests.kafka_fixture import create_topic
 
 
 def _fill(
@@ -90,6 +91,24 @@ def test_read_topic_reads_every_partition_to_its_end(
     _fill(kafka_bootstrap, unique_name("txn"), topic, [[(0, "s", "x"), (0, "s", "y")]])
     records = read_topic({"bootstrap.servers": kafka_bootstrap}, topic)
     assert [(r.partition, r.offset, r.value) for r in records] == [(0, 0, b"x"), (0, 1, b"y")]
+
+
+def test_offsets_are_asked_again_while_a_partition_has_no_leader_yet(
+    kafka_bootstrap: str, unique_name: Callable[[str], str]
+) -> None:
+    """Right after a broker restarts or a leader moves, ListOffsets answers "not leader" or
+    "unknown partition" for a while (two CI runs failed on that); a read asks again
+    instead of failing. A partition whose topic appears a second after the question stands
+    in for a leader that appears a second later."""
+    topic = unique_name("late")
+    timer = threading.Timer(1.0, lambda: create_topic(kafka_bootstrap, topic, partitions=2))
+    reader = open_reader({"bootstrap.servers": kafka_bootstrap})
+    timer.start()
+    try:
+        assert low_high(reader, topic, 1) == (0, 0)
+    finally:
+        timer.join()
+        reader.close()
 
 
 def test_a_read_ends_where_the_partition_ended_when_it_began(
