@@ -25,12 +25,17 @@ import socket
 import struct
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 
 POLL_S = 0.05
 """How often a pump re-reads the proxy's state while it has nothing to forward."""
 
 CHUNK = 65536
+
+KERNEL_BUFFER = 16384
+"""SO_RCVBUF towards the target and SO_SNDBUF towards the client when the proxy's own queue
+is sized (`buffer_bytes`): small values are always allowed (Linux doubles them)."""
 
 
 def _reset(sock: socket.socket) -> None:
@@ -65,8 +70,19 @@ class TcpProxy:
     Use as a context manager. `address` is "127.0.0.1:<port>" for the client's config.
     """
 
-    def __init__(self, target_port: int, target_host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(
+        self,
+        target_port: int,
+        target_host: str = "127.0.0.1",
+        port: int = 0,
+        buffer_bytes: int | None = None,
+    ) -> None:
         self.target = (target_host, target_port)
+        self._buffer_bytes = buffer_bytes
+        """The link's queue per direction: bytes read and not yet delivered (throttled, that
+        is what sits between the ends). None: one chunk, and the kernel buffers at their
+        autotuned sizes, megabytes on loopback. Given, both kernel buffers are kept small
+        (`KERNEL_BUFFER`), so this is nearly all a connection's bytes in flight."""
         self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._listener.bind(("127.0.0.1", port))
@@ -159,10 +175,12 @@ class TcpProxy:
                 _reset(client)
                 continue
             try:
-                upstream = socket.create_connection(self.target, timeout=5)
+                upstream = self._connect()
             except OSError:
                 _reset(client)  # the target is down: the client sees a refused/reset link
                 continue
+            if self._buffer_bytes is not None:
+                client.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, KERNEL_BUFFER)
             for sock in (client, upstream):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 sock.setblocking(True)
@@ -177,8 +195,30 @@ class TcpProxy:
                     target=self._pump, args=(conn, src, dst), name="proxy-pump", daemon=True
                 ).start()
 
+    def _connect(self) -> socket.socket:
+        """A connection to the target, its receive buffer set before the handshake (the
+        window it advertises is fixed then)."""
+        if self._buffer_bytes is None:
+            return socket.create_connection(self.target, timeout=5)
+        host, port = self.target
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, KERNEL_BUFFER)
+            sock.settimeout(5)
+            sock.connect(address)
+        except OSError:
+            sock.close()
+            raise
+        return sock
+
     def _pump(self, conn: _Conn, src: socket.socket, dst: socket.socket) -> None:
-        """Copy src -> dst while the mode is "forward"; hold still while half-open."""
+        """Copy src -> dst while the mode is "forward"; hold still while half-open. Reads run
+        ahead of deliveries by up to the link's queue (`buffer_bytes`); each chunk is
+        delivered `latency_s` after it was read, no faster than `bytes_per_s`."""
+        queue: deque[tuple[float, bytes]] = deque()  # (deliverable at, chunk)
+        queued = 0
+        link_free = 0.0  # when the link has sent what it was given (monotonic)
         try:
             while not conn.closed.is_set() and not self._stopping.is_set():
                 if self._mode != "forward":
@@ -186,24 +226,27 @@ class TcpProxy:
                     # its writes stall, exactly as on a link that stopped delivering.
                     time.sleep(POLL_S)
                     continue
-                readable, _, _ = select.select([src], [], [], POLL_S)
-                if not readable:
+                room = (self._buffer_bytes or CHUNK) - queued
+                if room > 0:
+                    readable, _, _ = select.select([src], [], [], 0 if queue else POLL_S)
+                    if readable:
+                        data = src.recv(min(CHUNK, room))
+                        if not data:
+                            break  # EOF from one side: close both, like a proxy would
+                        queue.append((time.monotonic() + self._latency_s, data))
+                        queued += len(data)
+                now = time.monotonic()
+                if not queue:
                     continue
-                data = src.recv(CHUNK)
-                if not data:
-                    break  # EOF from one side: close both, like a proxy would
-                self._delay(len(data))
-                while self._mode == "half_open" and not conn.closed.is_set():
-                    time.sleep(POLL_S)  # went half-open mid-chunk: hold it back
+                due = max(queue[0][0], link_free)
+                if due > now:
+                    time.sleep(min(due - now, POLL_S) if room <= 0 else min(due - now, 0.005))
+                    continue
+                _, data = queue.popleft()
+                queued -= len(data)
                 dst.sendall(data)
+                if self._bytes_per_s:
+                    link_free = max(link_free, now) + len(data) / self._bytes_per_s
         except OSError:
             pass
         conn.close()
-
-    def _delay(self, size: int) -> None:
-        """The throttle: per-chunk latency plus the transmission time at the set bandwidth."""
-        wait = self._latency_s
-        if self._bytes_per_s:
-            wait += size / self._bytes_per_s
-        if wait > 0:
-            time.sleep(wait)

@@ -35,6 +35,7 @@ import itertools
 import json
 import logging
 import random
+import socket
 import time
 from collections.abc import Callable
 from typing import Any
@@ -271,6 +272,9 @@ class PredexonSimulator:
     # -- connection -----------------------------------------------------------------
     async def _handle(self, ws: ServerConnection) -> None:
         key, plan = self._handshake.take(ws)
+        if self.config.send_buffer_bytes is not None:
+            sock = ws.transport.get_extra_info("socket")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.config.send_buffer_bytes)
         conn = SimConnection(next(self._conn_ids), key, plan, ws, asyncio.Queue())
         self._conns[conn.id] = conn
         sender = asyncio.create_task(self._sender(conn))

@@ -49,6 +49,10 @@ class SimConfig:
     """Share of event frames sent twice."""
     outbound_frames: int = 5_000
     """Frames queued per connection before new events are dropped (the real 1 MB buffer)."""
+    send_buffer_bytes: int | None = None
+    """Each connection's kernel send buffer (SO_SNDBUF); None: the OS default, autotuned to
+    megabytes on loopback. Bounded, a slow reader backs up into `outbound_frames` within
+    seconds instead of into the kernel, where every pong waits behind it."""
     batch_interval_s: float = 0.25
     """Wildcard orderbook `event_batch` period, as documented."""
     max_requests_per_s: int = 50
