@@ -6,8 +6,10 @@ returned `PredexonSetup` reads the Predexon topics and the gaps topic back (read
 through the independent reader in `tests/kafka_fixture.py`) and decodes them with the
 `.avsc` files via `bridge.serde.avro`. `expected_rows()` turns what the simulator wrote to
 a stream's subscriptions (`sim.sent(...)`) into the (key, event_id) rows the bridge must
-write; `uncovered_misses()` checks ground truth against Kafka and the gap records, and
-`wait_covered()` waits for it to find nothing (or says what it found).
+write; `coverage()` checks ground truth against Kafka and the gap records (from the first
+event the simulator sent to the bridge on: loss at start-up counts too), `wait_covered()`
+waits for it to find nothing uncovered, and `Coverage.assert_within(Bounds(...))` bounds each
+gap by its cause, all gap time together and the share of events lost.
 The process itself is `tests.bridge_harness.BridgeProcess` (it only needs `config_path`).
 """
 
@@ -15,7 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import cached_property
@@ -40,7 +42,15 @@ from tests.bridge_harness import (
 
 log = logging.getLogger(__name__)
 
-__all__ = ["BridgeProcess", "PredexonSetup", "Sub", "wait_until", "write_setup"]
+__all__ = [
+    "Bounds",
+    "BridgeProcess",
+    "Coverage",
+    "PredexonSetup",
+    "Sub",
+    "wait_until",
+    "write_setup",
+]
 
 PRO_KEY = "sim-pro-key"
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -54,7 +64,29 @@ keeps its own event queue per connection, and the websockets library answers pin
 of it: an event can wait there while a later ping is answered, and is lost if the
 connection drops. So the slack is this, or the longest such wait the simulator was seen
 to impose in the run (`queue_wait_us`), whichever is longer: on loopback a few ms, on a
-loaded 2-core machine (the simulator thread shares the GIL with the test) hundreds."""
+loaded 2-core machine (the simulator thread shares the GIL with the test) hundreds.
+`Coverage.assert_within` bounds that wait too (`Bounds.queue_wait_s`): slack that grew
+without limit would cover any loss."""
+
+PING_INTERVAL_S = 1.0
+"""The bridge's own ping period (`PredexonConnectionManager`): a gap starts at the last
+ping whose pong came back, so at most this much before the connection was lost."""
+PONG_DEADLINE_S = 10.0
+"""How long the bridge waits for a pong before it declares the connection dead."""
+LIVENESS_COMMIT_S = 1.0
+"""The newest live time a stream commits is at most about this old (an idle batch every
+second, `bridge.sources.predexon.LIVENESS_INTERVAL_S`): a restart's gap starts there."""
+RECONNECT_S = 1.5
+"""From a lost connection noticed to the new subscription acknowledged: the fast path's
+jitter (< 0.1 s), a handshake and a subscribe round trip; measured 0.1-0.6 s beyond the ping
+interval under a 3-worker test run."""
+STALL_GAP_S = PING_INTERVAL_S + PONG_DEADLINE_S + RECONNECT_S
+"""A connection that answers nothing: the last answered ping, the pong deadline, then a
+reconnect."""
+SLOW_CONSUMER_S = 6.0
+"""A `slow_consumer` gap: a window between pings in which the bridge saw a backlog (the
+bridge catching up after an outage, or a slow link), merged while the backlog lasts;
+measured 0.1-4.5 s."""
 
 
 @dataclass(frozen=True)
@@ -83,6 +115,102 @@ class Gap:
 
     def covers(self, at_us: int, slack_us: int = GAP_SLACK_US) -> bool:
         return self.from_us is not None and self.from_us - slack_us <= at_us <= self.to_us
+
+    @property
+    def seconds(self) -> float:
+        """The gap's length (infinite when its start is unknown: nothing bounds it)."""
+        return float("inf") if self.from_us is None else (self.to_us - self.from_us) / 1e6
+
+
+RATE_JITTER = 0.15
+"""How far the events in a stretch of time may exceed its share of the run's events: the
+simulator draws its events at random instants (at 30 a second, ten seconds hold 300 give
+or take 17)."""
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """What one test allows a stream's coverage to cost: see `Coverage.assert_within`."""
+
+    gap_s: Mapping[str, float]
+    """The longest gap allowed per reason, in seconds (what its cause allows); a reason
+    not named here must not occur at all."""
+    total_gap_s: float
+    """All of the stream's gaps together, in seconds."""
+    lost_share: float | None = None
+    """The share of the events judged (`Coverage.checked`) that may be missing from Kafka;
+    by default the share of the judged time that `total_gap_s` covers, plus
+    `RATE_JITTER` (events arrive at random instants, not evenly)."""
+    queue_wait_s: float = 1.0
+    """The longest an event may have waited in the simulator's queue when that wait is
+    needed as slack to cover a missed event (see `GAP_SLACK_US`)."""
+
+
+@dataclass(frozen=True)
+class Coverage:
+    """One stream's events judged against the simulator's ground truth: every event
+    generated from the first one the simulator sent (or tried to send) to any of the
+    bridge's subscriptions up to `end_us`."""
+
+    stream_id: str
+    start_us: int
+    end_us: int
+    checked: int
+    """Events generated in the judged window."""
+    missed: int
+    """Of those, the ones not in Kafka."""
+    uncovered: list[tuple[int, dict[str, Any]]]
+    """Missed events outside every gap (with the slack), as (generated at, truth entry)."""
+    gaps: list[Gap]
+    slack_us: int
+    """The slack before a gap's start the check needed (`GAP_SLACK_US` unless more)."""
+
+    @property
+    def lost_share(self) -> float:
+        return self.missed / self.checked if self.checked else 0.0
+
+    @property
+    def gap_s(self) -> float:
+        return sum(g.seconds for g in self.gaps)
+
+    def longest(self) -> dict[str, float]:
+        """The longest gap per reason, in seconds."""
+        longest: dict[str, float] = {}
+        for gap in self.gaps:
+            longest[gap.reason] = max(longest.get(gap.reason, 0.0), gap.seconds)
+        return longest
+
+    def summary(self) -> str:
+        gaps = ", ".join(f"{g.reason} {g.seconds:.2f}s" for g in self.gaps) or "none"
+        return (
+            f"{self.stream_id}: {self.checked} events judged over "
+            f"{(self.end_us - self.start_us) / 1e6:.1f} s, {self.missed} lost "
+            f"({self.lost_share:.1%}), {len(self.uncovered)} outside every gap, gaps "
+            f"{self.gap_s:.2f} s in all: {gaps}; slack {self.slack_us / 1000:.0f} ms"
+        )
+
+    def assert_within(self, bounds: Bounds) -> None:
+        """Assert: something was judged; nothing missed outside a gap; each gap's reason
+        allowed and its length within its bound; all gaps together and the share lost
+        within theirs; the slack needed within `bounds.queue_wait_s`."""
+        what = self.summary()
+        assert self.checked > 0, f"nothing judged: {what}"
+        assert not self.uncovered, f"missed outside every gap: {what}"
+        assert self.slack_us <= max(GAP_SLACK_US, bounds.queue_wait_s * 1e6), (
+            f"events covered only by a queue wait past {bounds.queue_wait_s} s: {what}"
+        )
+        for gap in self.gaps:
+            limit = bounds.gap_s.get(gap.reason)
+            assert limit is not None, f"a gap of reason {gap.reason!r} is not expected: {what}"
+            assert gap.seconds <= limit, f"a {gap.reason} gap longer than {limit:.2f} s: {what}"
+        assert self.gap_s <= bounds.total_gap_s, (
+            f"gaps longer than {bounds.total_gap_s:.2f} s in all: {what}"
+        )
+        share = bounds.lost_share
+        if share is None:
+            window_s = (self.end_us - self.start_us) / 1e6
+            share = min(1.0, (1 + RATE_JITTER) * bounds.total_gap_s / window_s)
+        assert self.lost_share <= share, f"more than {share:.1%} of the events lost: {what}"
 
 
 @dataclass
@@ -241,25 +369,34 @@ class PredexonSetup:
                 f"{subscriptions}; gaps (reason, us): {gaps}"
             ) from None
 
-    def uncovered_misses(
+    def coverage(
         self,
         sim: SimulatorThread,
         sub: Sub,
         end_us: int,
         gaps: Sequence[Gap] | None = None,
         fresh: bool = True,
-    ) -> tuple[list[dict[str, Any]], int, int]:
-        """Ground-truth events of `sub`, generated between the first event in Kafka and
-        `end_us`, that are neither in Kafka nor inside a gap window (with the slack of
-        `GAP_SLACK_US`). Also returns how many were checked and how many were missed
-        (inside gaps). Kafka read afresh, unless `fresh=False` (a poll)."""
-        gaps = self.gaps(sub, fresh) if gaps is None else gaps
+    ) -> Coverage:
+        """`sub`'s ground-truth events from the first one the simulator sent (or tried to
+        send) to any of the bridge's subscriptions up to `end_us`, against Kafka and the gap
+        records (see `Coverage`). Starting there, not at the first event found in Kafka,
+        judges what the bridge lost while it started. Kafka read afresh, unless
+        `fresh=False` (a poll)."""
+        gaps = self.gaps(sub, fresh) if gaps is None else list(gaps)
         in_kafka = {event_id for _, event_id in self.rows(sub, fresh)}
         truth = self._truth(sim, sub)
-        first = min((at for i, (at, _) in truth.items() if i in in_kafka), default=end_us)
+        offered = [
+            truth[event_id][0]
+            for sim_sub in self.sim_subscriptions(sim, sub)
+            for _, event_id in self._mapped(
+                sim, sub, sim.call(sim.sim.sent, sim_sub.id), sim_sub.id, None
+            )
+            if event_id in truth
+        ]
+        start_us = min(offered, default=end_us)
         outside, checked, missed = [], 0, 0
         for event_id, (at, event) in truth.items():
-            if not first <= at <= end_us:
+            if not start_us <= at <= end_us:
                 continue
             checked += 1
             if event_id in in_kafka:
@@ -267,12 +404,25 @@ class PredexonSetup:
             missed += 1
             if not any(g.covers(at) for g in gaps):
                 outside.append((at, event))
-        if not outside:
-            return [], checked, missed
-        # Rare, so only now: the simulator's queue wait (it maps every sent event).
-        slack = max(GAP_SLACK_US, self.queue_wait_us(sim, sub, truth))
-        uncovered = [e for at, e in outside if not any(g.covers(at, slack) for g in gaps)]
-        return uncovered, checked, missed
+        needed = GAP_SLACK_US
+        if outside:
+            # Rare, so only now: the simulator's queue wait (it maps every sent event).
+            slack = max(GAP_SLACK_US, self.queue_wait_us(sim, sub, truth))
+            covered = [
+                min(g.from_us - at for g in gaps if g.from_us is not None and g.covers(at, slack))
+                for at, _ in outside
+                if any(g.covers(at, slack) for g in gaps)
+            ]
+            needed = max([GAP_SLACK_US, *covered])  # what the check rests on: bounded
+            outside = [(at, e) for at, e in outside if not any(g.covers(at, slack) for g in gaps)]
+        return Coverage(sub.stream_id, start_us, end_us, checked, missed, outside, gaps, needed)
+
+    def uncovered_misses(
+        self, sim: SimulatorThread, sub: Sub, end_us: int, gaps: Sequence[Gap] | None = None
+    ) -> tuple[list[dict[str, Any]], int, int]:
+        """`coverage()` as (uncovered events, checked, missed)."""
+        c = self.coverage(sim, sub, end_us, gaps)
+        return [e for _, e in c.uncovered], c.checked, c.missed
 
     def _truth(self, sim: SimulatorThread, sub: Sub) -> dict[str, tuple[int, dict[str, Any]]]:
         """event id -> (generated at, in us; the ground-truth entry), in generation order."""
@@ -302,18 +452,16 @@ class PredexonSetup:
                     waits.append(int(event.at * 1e6) - truth[event_id][0])
         return max(waits, default=0)
 
-    def wait_covered(
-        self, sim: SimulatorThread, sub: Sub, end_us: int, timeout: float
-    ) -> tuple[int, int]:
-        """Wait until `uncovered_misses()` finds none (polling the followed topics, then
-        the verdict on Kafka read afresh); returns (checked, missed). On timeout the error
-        lists the uncovered events with what the simulator did with each, and the gaps,
-        times in ms before `end_us`."""
-        result: list[tuple[list[dict[str, Any]], int, int]] = []
+    def wait_covered(self, sim: SimulatorThread, sub: Sub, end_us: int, timeout: float) -> Coverage:
+        """Wait until `coverage()` finds nothing outside a gap (polling the followed topics,
+        then the verdict on Kafka read afresh); returns that coverage, for its bounds to be
+        asserted. On timeout the error lists the uncovered events with what the simulator
+        did with each, and the gaps, times in ms before `end_us`."""
+        result: list[Coverage] = []
 
         def covered(fresh: bool) -> bool:
-            result[:] = [self.uncovered_misses(sim, sub, end_us, fresh=fresh)]
-            return not result[0][0]
+            result[:] = [self.coverage(sim, sub, end_us, fresh=fresh)]
+            return not result[0].uncovered
 
         try:
             wait_followed_then_fresh(
@@ -321,8 +469,7 @@ class PredexonSetup:
             )
         except AssertionError as exc:
             raise AssertionError(f"{exc}: {self._explain(sim, sub, end_us)}") from None
-        _, checked, missed = result[0]
-        return checked, missed
+        return result[0]
 
     def _explain(self, sim: SimulatorThread, sub: Sub, end_us: int) -> str:
         def ms(at_us: int | None) -> str:

@@ -283,13 +283,7 @@ def run_faults(
             run.watch.recovery("start", 0, now_us())
             faults(run)
             run.alive()
-            after = {s.name: len(both.pdx.rows(s)) for s in SUBS}
-            wait_until(
-                lambda: all(len(both.pdx.rows(s)) > after[s.name] + 5 for s in SUBS),
-                RECOVERY_S,
-                "Predexon records after the faults",
-                poll=0.5,
-            )
+            both.wait_more_predexon("Predexon records after the faults", more=5)
             end_us = now_us()
             assert_dropcopy_equal(both)
             missed = assert_predexon_covered(both, end_us)

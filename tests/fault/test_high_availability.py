@@ -1,11 +1,13 @@
 """High availability: several instances with one configuration share the streams through
 Kafka's group protocol, and a killed or restarted instance's streams move to the others.
 
-Hand-over time is read from the state topic: a stream has moved when a state record by
-another instance (`owner`, whose middle part is its pid) is committed after the fault; the
-time is that record's `committed_at` minus the instant of the fault. The simulator records
-every call's open interval, so the tests also check how long two instances ever held the
-same upstream stream at once (a DropCopy call or a Predexon subscription).
+Hand-over time is measured on the test's own clock: a stream has moved when the test
+sees a state record by another instance (`owner`, whose middle part is its pid) committed
+after the fault; the time is from the fault until the test saw the last of those records
+(polled every 0.1 s, so it is an upper bound by the poll and one read of the state topic),
+never the bridge's own `committed_at`. The simulator records every call's open interval,
+so the tests also check how long two instances ever held the same upstream stream at once
+(a DropCopy call or a Predexon subscription): near zero, `OVERLAP_S`.
 """
 
 from __future__ import annotations
@@ -35,11 +37,20 @@ from tests.fault.test_broker_faults import (
     simulators,
     start_both,
 )
+from tests.predexon_harness import LIVENESS_COMMIT_S, SLOW_CONSUMER_S, Bounds
 
 KILL_TARGET_S = 15.0
 """SIGKILL of the owner -> its streams commit on a survivor (default session timeout 10 s)."""
 GRACEFUL_TARGET_S = 5.0
 """SIGTERM (a rolling restart) -> the streams commit on another instance."""
+OVERLAP_S = 0.5
+"""The longest two instances may hold one upstream stream at once. A stream's next owner
+starts only after the previous one's pipeline ended and closed its upstream call, so the
+true overlap is zero: what remains is how late the simulator notices a call's end (a
+cancelled gRPC call, a closed WebSocket: milliseconds; a SIGKILLed process's sockets are
+closed by the kernel at once) against a hand-over that takes at least a rebalance. Half a
+second is that with room for a loaded 2-core machine, and far below any hand-over (0.5 s
+and more), which is what an owner starting before the previous one stopped would show."""
 
 STREAM_IDS = [f"dropcopy.{kind}" for kind in ALL_KINDS] + [s.stream_id for s in SUBS]
 
@@ -78,23 +89,28 @@ class Cluster:
     def streams_of(self, bridge: BridgeProcess) -> list[str]:
         return [s for s, e in self.owners().items() if pid_of(e.owner) == bridge.process.pid]
 
-    def wait_moved(self, streams: list[str], gone_pid: int, since_us: int, limit: float) -> float:
+    def wait_moved(
+        self, streams: list[str], gone_pid: int, since_us: int, since: float, limit: float
+    ) -> float:
         """Wait until each of `streams` has a state record by another process committed
-        after `since_us`; the seconds from `since_us` to the last of those records."""
-        moved: dict[str, int] = {}
+        after `since_us`; the seconds from `since` (the test's `time.monotonic()` at the
+        fault) until the test saw the last of those records."""
+        seen: dict[str, float] = {}
 
         def all_moved() -> bool:
-            for stream, entry in self.owners().items():
+            owners = self.owners()
+            now = time.monotonic()
+            for stream, entry in owners.items():
                 if (
                     stream in streams
                     and pid_of(entry.owner) != gone_pid
                     and entry.committed_at_us > since_us
                 ):
-                    moved.setdefault(stream, entry.committed_at_us)
-            return set(moved) == set(streams)
+                    seen.setdefault(stream, now)
+            return set(seen) == set(streams)
 
         wait_until(all_moved, limit + 30, f"{streams} committing on another instance", 0.1)
-        return (max(moved.values()) - since_us) / 1e6
+        return max(seen.values()) - since
 
     def replace(self, index: int) -> None:
         self.bridges[index] = self._start(index)
@@ -172,6 +188,21 @@ def _assert_one_holder_at_a_time(both: Both, limit: float) -> dict[str, float]:
     return overlaps
 
 
+def _handover_bounds(handovers: list[float]) -> Bounds:
+    """Predexon's bounds over faults whose hand-overs took `handovers` (test clock). A
+    stream's `restarted` gap runs from the last live time its previous owner committed (at
+    most `LIVENESS_COMMIT_S` old) to its new owner's subscription ack, which comes no later
+    than the hand-over's last state record. After each fault the instance started in the
+    victim's place takes streams back: a planned move, within `GRACEFUL_TARGET_S`. Plus a
+    backlog's gap as a new owner catches up."""
+    moved_back = GRACEFUL_TARGET_S + LIVENESS_COMMIT_S
+    longest = max([*handovers, GRACEFUL_TARGET_S]) + LIVENESS_COMMIT_S
+    return Bounds(
+        gap_s={"restarted": longest, "slow_consumer": SLOW_CONSUMER_S},
+        total_gap_s=sum(h + LIVENESS_COMMIT_S + moved_back for h in handovers) + SLOW_CONSUMER_S,
+    )
+
+
 @pytest.mark.slow(380)
 @pytest.mark.timed
 def test_sigkilled_owners_hand_their_streams_over_within_15_s(
@@ -191,20 +222,22 @@ def test_sigkilled_owners_hand_their_streams_over_within_15_s(
                 victim = owning[round_ % len(owning)]  # a different instance each time
                 bridge = cluster.bridges[victim]
                 streams = cluster.streams_of(bridge)
-                killed_at = now_us()
+                killed_at, killed = now_us(), time.monotonic()
                 os.kill(bridge.process.pid, signal.SIGKILL)
                 bridge.wait(10)
-                took = cluster.wait_moved(streams, bridge.process.pid, killed_at, KILL_TARGET_S)
+                took = cluster.wait_moved(
+                    streams, bridge.process.pid, killed_at, killed, KILL_TARGET_S
+                )
                 handovers.append(took)
                 print(f"kill {round_ + 1}: {streams} moved in {took:.1f} s")
                 cluster.replace(victim)
                 _wait_balanced(cluster, 3)
             end_us = now_us()
             assert_dropcopy_equal(both, timeout=180)
-            missed = assert_predexon_covered(both, end_us)
+            missed = assert_predexon_covered(both, end_us, bounds=_handover_bounds(handovers))
         finally:
             codes = cluster.stop_all()
-        overlaps = _assert_one_holder_at_a_time(both, KILL_TARGET_S)
+        overlaps = _assert_one_holder_at_a_time(both, OVERLAP_S)
     # Printed for the record: make test shows the timed tests' output (pytest -rP).
     print(
         f"hand-overs after SIGKILL (s): {[round(t, 1) for t in handovers]}; "
@@ -234,11 +267,11 @@ def test_a_rolling_restart_loses_and_doubles_nothing(
             for index in range(3):
                 bridge = cluster.bridges[index]
                 streams = cluster.streams_of(bridge)
-                stopped_at = now_us()
+                stopped_at, stopped = now_us(), time.monotonic()
                 bridge.process.send_signal(signal.SIGTERM)
                 if streams:
                     took = cluster.wait_moved(
-                        streams, bridge.process.pid, stopped_at, GRACEFUL_TARGET_S
+                        streams, bridge.process.pid, stopped_at, stopped, GRACEFUL_TARGET_S
                     )
                     handovers.append(took)
                 assert bridge.wait(60) == 0, bridge.log()[-2000:]
@@ -246,10 +279,10 @@ def test_a_rolling_restart_loses_and_doubles_nothing(
                 _wait_balanced(cluster, 3)
             end_us = now_us()
             assert_dropcopy_equal(both)
-            assert_predexon_covered(both, end_us)
+            assert_predexon_covered(both, end_us, bounds=_handover_bounds(handovers))
         finally:
             codes = cluster.stop_all()
-        overlaps = _assert_one_holder_at_a_time(both, GRACEFUL_TARGET_S)
+        overlaps = _assert_one_holder_at_a_time(both, OVERLAP_S)
     print(
         f"rolling restart hand-overs (s): {[round(t, 1) for t in handovers]}; "
         f"longest overlaps (s): {overlaps}"

@@ -4,12 +4,15 @@ and restart, a stalled connection; auth and plan errors.
 Predexon cannot replay, so "exactly once" here means: every event the bridge received and
 committed is in Kafka once, and every event it missed lies inside exactly one gap record
 (`polybridge.Gap` on the gaps topic) - checked against the simulator's ground truth, with
-`GAP_SLACK_US` of slack before a gap's start (see `tests/predexon_harness.py`).
+`GAP_SLACK_US` of slack before a gap's start (see `tests/predexon_harness.py`), from the
+first event the simulator sent on. Each gap is no longer than its cause allows (the bounds
+are listed in docs/design.md, "Testing: the bounds").
 """
 
 from __future__ import annotations
 
 import itertools
+import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -22,6 +25,10 @@ from bridge.sim.predexon import SimConfig, SimulatorThread
 from bridge.timeutil import now_us
 from tests.bridge_harness import ALONE
 from tests.predexon_harness import (
+    PING_INTERVAL_S,
+    RECONNECT_S,
+    STALL_GAP_S,
+    Bounds,
     BridgeProcess,
     Gap,
     PredexonSetup,
@@ -36,8 +43,17 @@ SUBS = [
 ]
 
 PONG_DETECTION_S = 40
-"""Upper bound for the bridge to notice a connection that answers nothing: its ping every
-5 s, 10 s without a pong, 2 s close timeout (`PredexonConnectionManager` defaults), plus margin."""
+"""Deadline for the bridge to notice a connection that answers nothing (a wait, not a
+bound: the stall's gap is bounded by `STALL_GAP_S`)."""
+
+DROP_GAP_S = PING_INTERVAL_S + RECONNECT_S
+"""A dropped connection (1006, 1001): from the last answered ping to the new ack."""
+RESTART_START_S = 8.0
+"""A crash-restart beyond the time the bridge was down: from the new process's start to its
+subscriptions acknowledged, plus the age of the live time the killed one last committed.
+Measured 1.5-3.4 s under a 3-worker test run (outside a stream group the new process starts
+at once); the rest is room for a starved 2-core machine, where imports alone took seconds.
+A restart that waited out a stream-group session (10 s) would exceed it."""
 
 
 def progress(setup: PredexonSetup, more: int = 10) -> Callable[[], bool]:
@@ -75,15 +91,18 @@ def test_disconnects_sigkill_and_stall_lose_nothing_outside_one_gap_each(
         setup.config_path.write_text(setup.config_path.read_text() + ALONE)
         bridge = BridgeProcess(setup, log)
         faults: list[tuple[str, int]] = []  # (expected gap reason, instant of the fault)
+        limits: list[float] = []  # each fault's longest gap, in seconds
         try:
             wait_until(progress(setup), 60, "records from every stream", poll=0.3)
             for code in (1006, 1001):
                 faults.append(("disconnected", now_us()))
+                limits.append(DROP_GAP_S)
                 assert sim.call(sim.sim.drop_connections, code) >= 1
                 wait_until(gaps_reach(setup, len(faults)), 30, f"gap after close {code}")
                 wait_until(progress(setup), 30, f"records after close {code}", poll=0.3)
 
             faults.append(("restarted", now_us()))
+            killed = time.monotonic()
             bridge.kill()  # SIGKILL: no chance to commit or say goodbye
             # Let the simulator generate into the window nobody covers.
             truth = len(sim.call(sim.sim.ground_truth, "crypto"))
@@ -93,10 +112,12 @@ def test_disconnects_sigkill_and_stall_lose_nothing_outside_one_gap_each(
                 "events generated while the bridge is down",
             )
             bridge = BridgeProcess(setup, log)
+            limits.append(time.monotonic() - killed + RESTART_START_S)
             wait_until(gaps_reach(setup, len(faults)), 60, "restart gap")
             wait_until(progress(setup), 30, "records after restart", poll=0.3)
 
             faults.append(("disconnected", now_us()))
+            limits.append(STALL_GAP_S)
             freeze_connections(sim)
             wait_until(gaps_reach(setup, len(faults)), PONG_DETECTION_S, "stall detected")
             wait_until(progress(setup), 30, "records after the stall", poll=0.3)
@@ -108,12 +129,17 @@ def test_disconnects_sigkill_and_stall_lose_nothing_outside_one_gap_each(
             code = bridge.terminate()
         assert code == 0, bridge.log()
 
+        bounds = Bounds(
+            gap_s={"disconnected": STALL_GAP_S, "restarted": limits[2]},
+            total_gap_s=sum(limits),
+        )
         for sub in SUBS:
             gaps = setup.gaps(sub)
-            _assert_one_gap_per_fault(gaps, faults, sub)
-            uncovered, checked, missed = setup.uncovered_misses(sim, sub, end_us, gaps)
-            assert uncovered == [], f"{sub.stream_id}: missed outside every gap: {uncovered[:3]}"
-            assert missed > 0 and checked > missed  # the faults did lose events, not all
+            coverage = setup.coverage(sim, sub, end_us, gaps)
+            print(coverage.summary(), "limits (s):", [round(limit, 2) for limit in limits])
+            _assert_one_gap_per_fault(gaps, faults, sub, limits)
+            coverage.assert_within(bounds)
+            assert coverage.missed > 0  # the faults did lose events
             doubled = [row for row, n in Counter(setup.rows(sub)).items() if n > 1]
             assert doubled == [], f"{sub.stream_id}: written twice: {doubled[:3]}"
             truth_ids = {
@@ -123,12 +149,16 @@ def test_disconnects_sigkill_and_stall_lose_nothing_outside_one_gap_each(
             assert {event_id for _, event_id in setup.rows(sub)} <= truth_ids
 
 
-def _assert_one_gap_per_fault(gaps: list[Gap], faults: list[tuple[str, int]], sub: Sub) -> None:
-    """One gap per fault, in order, each spanning its fault's instant, none overlapping,
-    each carrying the subscription's channel and filters (what a backfill needs)."""
+def _assert_one_gap_per_fault(
+    gaps: list[Gap], faults: list[tuple[str, int]], sub: Sub, limits: list[float]
+) -> None:
+    """One gap per fault, in order, each spanning its fault's instant and no longer than its
+    fault allows (`limits`, seconds), none overlapping, each carrying the subscription's
+    channel and filters (what a backfill needs)."""
     assert [g.reason for g in gaps] == [reason for reason, _ in faults], gaps
-    for gap, (_, at) in zip(gaps, faults, strict=True):
+    for gap, (_, at), limit in zip(gaps, faults, limits, strict=True):
         assert gap.from_us is not None and gap.from_us <= at <= gap.to_us, (gap, at)
+        assert gap.seconds <= limit, f"{sub.stream_id}: {gap} longer than {limit:.2f} s"
         assert (gap.stream_id, gap.channel) == (sub.stream_id, sub.channel)
         assert gap.filters == dumps(sub.filters)
     for earlier, later in itertools.pairwise(gaps):
@@ -185,13 +215,14 @@ def test_events_a_server_drops_with_no_backlog_are_the_documented_blind_spot(
     # A tick equal to one that was sent (same feed, second and price: ids are content
     # hashes) is the same event to the bridge, so a dropped twin of a written tick is not lost.
     dropped_ids = {key(e.data) for e in dropped} - written
-    if not gaps:
-        assert lost == dropped_ids, (sorted(lost ^ dropped_ids), len(dropped))
-    else:
-        # On a starved machine the bridge may also report a slow consumer and write a gap
-        # over part of the stall: then what it covers is not "uncovered", but nothing the
-        # server sent is missing and every uncovered event is one the server dropped.
-        assert lost <= dropped_ids, (sorted(lost - dropped_ids), gaps)
+    # On a starved machine the bridge may also report a slow consumer and write a gap over
+    # part of the stall; nothing else may cover the dropped events.
+    assert all(g.reason == "slow_consumer" for g in gaps), gaps
+    in_gaps = {key(e.data) for e in dropped if any(g.covers(int(e.at * 1e6)) for g in gaps)}
+    # Exactly the dropped events no gap covers are lost: nothing the server sent is missing
+    # ... and the blind spot is real: some dropped events are in no gap at all.
+    assert lost == dropped_ids - in_gaps, (sorted(lost ^ (dropped_ids - in_gaps)), gaps)
+    assert lost, f"every dropped event inside a gap: no blind spot shown ({gaps})"
 
 
 ELEVEN_CONDITIONS = [f"0x{n:064x}" for n in range(11)]

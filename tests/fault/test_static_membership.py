@@ -62,18 +62,6 @@ def _all_gaps_after(both: Both, at_us: int) -> bool:
     return len(_gaps_after(both, at_us)) == len(SUBS)
 
 
-def _more_records(both: Both, more: int = 5) -> bool:
-    """Waits (with wait_until) until every subscription has `more` records beyond now."""
-    before = {s.name: len(both.pdx.rows(s)) for s in SUBS}
-    wait_until(
-        lambda: all(len(both.pdx.rows(s)) > before[s.name] + more for s in SUBS),
-        60,
-        "more Predexon records",
-        poll=0.3,
-    )
-    return True
-
-
 @pytest.mark.slow(60)
 @pytest.mark.timed
 def test_a_sigkilled_instance_restarted_at_once_takes_its_streams_back_at_once(
@@ -101,7 +89,7 @@ def test_a_sigkilled_instance_restarted_at_once_takes_its_streams_back_at_once(
         try:
             wait_until(both.flowing, 60, "every stream flowing", poll=0.3)
             for kill in range(3):
-                _more_records(both)
+                both.wait_more_predexon("more Predexon records", more=5, timeout=60)
                 killed_us = now_us()
                 os.kill(bridge.process.pid, signal.SIGKILL)
                 bridge.wait(10)
