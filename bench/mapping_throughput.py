@@ -29,7 +29,7 @@ from google.protobuf.descriptor import FieldDescriptor
 from bridge.mapping.dropcopy import DropCopyMapper
 from bridge.serde.avro import SingleObjectFormat, load_schema
 from bridge.serde.transcode import compile_encoder, timestamp_micros
-from bridge.sources.dropcopy_kinds import KINDS, StreamKind
+from bridge.streams.kinds import KINDS, StreamKind
 from polymarket.v1 import dropcopy_pb2, orders_pb2, refdata_pb2, trading_pb2
 
 RESPONSE_SIZE = 100

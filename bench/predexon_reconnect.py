@@ -7,7 +7,7 @@ replay, so everything between a drop and the next acknowledged subscription is l
 covered by a gap record. Two bridges are measured one after the other in the same run,
 against the same broker, simulator seed and load:
 
-- `fast`: this working tree (`bridge.sources.predexon_reconnect.ReconnectPolicy`: the first
+- `fast`: this working tree (`bridge.sources.predexon.reconnect.ReconnectPolicy`: the first
   attempt within 100 ms of losing a healthy connection, backoff only while attempts fail);
 - `old`: the bridge of commit `--baseline-rev` (default: the last commit before the
   policy), extracted with `git archive` into a temporary directory and run from there:
@@ -44,10 +44,10 @@ from bench.common import machine_facts, percentile
 from bench.dropcopy_e2e import stop_process
 from bench.predexon_common import broker, predexon_bridge_config
 from bridge.mapping.predexon import PredexonMapper
-from bridge.mapping.predexon_channels import CHANNELS
 from bridge.mapping.predexon_json import dumps, loads
 from bridge.serde.avro import Serializer, SingleObjectFormat
 from bridge.sim.predexon import SimConfig, SimulatorThread
+from bridge.streams.channels import CHANNELS
 
 REPO = Path(__file__).resolve().parent.parent
 BASELINE_REV = "6d282dd"

@@ -37,10 +37,10 @@ from bridge.sim import predexon as px
 from bridge.sim.dropcopy import DropCopySimulator, SimConfig
 from bridge.sim.dropcopy.rest import RestConfig
 from bridge.sim.predexon.rest import PredexonRestConfig
-from bridge.sources.dropcopy_kinds import KINDS
 from bridge.sources.rest.exchange import ExchangeRestClient
 from bridge.sources.rest.http import RestClient
 from bridge.sources.rest.predexon import PLAN_RATES, PredexonRestClient, predexon_parse
+from bridge.streams.kinds import KINDS
 
 FIRM = "firms/acme-capital"
 PARTICIPANT = f"{FIRM}/users/alice"

@@ -62,7 +62,7 @@ from bridge.errors import KafkaError
 from bridge.serde.avro import Serializer, SingleObjectFormat
 from bridge.sim.market import DEFAULT_FIRMS
 from bridge.sim.predexon import SimConfig, SimulatorThread
-from bridge.sources.dropcopy_kinds import KINDS
+from bridge.streams.kinds import KINDS
 
 REPO = Path(__file__).resolve().parent.parent
 BASELINE_REV = "878e237"

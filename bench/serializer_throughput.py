@@ -32,7 +32,7 @@ from bridge.serde.decode import Decoder
 from bridge.serde.registry import RegistryFormat
 from bridge.sim.market import MarketGenerator
 from bridge.sim.predexon.events import EventFactory
-from bridge.sources.dropcopy_kinds import KINDS
+from bridge.streams.kinds import KINDS
 
 T0_US = 1_767_000_000_000_000
 

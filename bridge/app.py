@@ -39,16 +39,16 @@ from bridge.kafka.admin import (
 from bridge.kafka.producer import TransactionalProducer
 from bridge.kafka.readback import header, recent_records
 from bridge.mapping.dropcopy import DropCopyMapper
-from bridge.mapping.predexon_channels import CHANNELS
 from bridge.records import EVENT_ID_HEADER, Record, Source
 from bridge.serde.avro import Serializer, WireFormat
 from bridge.serde.registry import RegistryFormat, configured_topic_schemas, wire_format_of
 from bridge.sources.backoff import Backoff
-from bridge.sources.dropcopy import DropCopySource
-from bridge.sources.dropcopy_kinds import KINDS
-from bridge.sources.predexon import PredexonSource
-from bridge.sources.predexon_placement import PredexonConnectionManager
+from bridge.sources.dropcopy.source import DropCopySource
+from bridge.sources.predexon.placement import PredexonConnectionManager
+from bridge.sources.predexon.source import PredexonSource
 from bridge.sources.upstreams import dropcopy_channel, predexon_key, token_provider
+from bridge.streams.catalogue import Stream, catalogue, dropcopy_stream, predexon_stream
+from bridge.streams.kinds import KINDS
 
 if TYPE_CHECKING:
     from bridge.backfill.rest_clients import RestClients
@@ -103,20 +103,12 @@ class Bridge:
             TopicSpec(kafka.topic(kafka.dlq_topic), 1, kafka.replication_factor, {}),
             TopicSpec(kafka.topic(kafka.gaps_topic), 1, kafka.replication_factor, {}),
         ]
-        data_topics = {self._dropcopy_topic(s) for s in self.settings.dropcopy.streams} | {
-            self._predexon_topic(s) for s in self.settings.predexon.subscriptions
-        }
+        data_topics = {stream.topic for stream in catalogue(self.settings).values()}
         specs += [
             TopicSpec(t, kafka.partitions, kafka.replication_factor, {})
             for t in sorted(data_topics)
         ]
         return specs
-
-    def _dropcopy_topic(self, stream: DropCopyStreamSettings) -> str:
-        return self.settings.kafka.topic(stream.topic or KINDS[stream.kind].topic)
-
-    def _predexon_topic(self, sub: PredexonSubscriptionSettings) -> str:
-        return self.settings.kafka.topic(sub.topic or CHANNELS[sub.channel].topic)
 
     def _side_topics(self) -> SideTopics:
         kafka = self.settings.kafka
@@ -181,8 +173,8 @@ class Bridge:
             self._channels.append(dropcopy_channel(dropcopy))
             self._token_provider = token_provider(self.settings.dropcopy.auth)
         kind = KINDS[stream.kind]
-        stream_id = f"dropcopy.{stream.stream_name}"
-        topic = self._dropcopy_topic(stream)
+        resolved = dropcopy_stream(settings, stream)
+        stream_id, topic = resolved.id, resolved.topic
         mapper = DropCopyMapper(kind, stream_id, topic, self._format.prefix(kind.schema, topic))
         first_start = (
             None
@@ -210,18 +202,8 @@ class Bridge:
         repeats: Callable[[], RepeatFilter] = (
             LatestPerKey if kind.latest_per_key else lambda: RecentIds(window)
         )
-        backfill = BackfillStream(
-            stream_id,
-            "dropcopy",
-            stream.kind,
-            topic,
-            mapper.prefix,
-            {"symbols": list(stream.symbols), "firms": list(stream.firms)},
-            settings.backfill,
-        )
-        return self._pipeline(
-            stream_id, "dropcopy", source, topic, repeats, side, positions, backfill
-        )
+        backfill = BackfillStream.of(resolved, mapper.prefix, settings.backfill)
+        return self._pipeline(resolved, source, repeats, side, positions, backfill)
 
     def _predexon_pipeline(
         self, sub: PredexonSubscriptionSettings, side: SideTopics, positions: PositionStore
@@ -230,50 +212,31 @@ class Bridge:
             predexon = self.settings.predexon
             url = predexon.url.replace("{api_key}", predexon_key(predexon))
             self._predexon = PredexonConnectionManager(url, predexon.plan)
-        stream_id = f"predexon.{sub.name}"
-        topic = self._predexon_topic(sub)
-        schema = CHANNELS[sub.channel].schema
+        stream = predexon_stream(self.settings, sub)
+        prefix = self._format.prefix(stream.schema, stream.topic)
         source = PredexonSource.create(
             self._predexon,
-            stream_id,
+            stream.id,
             sub.channel,
             dict(sub.filters),
-            topic=topic,
-            prefix=self._format.prefix(schema, topic),
+            topic=stream.topic,
+            prefix=prefix,
         )
         window = self.settings.pipeline.dedupe_window
-        backfill = BackfillStream(
-            stream_id,
-            "predexon",
-            sub.channel,
-            topic,
-            self._format.prefix(schema, topic),
-            dict(sub.filters),
-            self.settings.backfill,
-        )
-        return self._pipeline(
-            stream_id,
-            "predexon",
-            source,
-            topic,
-            lambda: RecentIds(window),
-            side,
-            positions,
-            backfill,
-        )
+        backfill = BackfillStream.of(stream, prefix, self.settings.backfill)
+        return self._pipeline(stream, source, lambda: RecentIds(window), side, positions, backfill)
 
     def _pipeline(
         self,
-        stream_id: str,
-        upstream: str,
+        stream: Stream,
         source: Source,
-        topic: str,
         repeats: Callable[[], RepeatFilter],
         side: SideTopics,
         positions: PositionStore,
         backfill: BackfillStream | None = None,
     ) -> StreamRunner:
         settings = self.settings
+        stream_id, topic = stream.id, stream.topic
         self.sources[stream_id] = source
         runners: list[StreamRunner] = []  # the runner below, for the pipeline's gap hook
         build_backfill = None
@@ -294,12 +257,12 @@ class Bridge:
         build = functools.partial(
             Pipeline,
             stream_id=stream_id,
-            upstream=upstream,
+            upstream=stream.upstream,
             source=source,
             topic=topic,
             producer=lambda: TransactionalProducer(
                 {**self._kafka, "transaction.timeout.ms": settings.kafka.transaction_timeout_ms},
-                f"{settings.app_id}.{stream_id}",
+                stream.transactional_id,
                 stream_id,
             ),
             pending_commit_limit_s=settings.kafka.transaction_timeout_ms / 1000,
@@ -354,7 +317,7 @@ class Bridge:
                 and new != sub
                 and new == sub.model_copy(update={"filters": new.filters})
             ):
-                source = self.sources.get(f"predexon.{sub.name}")
+                source = self.sources.get(predexon_stream(self.settings, sub).id)
                 if isinstance(source, PredexonSource):
                     source.update_filters(dict(new.filters))
                     log.info("stream=predexon.%s filters updated live", sub.name)

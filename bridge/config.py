@@ -25,7 +25,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from bridge.errors import ConfigError
-from bridge.sources.maintenance import WEEKDAYS, MaintenanceSchedule, WeeklyWindow, parse_clock
+from bridge.maintenance import WEEKDAYS, MaintenanceSchedule, WeeklyWindow, parse_clock
 
 ENV_PREFIX = "POLYBRIDGE_"
 INSTANCE_ID = re.compile(r"[a-zA-Z0-9._-]{1,200}")
@@ -380,13 +380,6 @@ class Settings(_Section):
     cluster: ClusterSettings = ClusterSettings()
     schema_registry: SchemaRegistrySettings = SchemaRegistrySettings()
     backfill: BackfillSettings = BackfillSettings()
-
-    def stream_ids(self) -> list[str]:
-        """Every configured stream's id, sorted (the stream group's partition order)."""
-        return sorted(
-            [f"dropcopy.{s.stream_name}" for s in self.dropcopy.streams]
-            + [f"predexon.{s.name}" for s in self.predexon.subscriptions]
-        )
 
 
 def parse_time(text: str) -> datetime:

@@ -10,7 +10,7 @@
     └── MappingError             one upstream message could not be mapped: a dead letter
 
 Third-party exceptions are translated into these at one boundary each (grpc in
-`sources/dropcopy.py`, websockets in `sources/predexon_connection.py`, librdkafka in
+`sources/dropcopy/source.py`, websockets in `sources/predexon/connection.py`, librdkafka in
 `kafka/producer.py`) with `raise ... from`, so callers never see library types.
 """
 

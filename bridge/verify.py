@@ -119,7 +119,7 @@ class ExpectedDropCopyRows:
     seconds for 100,000 of them). A journal trimmed at its start is mapped afresh."""
 
     def __init__(self, kind_name: str, stream_id: str) -> None:
-        from bridge.sources.dropcopy_kinds import KINDS
+        from bridge.streams.kinds import KINDS
 
         self._kind = KINDS[kind_name]
         self._stream_id = stream_id

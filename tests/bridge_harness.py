@@ -18,7 +18,7 @@ from bridge.kafka.readback import ReadRecord, open_reader, partitions_of, read_r
 from bridge.serde.avro import Serializer, SingleObjectFormat
 from bridge.sim.dropcopy import SimulatorThread
 from bridge.sim.market import DEFAULT_FIRMS
-from bridge.sources.dropcopy_kinds import KINDS
+from bridge.streams.kinds import KINDS
 from bridge.verify import Comparison, ExpectedDropCopyRows, compare, kafka_rows, stream_rows
 
 T = TypeVar("T")

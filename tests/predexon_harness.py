@@ -25,11 +25,11 @@ from pathlib import Path
 from typing import Any
 
 from bridge.mapping.predexon import PredexonMapper
-from bridge.mapping.predexon_channels import CHANNELS
 from bridge.mapping.predexon_json import dumps, loads
 from bridge.records import EVENT_ID_HEADER, STREAM_HEADER
 from bridge.serde.avro import Serializer, SingleObjectFormat
 from bridge.sim.predexon import SimSubscription, SimulatorThread
+from bridge.streams.channels import CHANNELS
 from bridge.verify import Comparison, Row, compare
 from tests import kafka_fixture
 from tests.bridge_harness import (
@@ -75,7 +75,7 @@ PONG_DEADLINE_S = 10.0
 """How long the bridge waits for a pong before it declares the connection dead."""
 LIVENESS_COMMIT_S = 1.0
 """The newest live time a stream commits is at most about this old (an idle batch every
-second, `bridge.sources.predexon.LIVENESS_INTERVAL_S`): a restart's gap starts there."""
+second, `bridge.sources.predexon.source.LIVENESS_INTERVAL_S`): a restart's gap starts there."""
 RECONNECT_S = 1.5
 """From a lost connection noticed to the new subscription acknowledged: the fast path's
 jitter (< 0.1 s), a handshake and a subscribe round trip; measured 0.1-0.6 s beyond the ping

@@ -17,9 +17,9 @@ from bridge.mapping.predexon import PredexonMapper
 from bridge.mapping.predexon_json import dumps
 from bridge.records import Gap
 from bridge.sources.auth import TokenProvider
-from bridge.sources.dropcopy_kinds import KINDS
 from bridge.sources.rest.exchange import ExchangeRestClient, exchange_rest_client
 from bridge.sources.rest.predexon import PredexonRestClient, predexon_rest_client
+from bridge.streams.kinds import KINDS
 
 
 class RestClients:

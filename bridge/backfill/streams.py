@@ -15,6 +15,7 @@ from typing import Any
 from bridge.backfill.history import History, Unfillable
 from bridge.config import BackfillSettings
 from bridge.records import Gap
+from bridge.streams.catalogue import Stream
 
 UNFILLABLE_KINDS: Mapping[str, str] = {
     "dropcopy.instrument_states": "the exchange has no history of instrument state changes "
@@ -43,6 +44,12 @@ class BackfillStream:
     filters: Mapping[str, Any] = field(default_factory=dict)
     """DropCopy: {"symbols": [...], "firms": [...]}; Predexon: the subscription's filters."""
     settings: BackfillSettings = field(default_factory=BackfillSettings)
+
+    @classmethod
+    def of(cls, stream: Stream, prefix: bytes, settings: BackfillSettings) -> BackfillStream:
+        return cls(
+            stream.id, stream.upstream, stream.kind, stream.topic, prefix, stream.filters, settings
+        )
 
 
 RestHistories = Callable[[BackfillStream, Gap], History]

@@ -18,7 +18,7 @@ import signal
 import socket
 import sys
 from dataclasses import dataclass
-from typing import Any, TextIO
+from typing import TextIO
 
 from bridge.backfill.history import Unfillable, Window, window_of
 from bridge.backfill.kafka import KafkaBackfillIO
@@ -31,11 +31,10 @@ from bridge.config import Settings, load_settings, parse_time
 from bridge.eos.contract import SideTopics
 from bridge.eos.positions import PositionStore
 from bridge.errors import ConfigError
-from bridge.mapping.predexon_channels import CHANNELS
 from bridge.records import Gap
 from bridge.serde.avro import Serializer, WireFormat
 from bridge.serde.registry import wire_format_of
-from bridge.sources.dropcopy_kinds import KINDS
+from bridge.streams.catalogue import configured
 from bridge.timeutil import now_us
 
 MANUAL_REASON = "manual"
@@ -44,31 +43,9 @@ MANUAL_REASON = "manual"
 
 def backfill_stream(settings: Settings, wire_format: WireFormat, stream_id: str) -> BackfillStream:
     """The configured stream `stream_id` as the backfill sees it; `ConfigError` if unknown."""
-
-    def configured(
-        upstream: str, kind: str, topic_name: str, schema: str, filters: dict[str, Any]
-    ) -> BackfillStream:
-        topic = settings.kafka.topic(topic_name)
-        prefix = wire_format.prefix(schema, topic)
-        return BackfillStream(stream_id, upstream, kind, topic, prefix, filters, settings.backfill)
-
-    for stream in settings.dropcopy.streams:
-        if f"dropcopy.{stream.stream_name}" == stream_id:
-            kind = KINDS[stream.kind]
-            filters = {"symbols": list(stream.symbols), "firms": list(stream.firms)}
-            topic_name = stream.topic or kind.topic
-            return configured("dropcopy", stream.kind, topic_name, kind.schema, filters)
-    for sub in settings.predexon.subscriptions:
-        if f"predexon.{sub.name}" == stream_id:
-            channel = CHANNELS[sub.channel]
-            topic_name = sub.topic or channel.topic
-            return configured(
-                "predexon", sub.channel, topic_name, channel.schema, dict(sub.filters)
-            )
-    raise ConfigError(
-        f"backfill: unknown stream {stream_id!r}; configured streams: "
-        + (", ".join(settings.stream_ids()) or "none")
-    )
+    stream = configured(settings, stream_id, "backfill")
+    prefix = wire_format.prefix(stream.schema, stream.topic)
+    return BackfillStream.of(stream, prefix, settings.backfill)
 
 
 def side_topics(settings: Settings, wire_format: WireFormat) -> SideTopics:

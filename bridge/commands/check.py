@@ -51,10 +51,11 @@ from bridge.kafka.admin import broker_config, check_state_topic, topic_configs
 from bridge.kafka.client_log import client_log_config
 from bridge.serde.registry import configured_topic_schemas
 from bridge.sources.auth import TokenProvider
-from bridge.sources.dropcopy_kinds import KINDS
-from bridge.sources.predexon_placement import PLAN_LIMITS
-from bridge.sources.predexon_subscription import SubscriptionSpec
+from bridge.sources.predexon.placement import PLAN_LIMITS
+from bridge.sources.predexon.subscription import SubscriptionSpec
 from bridge.sources.upstreams import dropcopy_channel, predexon_key, token_provider
+from bridge.streams.catalogue import predexon_stream
+from bridge.streams.kinds import KINDS
 
 SAFE_REPLICAS = 3
 """Replicas a topic the bridge writes should have on a multi-broker cluster: one broker may
@@ -297,7 +298,7 @@ def _check_plan(settings: Settings) -> str:
     predexon = settings.predexon
     limits = PLAN_LIMITS[predexon.plan]
     for sub in predexon.subscriptions:
-        spec = SubscriptionSpec(f"predexon.{sub.name}", sub.channel, dict(sub.filters))
+        spec = SubscriptionSpec(predexon_stream(settings, sub).id, sub.channel, dict(sub.filters))
         if spec.wildcard and not limits.wildcard:
             raise _Failed(
                 f'subscription {sub.name}: wildcard subscriptions need plan = "pro" '

@@ -39,12 +39,12 @@ from bridge.embedded import EmbeddedBroker
 from bridge.embedded_registry import EmbeddedRegistry
 from bridge.errors import KafkaError
 from bridge.kafka.readback import header, read_topic
-from bridge.mapping.predexon_channels import CHANNELS
 from bridge.records import EVENT_ID_HEADER, STREAM_HEADER
 from bridge.sim import dropcopy as dropcopy_sim
 from bridge.sim import predexon as predexon_sim
 from bridge.sim.market import DEFAULT_FIRMS
-from bridge.sources.dropcopy_kinds import KINDS
+from bridge.streams.channels import CHANNELS
+from bridge.streams.kinds import KINDS
 from bridge.verify import Comparison, compare, expected_dropcopy_rows, kafka_rows
 
 PARTICIPANT = f"{DEFAULT_FIRMS[0]}/users/demo"

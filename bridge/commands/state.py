@@ -23,6 +23,7 @@ from bridge.kafka.state import StateEntry, encode_state, write_state
 from bridge.records import Position
 from bridge.serde.avro import Serializer
 from bridge.serde.registry import wire_format_of
+from bridge.streams.catalogue import catalogue, configured
 from bridge.timeutil import now_us
 
 RESET_OWNER = "polybridge-state-reset"
@@ -58,7 +59,7 @@ def show(settings: Settings) -> str:
     running: dict[str, str] = {}
     if settings.cluster.enabled:
         topic = settings.kafka.topic(settings.cluster.topic)
-        running = current_owners(kafka, settings.app_id, topic, settings.stream_ids())
+        running = current_owners(kafka, settings.app_id, topic, list(catalogue(settings)))
     header = (
         f"{'stream':32} {'upstream':9} {'event time':25} {'live time':25} {'committed':25} "
         f"{'token':10} {'committed by':32} running on"
@@ -129,13 +130,7 @@ def _line(stream_id: str, entry: StateEntry | None, running_on: str) -> str:
 async def reset(settings: Settings, stream_id: str, to_time: str | None) -> str:
     """Rewind `stream_id` to a time (replayed from there minus the resume margin), or clear
     it (the next start follows the stream's configured `start`)."""
-    known = {f"dropcopy.{s.stream_name}": "dropcopy" for s in settings.dropcopy.streams}
-    known |= {f"predexon.{s.name}": "predexon" for s in settings.predexon.subscriptions}
-    if stream_id not in known:
-        raise ConfigError(
-            f"state reset: unknown stream {stream_id!r}; configured streams: "
-            + (", ".join(sorted(known)) or "none")
-        )
+    stream = configured(settings, stream_id, "state reset")
     topic = _state_topic(settings)
     value = None
     if to_time is not None:
@@ -155,11 +150,9 @@ async def reset(settings: Settings, stream_id: str, to_time: str | None) -> str:
         serializer = Serializer("polybridge.State", fmt.prefix("polybridge.State", topic))
         position = Position(event_time_us=micros, live_time_us=micros)
         value = encode_state(
-            stream_id, known[stream_id], position, RESET_OWNER, now_us(), serializer
+            stream_id, stream.upstream, position, RESET_OWNER, now_us(), serializer
         )
-    await write_state(
-        settings.kafka.librdkafka(), topic, f"{settings.app_id}.{stream_id}", stream_id, value
-    )
+    await write_state(settings.kafka.librdkafka(), topic, stream.transactional_id, stream_id, value)
     return f"{stream_id}: " + (f"rewound to {to_time}" if to_time else "position cleared")
 
 

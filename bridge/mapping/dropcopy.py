@@ -54,7 +54,7 @@ from bridge.records import DeadLetter, Record
 from bridge.serde.avro import load_schema
 from bridge.serde.avro_binary import bytes_map_bytes, int_map_bytes, long_bytes, string_bytes
 from bridge.serde.transcode import SchemaMismatch, compile_encoder, timestamp_micros
-from bridge.sources.dropcopy_kinds import StreamKind
+from bridge.streams.kinds import StreamKind
 from polymarket.v1 import dropcopy_pb2, enums_pb2, orders_pb2, refdata_pb2, trading_pb2
 
 _HASH_HEX = 16

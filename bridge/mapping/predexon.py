@@ -5,7 +5,7 @@ it builds on, one job each:
 
 - `predexon_json`: JSON parsed and written with every number kept as its exact text;
 - `predexon_fields`: each field kind's converter (decimals kept as text, never floats);
-- `predexon_channels`: the channel table (topic, schema, fields, key per channel);
+- `bridge.streams.channels`: the channel table (topic, schema, fields, key per channel);
 - `predexon_schema`: the Avro schemas generated from that table;
 - `predexon_filters`: which events a subscription's filters select.
 
@@ -38,11 +38,11 @@ from typing import Any
 
 from bridge.errors import MappingError
 from bridge.event_times import micros_by_magnitude, plausible_or_none
-from bridge.mapping.predexon_channels import CHANNELS, CONTROL_TYPES
 from bridge.mapping.predexon_fields import KINDS
 from bridge.mapping.predexon_json import dumps, json_excerpt, json_type_name, loads
 from bridge.records import DeadLetter, Record
 from bridge.serde.avro import Serializer
+from bridge.streams.channels import CHANNELS, CONTROL_TYPES
 
 _NESTED_KINDS = ("tokens", "levels")
 """Field kinds whose items keep their own unknown keys in an `extra`."""

@@ -1,6 +1,6 @@
 """Field kinds of the Predexon channels: how one upstream JSON value becomes one Avro value.
 
-Each kind named in the channel table (`predexon_channels`) is a converter plus the Avro
+Each kind named in the channel table (`bridge.streams.channels`) is a converter plus the Avro
 type of the field's non-null branch (`KINDS`). The converters check the JSON type and
 raise `MappingError` (the event becomes a dead letter) rather than coerce.
 

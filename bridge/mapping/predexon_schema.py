@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from bridge.mapping.predexon_channels import Channel
 from bridge.mapping.predexon_fields import KINDS
+from bridge.streams.channels import Channel
 
 
 def avro_schema(channel: Channel) -> dict[str, Any]:

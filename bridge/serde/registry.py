@@ -335,8 +335,7 @@ def wire_format_of(settings: Settings) -> WireFormat:
 def configured_topic_schemas(settings: Settings) -> list[tuple[str, str]]:
     """(value schema, topic) of every topic the configured bridge writes: each stream's
     data topic, and the state, dead-letter and gap topics."""
-    from bridge.mapping.predexon_channels import CHANNELS
-    from bridge.sources.dropcopy_kinds import KINDS
+    from bridge.streams.catalogue import catalogue
 
     kafka = settings.kafka
     pairs = {
@@ -344,10 +343,5 @@ def configured_topic_schemas(settings: Settings) -> list[tuple[str, str]]:
         ("polybridge.DeadLetter", kafka.topic(kafka.dlq_topic)),
         ("polybridge.Gap", kafka.topic(kafka.gaps_topic)),
     }
-    for stream in settings.dropcopy.streams:
-        kind = KINDS[stream.kind]
-        pairs.add((kind.schema, kafka.topic(stream.topic or kind.topic)))
-    for sub in settings.predexon.subscriptions:
-        channel = CHANNELS[sub.channel]
-        pairs.add((channel.schema, kafka.topic(sub.topic or channel.topic)))
+    pairs |= {(stream.schema, stream.topic) for stream in catalogue(settings).values()}
     return sorted(pairs, key=lambda pair: (pair[1], pair[0]))

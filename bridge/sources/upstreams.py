@@ -11,7 +11,7 @@ import grpc
 from bridge.config import DropCopyAuthSettings, DropCopySettings, PredexonSettings
 from bridge.errors import ConfigError
 from bridge.sources.auth import PrivateKeyJwtProvider, StaticToken, TokenProvider
-from bridge.sources.dropcopy import open_channel
+from bridge.sources.dropcopy.source import open_channel
 
 
 def dropcopy_channel(dropcopy: DropCopySettings) -> grpc.aio.Channel:

@@ -55,7 +55,7 @@ FAST_KEEPALIVE = "keepalive_time_s = 1.0\nkeepalive_timeout_s = 1.0"
 
 FAIL_DELAY_S = 8.0
 """The longest reconnect delay a cut of `CUT_S` can reach: failed attempts back off 0.5, 1,
-2, 4, 8 s (`bridge.sources.predexon_reconnect`), so after the cut ends the next attempt
+2, 4, 8 s (`bridge.sources.predexon.reconnect`), so after the cut ends the next attempt
 comes at most this much later."""
 
 CUT_S = 8.0

@@ -15,7 +15,7 @@ import grpc
 import pytest
 
 from bridge.sim import dropcopy as dsim_mod
-from bridge.sources.dropcopy import open_channel
+from bridge.sources.dropcopy.source import open_channel
 from polymarket.v1 import dropcopy_pb2, dropcopy_pb2_grpc
 from tests.fault.tcp_proxy import TcpProxy
 

@@ -14,15 +14,15 @@ from typing import Any
 import grpc
 import pytest
 
+from bridge.maintenance import MaintenanceSchedule
 from bridge.mapping.dropcopy import DropCopyMapper
 from bridge.records import Batch
 from bridge.serde.avro import SingleObjectFormat
 from bridge.sim.dropcopy import DropCopySimulator, SimConfig
 from bridge.sim.market import DEFAULT_FIRMS
 from bridge.sources.backoff import Backoff
-from bridge.sources.dropcopy import DropCopySource
-from bridge.sources.dropcopy_kinds import KINDS
-from bridge.sources.maintenance import MaintenanceSchedule
+from bridge.sources.dropcopy.source import DropCopySource
+from bridge.streams.kinds import KINDS
 from bridge.verify import expected_dropcopy_rows
 from tests.bridge_harness import until
 
@@ -170,7 +170,7 @@ def test_maintenance_window_is_waited_out_calmly_logged_once_and_resumed_from_th
                 await sim.generate(400)
 
         watcher = asyncio.create_task(watch())
-        with caplog.at_level(logging.DEBUG, logger="bridge.sources.dropcopy"):
+        with caplog.at_level(logging.DEBUG, logger="bridge.sources.dropcopy.source"):
             rows = await _collect(source, sim, enter_window)
         await watcher
         assert rows == _truth(sim)  # resumed from the token: no gap, no repeat

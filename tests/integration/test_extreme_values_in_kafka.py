@@ -27,14 +27,14 @@ from google.protobuf.descriptor import FieldDescriptor
 from bridge.eos.state_records import StateRecords
 from bridge.kafka.state import STATE_SCHEMA
 from bridge.mapping.dropcopy import DropCopyMapper
-from bridge.mapping.predexon_channels import CHANNELS
 from bridge.mapping.predexon_json import dumps, loads
 from bridge.serde.avro import Serializer, SingleObjectFormat
 from bridge.sim import dropcopy as dsim
 from bridge.sim.market import DEFAULT_FIRMS
 from bridge.sim.predexon import SimConfig, SimulatorThread
 from bridge.sim.predexon.events import EventFactory
-from bridge.sources.dropcopy_kinds import KINDS
+from bridge.streams.channels import CHANNELS
+from bridge.streams.kinds import KINDS
 from bridge.timeutil import now_us
 from bridge.verify import kafka_rows
 from tests import kafka_fixture

@@ -37,12 +37,12 @@ from typing import Any
 import pytest
 from confluent_kafka import Producer
 
-from bridge.mapping.predexon_channels import CHANNELS
 from bridge.mapping.predexon_json import dumps
 from bridge.serde.avro import Serializer, SingleObjectFormat
 from bridge.sim import dropcopy as dsim
 from bridge.sim import predexon as psim
-from bridge.sources.dropcopy_kinds import KINDS
+from bridge.streams.channels import CHANNELS
+from bridge.streams.kinds import KINDS
 from bridge.verify import compare
 from tests import kafka_fixture
 from tests.bridge_harness import ALL_KINDS, BridgeProcess, BridgeSetup, wait_until, write_setup

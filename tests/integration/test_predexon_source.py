@@ -13,14 +13,14 @@ from typing import Any, TypeVar
 import pytest
 
 from bridge.errors import AuthError, UpstreamError
-from bridge.mapping.predexon_channels import CHANNELS
 from bridge.records import Batch, Position
 from bridge.serde.avro import SingleObjectFormat
 from bridge.sim.predexon import PredexonSimulator, SimConfig
 from bridge.sources.backoff import Backoff
-from bridge.sources.predexon import PredexonSource
-from bridge.sources.predexon_placement import PredexonConnectionManager
-from bridge.sources.predexon_reconnect import FAIL_JITTER, ReconnectPolicy
+from bridge.sources.predexon.placement import PredexonConnectionManager
+from bridge.sources.predexon.reconnect import FAIL_JITTER, ReconnectPolicy
+from bridge.sources.predexon.source import PredexonSource
+from bridge.streams.channels import CHANNELS
 from tests.bridge_harness import run_within, until
 
 T = TypeVar("T")

@@ -24,7 +24,6 @@ from bridge.config import SchemaRegistrySettings
 from bridge.kafka.state import state_datum
 from bridge.mapping.dropcopy import DropCopyMapper
 from bridge.mapping.predexon import PredexonMapper
-from bridge.mapping.predexon_channels import CHANNELS
 from bridge.mapping.predexon_json import loads
 from bridge.records import Position
 from bridge.serde.avro import Serializer, SingleObjectFormat, WireFormat
@@ -32,7 +31,8 @@ from bridge.serde.decode import Decoded, Decoder
 from bridge.serde.registry import RegistryFormat, registry_client
 from bridge.sim.market import MarketGenerator
 from bridge.sim.predexon.events import EventFactory
-from bridge.sources.dropcopy_kinds import KINDS
+from bridge.streams.channels import CHANNELS
+from bridge.streams.kinds import KINDS
 
 T0_US = 1_767_000_000_000_000
 

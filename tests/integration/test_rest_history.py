@@ -24,10 +24,10 @@ from bridge.sim.dropcopy.rest import RestConfig
 from bridge.sim.predexon.protocol import to_json
 from bridge.sim.predexon.rest import PredexonRestConfig
 from bridge.sim.rest import RestFaults
-from bridge.sources.dropcopy_kinds import KINDS
 from bridge.sources.rest.exchange import ExchangeRestClient
 from bridge.sources.rest.http import RestClient, RetryPolicy
 from bridge.sources.rest.predexon import PredexonRestClient, predexon_parse
+from bridge.streams.kinds import KINDS
 from bridge.timeutil import now_us
 from tests.bridge_harness import until
 

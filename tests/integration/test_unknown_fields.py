@@ -22,7 +22,7 @@ from bridge.mapping.dropcopy import DropCopyMapper
 from bridge.serde.avro import Serializer, SingleObjectFormat
 from bridge.sim.dropcopy import STREAM_RPCS, SimConfig, SimulatorThread
 from bridge.sim.market import DEFAULT_FIRMS
-from bridge.sources.dropcopy_kinds import KINDS
+from bridge.streams.kinds import KINDS
 from tests.bridge_harness import ALL_KINDS, BridgeProcess, wait_until, write_setup
 from tests.integration.test_metrics import free_port, metrics_config, scrape, value
 

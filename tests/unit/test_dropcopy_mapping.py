@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from bridge.mapping.dropcopy import DropCopyMapper
 from bridge.serde.avro import Serializer, SingleObjectFormat
-from bridge.sources.dropcopy_kinds import KINDS, StreamKind
+from bridge.streams.kinds import KINDS, StreamKind
 from polymarket.v1 import dropcopy_pb2, orders_pb2, refdata_pb2, trading_pb2
 from tests.unit.test_transcode import PROPERTY, messages, reference_datum
 

@@ -21,11 +21,11 @@ from hypothesis import strategies as st
 
 from bridge.eos.state_records import StateRecords
 from bridge.kafka.state import STATE_SCHEMA, encode_state
-from bridge.mapping.predexon_channels import CHANNELS
 from bridge.mapping.predexon_json import dumps
 from bridge.records import DeadLetter, Position, Record
 from bridge.serde.avro import Serializer, SingleObjectFormat
-from bridge.sources.dropcopy_kinds import KINDS
+from bridge.streams.channels import CHANNELS
+from bridge.streams.kinds import KINDS
 from bridge.timeutil import now_us
 from tests.unit.test_fuzz_mappers import (
     FUZZ,

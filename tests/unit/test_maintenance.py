@@ -17,10 +17,10 @@ import pytest
 from bridge.config import DropCopyMaintenanceSettings, Settings, load_settings
 from bridge.errors import ConfigError
 from bridge.health import HealthServer, in_maintenance, not_ready
+from bridge.maintenance import MaintenanceSchedule, WeeklyWindow, parse_clock
 from bridge.metrics import BridgeCollector, PipelineStats, StreamView
 from bridge.records import Batch, Position, SourceStatus
-from bridge.sources.dropcopy import MAINTENANCE_CODES
-from bridge.sources.maintenance import MaintenanceSchedule, WeeklyWindow, parse_clock
+from bridge.sources.dropcopy.source import MAINTENANCE_CODES
 
 NEW_YORK = ZoneInfo("America/New_York")
 

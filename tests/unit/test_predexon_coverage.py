@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 from bridge.mapping.predexon_json import loads
 from bridge.records import Batch, Gap
-from bridge.sources.predexon import PredexonSource
-from bridge.sources.predexon_subscription import (
+from bridge.sources.predexon.source import PredexonSource
+from bridge.sources.predexon.subscription import (
     Acked,
     Frame,
     Handle,

@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 
 from bridge.mapping.predexon import PredexonMapper
-from bridge.mapping.predexon_channels import CHANNELS
 from bridge.mapping.predexon_json import RawNumber, dumps, loads
 from bridge.serde.avro import Serializer, SingleObjectFormat, load_schema, schema_text
 from bridge.sim.predexon.events import EventFactory
+from bridge.streams.channels import CHANNELS
 
 RECEIVED = 1_700_000_000_123_456
 

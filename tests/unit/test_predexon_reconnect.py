@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from bridge.sources.backoff import Backoff
-from bridge.sources.predexon_reconnect import (
+from bridge.sources.predexon.reconnect import (
     FAIL_CAP_S,
     FAIL_INITIAL_S,
     FAST_BURST,

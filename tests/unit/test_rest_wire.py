@@ -24,10 +24,10 @@ from bridge.mapping.dropcopy import DropCopyMapper
 from bridge.mapping.predexon import PredexonMapper
 from bridge.serde.avro import Serializer
 from bridge.sim.rest import HttpRequest, HttpResponse, HttpServer
-from bridge.sources.dropcopy_kinds import KINDS
 from bridge.sources.rest.exchange import ExchangeRestClient, exchange_rest_client
 from bridge.sources.rest.http import RestAuthError, RestClient, RestError, RetryPolicy
 from bridge.sources.rest.predexon import PredexonRestClient, predexon_parse
+from bridge.streams.kinds import KINDS
 
 PARTICIPANT = "firms/acme/users/alice"
 ACCOUNT = "firms/acme/accounts/ACM-1"

@@ -13,7 +13,7 @@ import pytest
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
 from bridge.serde.avro import load_schema
-from bridge.sources.dropcopy_kinds import KINDS, StreamKind
+from bridge.streams.kinds import KINDS, StreamKind
 
 SCALARS = {
     FieldDescriptor.TYPE_INT64: "long",

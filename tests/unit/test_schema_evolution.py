@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 
 from bridge.commands.schemas import check_history, export
-from bridge.mapping.predexon_channels import CHANNELS
 from bridge.serde.avro import expanded_schema, named_schemas
 from bridge.serde.compat import check, history_names, problems, released_versions
-from bridge.sources.dropcopy_kinds import KINDS
+from bridge.streams.channels import CHANNELS
+from bridge.streams.kinds import KINDS
 
 VALUE_SCHEMAS = sorted(
     {k.schema for k in KINDS.values()}

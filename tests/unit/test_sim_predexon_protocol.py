@@ -12,10 +12,10 @@ from decimal import Decimal
 
 import pytest
 
-from bridge.mapping.predexon_channels import CHANNELS as BRIDGE_CHANNELS
 from bridge.mapping.predexon_json import RawNumber, loads
 from bridge.sim.predexon import SimConfig
 from bridge.sim.predexon.protocol import CHANNELS, WILDCARD, channel_named, selects, to_json
+from bridge.streams.channels import CHANNELS as BRIDGE_CHANNELS
 
 ALICE, BOB, CAROL = "0xa11ce", "0xb0b", "0xca401"
 

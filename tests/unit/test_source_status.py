@@ -14,14 +14,14 @@ import pytest
 from bridge.eos.contract import PipelineStats
 from bridge.health import in_maintenance, not_ready
 from bridge.mapping.dropcopy import DropCopyMapper
-from bridge.mapping.predexon_channels import CHANNELS
 from bridge.metrics import BridgeCollector, StreamView
 from bridge.records import Batch, ConnectionPool, Position, SourceStatus
 from bridge.serde.avro import SingleObjectFormat
-from bridge.sources.dropcopy import DropCopySource
-from bridge.sources.dropcopy_kinds import KINDS
-from bridge.sources.predexon import PredexonSource
-from bridge.sources.predexon_placement import PredexonConnectionManager
+from bridge.sources.dropcopy.source import DropCopySource
+from bridge.sources.predexon.placement import PredexonConnectionManager
+from bridge.sources.predexon.source import PredexonSource
+from bridge.streams.channels import CHANNELS
+from bridge.streams.kinds import KINDS
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 

@@ -22,7 +22,7 @@ from bridge.mapping.dropcopy import DropCopyMapper
 from bridge.serde.avro import Serializer, SingleObjectFormat
 from bridge.serde.proto_unknown import unknown_field_bytes
 from bridge.sim.contract import Contract, block_trade, newer_files
-from bridge.sources.dropcopy_kinds import KINDS
+from bridge.streams.kinds import KINDS
 from polymarket.v1 import orders_pb2, refdata_pb2, trading_pb2, types_pb2
 from tests.unit.test_transcode import PROPERTY
 

@@ -52,12 +52,12 @@ import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from bridge.errors import AuthError, UpstreamError
+from bridge.maintenance import MaintenanceSchedule, Window
 from bridge.mapping.dropcopy import DropCopyMapper
 from bridge.records import Batch, Gap, Position, SourceStatus
 from bridge.sources.auth import TokenProvider
 from bridge.sources.backoff import Backoff
-from bridge.sources.dropcopy_kinds import StreamKind
-from bridge.sources.maintenance import MaintenanceSchedule, Window
+from bridge.streams.kinds import StreamKind
 from bridge.timeutil import now_us
 from polymarket.v1 import dropcopy_pb2_grpc
 

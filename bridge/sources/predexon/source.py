@@ -4,7 +4,7 @@ Predexon cannot replay, so the source's job besides mapping is to account for ti
 
 - `Position.live_time_us` is the last instant the subscription is known to have been
   acked and delivering *with everything generated up to it already yielded*: the live
-  evidence (a timely pong, see `predexon_liveness`) the last yielded frame arrived with while
+  evidence (a timely pong, see `liveness`) the last yielded frame arrived with while
   more are buffered, else the connection's newest. Idle, an empty batch carrying the new
   live time is yielded about every second (`LIVENESS_INTERVAL_S`), so the committed live
   time keeps up with the clock.
@@ -31,10 +31,9 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from bridge.mapping.predexon import PredexonMapper
-from bridge.mapping.predexon_channels import CHANNELS
 from bridge.records import Batch, ConnectionPool, Gap, Position, SourceStatus
-from bridge.sources.predexon_placement import PredexonConnectionManager
-from bridge.sources.predexon_subscription import (
+from bridge.sources.predexon.placement import PredexonConnectionManager
+from bridge.sources.predexon.subscription import (
     Acked,
     Failed,
     Frame,
@@ -43,6 +42,7 @@ from bridge.sources.predexon_subscription import (
     Lost,
     SubscriptionSpec,
 )
+from bridge.streams.channels import CHANNELS
 
 log = logging.getLogger(__name__)
 

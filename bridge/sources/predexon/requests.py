@@ -17,9 +17,9 @@ from typing import Any, ClassVar
 from websockets.asyncio.client import ClientConnection
 
 from bridge.errors import AuthError, BridgeError, UpstreamError
-from bridge.mapping.predexon_channels import CHANNELS
 from bridge.mapping.predexon_json import dumps
-from bridge.sources.predexon_subscription import Handle, SubscriptionSpec
+from bridge.sources.predexon.subscription import Handle, SubscriptionSpec
+from bridge.streams.channels import CHANNELS
 
 AUTH_CODES = frozenset({"AUTH_FAILED", "AUTH_REQUIRED", "INVALID_API_KEY"})
 PLAN_CODES = frozenset(

@@ -18,7 +18,7 @@ ceilings climbed to 30 s and about half of all events fell into gaps.
   later" -: exponential with equal jitter (`failing_backoff()`), growing for as long as
   attempts keep failing.
 - never: auth failures (401, 403, close 4001, AUTH_*) end the connection's subscriptions
-  before any delay is asked for (`predexon_connection`).
+  before any delay is asked for (`connection`).
 
 A budget (`FAST_BURST`, one more every `FAST_REFILL_S`) bounds the fast path: a server that
 acknowledges and then drops every connection at once gets about one handshake a second

@@ -1,10 +1,10 @@
 """The Predexon channel table: per channel, its subscription, topic, schema, fields, key.
 
 `CHANNELS` is the one place a channel is described; the schema generator
-(`predexon_schema`), the subscription filters (`predexon_filters`), the mapper
-(`predexon`) and the connection all read it. The simulator keeps its own table
-(`bridge.sim.predexon.protocol`), compared with this one by a test. Field kinds are the
-names of `predexon_fields.KINDS`.
+(`bridge.mapping.predexon_schema`), the subscription filters (`mapping.predexon_filters`),
+the mapper (`mapping.predexon`) and the connection all read it. The simulator keeps its own
+table (`bridge.sim.predexon.protocol`), compared with this one by a test. Field kinds are
+the names of `mapping.predexon_fields.KINDS`.
 """
 
 from __future__ import annotations

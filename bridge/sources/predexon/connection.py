@@ -3,19 +3,19 @@
 A connection:
 
 - connects, waits for `connected`, then subscribes every subscription placed on it, one
-  request at a time (`predexon_requests.Exchange`);
+  request at a time (`requests.Exchange`);
 - when the connection ends (429/503/network errors/1001/1006/4002...), tries again after
   the delay its `ReconnectPolicy` gives: within 100 ms after losing a healthy (acked)
   connection, since Predexon cannot replay what a delay misses; exponential backoff only
-  while attempts fail (see `predexon_reconnect`);
+  while attempts fail (see `reconnect`);
 - reads every frame at once into the owning subscription's bounded buffer (`Handle`,
-  found by `predexon_routing`), never waiting for the pipeline: Predexon silently drops
+  found by `routing`), never waiting for the pipeline: Predexon silently drops
   events for slow readers, so the socket is always drained. A full buffer marks that
   subscription overflowed: it is unsubscribed (the other subscriptions on the connection
   are untouched) and re-subscribed once its reader has drained the buffer; the window is
   reported as lost;
 - sends its own pings and reports windows the server may have dropped from
-  (`predexon_liveness`).
+  (`liveness`).
 
 Auth failures (401, close 4001, AUTH_FAILED/AUTH_REQUIRED/INVALID_API_KEY) fail every
 subscription of the connection; plan errors (403, PLAN_REQUIRED, WILDCARD_NOT_ALLOWED,
@@ -37,13 +37,12 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 
 from bridge.errors import AuthError, BridgeError
-from bridge.mapping.predexon_channels import CHANNELS, CONTROL_TYPES
 from bridge.mapping.predexon_json import loads
 from bridge.sources.backoff import Backoff
-from bridge.sources.predexon_liveness import SERVER_DROP_BYTES, Liveness, PongTimeout
-from bridge.sources.predexon_reconnect import ReconnectPolicy
-from bridge.sources.predexon_redaction import RedactingLogger, redact
-from bridge.sources.predexon_requests import (
+from bridge.sources.predexon.liveness import SERVER_DROP_BYTES, Liveness, PongTimeout
+from bridge.sources.predexon.reconnect import ReconnectPolicy
+from bridge.sources.predexon.redaction import RedactingLogger, redact
+from bridge.sources.predexon.requests import (
     AUTH_CODES,
     RETRY_CODES,
     Exchange,
@@ -57,8 +56,8 @@ from bridge.sources.predexon_requests import (
     request_refused,
     subscribe_body,
 )
-from bridge.sources.predexon_routing import Routes
-from bridge.sources.predexon_subscription import (
+from bridge.sources.predexon.routing import Routes
+from bridge.sources.predexon.subscription import (
     Acked,
     Failed,
     Frame,
@@ -67,6 +66,7 @@ from bridge.sources.predexon_subscription import (
     Lost,
     SubscriptionSpec,
 )
+from bridge.streams.channels import CHANNELS, CONTROL_TYPES
 from bridge.timeutil import now_us
 
 log = logging.getLogger(__name__)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from bridge.mapping.predexon_channels import CHANNELS
 from bridge.mapping.predexon_filters import matches
-from bridge.sources.predexon_subscription import Handle
+from bridge.sources.predexon.subscription import Handle
+from bridge.streams.channels import CHANNELS
 
 _SUBSCRIPTION_ID = re.compile(rb'"subscription_id"\s*:\s*"([^"]+)"')
 

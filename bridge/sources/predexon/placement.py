@@ -3,7 +3,7 @@
 `PredexonConnectionManager.register(spec)` checks a subscription against the plan's limits,
 places it on a connection with room (subscriptions per connection, no wildcard/regular mix
 on a channel) and opens connections as needed; what a connection does with its
-subscriptions is `predexon_connection`.
+subscriptions is `connection`.
 """
 
 from __future__ import annotations
@@ -13,14 +13,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from bridge.errors import AuthError, ConfigError
-from bridge.mapping.predexon_channels import CHANNELS
 from bridge.mapping.predexon_json import dumps
 from bridge.sources.backoff import Backoff
-from bridge.sources.predexon_connection import Connection, ConnectionSettings
-from bridge.sources.predexon_reconnect import ReconnectPolicy, failing_backoff
-from bridge.sources.predexon_redaction import api_key_of
-from bridge.sources.predexon_requests import Update
-from bridge.sources.predexon_subscription import BUFFER_FRAMES, Handle, SubscriptionSpec
+from bridge.sources.predexon.connection import Connection, ConnectionSettings
+from bridge.sources.predexon.reconnect import ReconnectPolicy, failing_backoff
+from bridge.sources.predexon.redaction import api_key_of
+from bridge.sources.predexon.requests import Update
+from bridge.sources.predexon.subscription import BUFFER_FRAMES, Handle, SubscriptionSpec
+from bridge.streams.channels import CHANNELS
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,1 @@
+"""The exchange's DropCopy gRPC stream: one source per configured stream."""

@@ -1,0 +1,1 @@
+"""Predexon WebSocket: one connection manager per process, a source per subscription."""
