@@ -63,7 +63,6 @@ def _all_gaps_after(both: Both, at_us: int) -> bool:
 
 
 @pytest.mark.slow(60)
-@pytest.mark.timed
 def test_a_sigkilled_instance_restarted_at_once_takes_its_streams_back_at_once(
     tmp_path: Path, kafka_bootstrap: str, unique_name
 ) -> None:
