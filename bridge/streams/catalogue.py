@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from bridge.config import DropCopyStreamSettings, PredexonSubscriptionSettings, Settings
 from bridge.errors import ConfigError
@@ -36,30 +36,48 @@ class Stream:
 
 
 def dropcopy_stream(settings: Settings, stream: DropCopyStreamSettings) -> Stream:
+    filters = {"symbols": list(stream.symbols), "firms": list(stream.firms)}
     kind = KINDS[stream.kind]
-    stream_id = f"dropcopy.{stream.stream_name}"
-    return Stream(
-        id=stream_id,
-        upstream="dropcopy",
-        kind=stream.kind,
-        topic=settings.kafka.topic(stream.topic or kind.topic),
-        schema=kind.schema,
-        transactional_id=f"{settings.app_id}.{stream_id}",
-        filters={"symbols": list(stream.symbols), "firms": list(stream.firms)},
+    return _resolved(
+        settings, "dropcopy", stream.stream_name, stream.kind, stream.topic, kind, filters
     )
 
 
 def predexon_stream(settings: Settings, sub: PredexonSubscriptionSettings) -> Stream:
     channel = CHANNELS[sub.channel]
-    stream_id = f"predexon.{sub.name}"
+    return _resolved(
+        settings, "predexon", sub.name, sub.channel, sub.topic, channel, dict(sub.filters)
+    )
+
+
+class _Described(Protocol):
+    """A DropCopy kind or a Predexon channel: its default topic and its value schema."""
+
+    @property
+    def topic(self) -> str: ...
+
+    @property
+    def schema(self) -> str: ...
+
+
+def _resolved(
+    settings: Settings,
+    upstream: Upstream,
+    name: str,
+    kind: str,
+    topic: str,
+    described: _Described,
+    filters: Mapping[str, Any],
+) -> Stream:
+    stream_id = f"{upstream}.{name}"
     return Stream(
         id=stream_id,
-        upstream="predexon",
-        kind=sub.channel,
-        topic=settings.kafka.topic(sub.topic or channel.topic),
-        schema=channel.schema,
+        upstream=upstream,
+        kind=kind,
+        topic=settings.kafka.topic(topic or described.topic),
+        schema=described.schema,
         transactional_id=f"{settings.app_id}.{stream_id}",
-        filters=dict(sub.filters),
+        filters=filters,
     )
 
 
