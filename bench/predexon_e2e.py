@@ -41,8 +41,8 @@ from bench.dropcopy_e2e import stop_process
 from bench.predexon_common import broker, predexon_bridge_config
 from bridge.kafka.readback import next_messages
 from bridge.mapping.predexon import PredexonMapper
-from bridge.mapping.predexon_json import dumps, loads
 from bridge.serde.avro import SingleObjectFormat
+from bridge.serde.exact_json import dumps, loads
 from bridge.sim.predexon import SimConfig, SimulatorThread
 from bridge.streams.channels import CHANNELS
 

@@ -44,8 +44,8 @@ from bench.common import machine_facts, percentile
 from bench.dropcopy_e2e import stop_process
 from bench.predexon_common import broker, predexon_bridge_config
 from bridge.mapping.predexon import PredexonMapper
-from bridge.mapping.predexon_json import dumps, loads
 from bridge.serde.avro import Serializer, SingleObjectFormat
+from bridge.serde.exact_json import dumps, loads
 from bridge.sim.predexon import SimConfig, SimulatorThread
 from bridge.streams.channels import CHANNELS
 

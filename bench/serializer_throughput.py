@@ -26,9 +26,9 @@ from bench.common import machine_facts, markdown_table
 from bridge.config import SchemaRegistrySettings
 from bridge.mapping.dropcopy import DropCopyMapper
 from bridge.mapping.predexon import PredexonMapper
-from bridge.mapping.predexon_json import loads
 from bridge.serde.avro import Serializer, SingleObjectFormat, WireFormat, load_schema
 from bridge.serde.decode import Decoder
+from bridge.serde.exact_json import loads
 from bridge.serde.registry import RegistryFormat
 from bridge.sim.market import MarketGenerator
 from bridge.sim.predexon.events import EventFactory

@@ -25,9 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from bridge.mapping.predexon import PredexonMapper
-from bridge.mapping.predexon_json import dumps, loads
 from bridge.records import EVENT_ID_HEADER, STREAM_HEADER
 from bridge.serde.avro import Serializer, SingleObjectFormat
+from bridge.serde.exact_json import dumps, loads
 from bridge.sim.predexon import SimSubscription, SimulatorThread
 from bridge.streams.channels import CHANNELS
 from bridge.verify import Comparison, Row, compare

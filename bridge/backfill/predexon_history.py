@@ -50,8 +50,8 @@ from bridge.backfill.history import Page, Unfillable, Window
 from bridge.backfill.rest_paging import paginate, row_dead_letter
 from bridge.errors import MappingError
 from bridge.mapping.predexon import PredexonMapper
-from bridge.mapping.predexon_json import dumps
 from bridge.records import DeadLetter, Record
+from bridge.serde.exact_json import dumps
 from bridge.sources.rest.predexon import MAX_LIMIT, PredexonRestClient
 from bridge.timeutil import now_us
 

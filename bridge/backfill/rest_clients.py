@@ -14,8 +14,8 @@ from bridge.backfill.streams import BackfillStream
 from bridge.config import Settings
 from bridge.mapping.dropcopy import DropCopyMapper
 from bridge.mapping.predexon import PredexonMapper
-from bridge.mapping.predexon_json import dumps
 from bridge.records import Gap
+from bridge.serde.exact_json import dumps
 from bridge.sources.auth import TokenProvider
 from bridge.sources.rest.exchange import ExchangeRestClient, exchange_rest_client
 from bridge.sources.rest.predexon import PredexonRestClient, predexon_rest_client

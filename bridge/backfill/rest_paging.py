@@ -17,8 +17,8 @@ from typing import Any
 from google.protobuf import timestamp_pb2
 
 from bridge.backfill.history import Page
-from bridge.mapping.predexon_json import dumps
 from bridge.records import DeadLetter, Record
+from bridge.serde.exact_json import dumps
 from bridge.sources.rest.page import RestPage
 
 Fetch = Callable[[Mapping[str, Any], str | None], Awaitable[RestPage]]

@@ -13,9 +13,9 @@ from bridge.backfill.reconcile import Reconcile
 from bridge.backfill.streams import BackfillStream, RestHistories, history_for
 from bridge.backfill.task import BackfillStats, BackfillTask
 from bridge.eos.contract import Positions, SideTopics
-from bridge.mapping.predexon_json import dumps
 from bridge.serde.avro import WireFormat
 from bridge.serde.decode import Decoder
+from bridge.serde.exact_json import dumps
 from bridge.serde.registry import RegistryFormat
 
 log = logging.getLogger(__name__)

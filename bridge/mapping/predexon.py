@@ -3,11 +3,14 @@
 `PredexonMapper` turns the frames of one subscription into records (or dead letters). What
 it builds on, one job each:
 
-- `predexon_json`: JSON parsed and written with every number kept as its exact text;
+- `bridge.serde.exact_json`: JSON parsed and written with every number kept as its exact
+  text;
 - `predexon_fields`: each field kind's converter (decimals kept as text, never floats);
 - `bridge.streams.channels`: the channel table (topic, schema, fields, key per channel);
-- `predexon_schema`: the Avro schemas generated from that table;
-- `predexon_filters`: which events a subscription's filters select.
+- `predexon_schema`: the Avro schemas generated from that table.
+
+Which events a subscription's filters select is the source's business
+(`bridge.sources.predexon.filters`).
 
 Fields this version does not know are kept in `extra` (a JSON object text), so an upstream
 addition is never lost before the schema learns it.
@@ -39,9 +42,9 @@ from typing import Any
 from bridge.errors import MappingError
 from bridge.event_times import micros_by_magnitude, plausible_or_none
 from bridge.mapping.predexon_fields import KINDS
-from bridge.mapping.predexon_json import dumps, json_excerpt, json_type_name, loads
 from bridge.records import DeadLetter, Record
 from bridge.serde.avro import Serializer
+from bridge.serde.exact_json import dumps, json_excerpt, json_type_name, loads
 from bridge.streams.channels import CHANNELS, CONTROL_TYPES
 
 _NESTED_KINDS = ("tokens", "levels")

@@ -7,7 +7,7 @@ raise `MappingError` (the event becomes a dead letter) rather than coerce.
 Lossless on purpose:
 
 - Decimal fields (prices, sizes, fees, amounts) are written as their exact text in a
-  `string` field, taken from the `RawNumber` the parser kept (`predexon_json.loads`).
+  `string` field, taken from the `RawNumber` the parser kept (`bridge.serde.exact_json.loads`).
   Avro's `decimal` logical type needs a fixed scale per field, which Predexon does not
   promise (prices have 2-4 decimals, normalized sizes 6, Chainlink prices 8+), and the text
   as sent is what a REST backfill will show, so consumers can compare byte for byte.
@@ -24,7 +24,7 @@ from collections.abc import Callable
 from typing import Any
 
 from bridge.errors import MappingError
-from bridge.mapping.predexon_json import RawNumber, dumps, json_excerpt, json_type_name
+from bridge.serde.exact_json import RawNumber, dumps, json_excerpt, json_type_name
 
 
 def _str(v: Any) -> str:

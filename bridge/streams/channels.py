@@ -1,7 +1,7 @@
 """The Predexon channel table: per channel, its subscription, topic, schema, fields, key.
 
 `CHANNELS` is the one place a channel is described; the schema generator
-(`bridge.mapping.predexon_schema`), the subscription filters (`mapping.predexon_filters`),
+(`bridge.mapping.predexon_schema`), the subscription filters (`sources.predexon.filters`),
 the mapper (`mapping.predexon`) and the connection all read it. The simulator keeps its own
 table (`bridge.sim.predexon.protocol`), compared with this one by a test. Field kinds are
 the names of `mapping.predexon_fields.KINDS`.

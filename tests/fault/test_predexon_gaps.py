@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from bridge.mapping.predexon_json import dumps, loads
+from bridge.serde.exact_json import dumps, loads
 from bridge.sim.predexon import SimConfig, SimulatorThread
 from bridge.timeutil import now_us
 from tests.bridge_harness import ALONE

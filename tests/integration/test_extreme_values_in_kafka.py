@@ -27,8 +27,8 @@ from google.protobuf.descriptor import FieldDescriptor
 from bridge.eos.state_records import StateRecords
 from bridge.kafka.state import STATE_SCHEMA
 from bridge.mapping.dropcopy import DropCopyMapper
-from bridge.mapping.predexon_json import dumps, loads
 from bridge.serde.avro import Serializer, SingleObjectFormat
+from bridge.serde.exact_json import dumps, loads
 from bridge.sim import dropcopy as dsim
 from bridge.sim.market import DEFAULT_FIRMS
 from bridge.sim.predexon import SimConfig, SimulatorThread

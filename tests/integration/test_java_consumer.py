@@ -37,8 +37,8 @@ from typing import Any
 import pytest
 from confluent_kafka import Producer
 
-from bridge.mapping.predexon_json import dumps
 from bridge.serde.avro import Serializer, SingleObjectFormat
+from bridge.serde.exact_json import dumps
 from bridge.sim import dropcopy as dsim
 from bridge.sim import predexon as psim
 from bridge.streams.channels import CHANNELS

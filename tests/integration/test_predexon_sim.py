@@ -12,7 +12,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.frames import Opcode
 
-from bridge.mapping.predexon_json import loads
+from bridge.serde.exact_json import loads
 from bridge.sim.predexon import PredexonSimulator, SimConfig, SimulatorThread
 from bridge.streams.channels import CHANNELS
 from tests.bridge_harness import run_within, until

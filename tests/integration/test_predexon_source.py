@@ -143,7 +143,7 @@ def test_every_missed_event_falls_in_a_gap_and_positions_advance() -> None:
 
 
 def _raw(data: dict[str, Any]) -> Any:
-    from bridge.mapping.predexon_json import dumps, loads
+    from bridge.serde.exact_json import dumps, loads
 
     return loads(dumps(data))
 

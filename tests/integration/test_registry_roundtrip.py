@@ -24,10 +24,10 @@ from bridge.config import SchemaRegistrySettings
 from bridge.kafka.state import state_datum
 from bridge.mapping.dropcopy import DropCopyMapper
 from bridge.mapping.predexon import PredexonMapper
-from bridge.mapping.predexon_json import loads
 from bridge.records import Position
 from bridge.serde.avro import Serializer, SingleObjectFormat, WireFormat
 from bridge.serde.decode import Decoded, Decoder
+from bridge.serde.exact_json import loads
 from bridge.serde.registry import RegistryFormat, registry_client
 from bridge.sim.market import MarketGenerator
 from bridge.sim.predexon.events import EventFactory

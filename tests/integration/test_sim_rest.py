@@ -10,7 +10,7 @@ from typing import Any
 import httpx2
 from google.protobuf import json_format
 
-from bridge.mapping.predexon_json import loads
+from bridge.serde.exact_json import loads
 from bridge.sim import predexon as px
 from bridge.sim.dropcopy import DropCopySimulator, SimConfig
 from bridge.sim.dropcopy.rest import RATE_LIMITED, RestConfig

@@ -21,9 +21,9 @@ from hypothesis import strategies as st
 
 from bridge.eos.state_records import StateRecords
 from bridge.kafka.state import STATE_SCHEMA, encode_state
-from bridge.mapping.predexon_json import dumps
 from bridge.records import DeadLetter, Position, Record
 from bridge.serde.avro import Serializer, SingleObjectFormat
+from bridge.serde.exact_json import dumps
 from bridge.streams.channels import CHANNELS
 from bridge.streams.kinds import KINDS
 from bridge.timeutil import now_us

@@ -21,10 +21,10 @@ from hypothesis import strategies as st
 
 from bridge.mapping.dropcopy import DropCopyMapper
 from bridge.mapping.predexon import PredexonMapper
-from bridge.mapping.predexon_json import dumps, loads
 from bridge.records import DeadLetter, Record
 from bridge.serde.avro import Serializer, SingleObjectFormat
 from bridge.serde.avro_binary import bytes_map_bytes, string_bytes
+from bridge.serde.exact_json import dumps, loads
 from bridge.sim.predexon.events import EventFactory
 from bridge.streams.channels import CHANNELS, CONTROL_TYPES
 from bridge.streams.kinds import KINDS, StreamKind

@@ -11,8 +11,8 @@ import asyncio
 import itertools
 from dataclasses import dataclass
 
-from bridge.mapping.predexon_json import loads
 from bridge.records import Batch, Gap
+from bridge.serde.exact_json import loads
 from bridge.sources.predexon.source import PredexonSource
 from bridge.sources.predexon.subscription import (
     Acked,

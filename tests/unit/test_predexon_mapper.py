@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 
 from bridge.mapping.predexon import PredexonMapper
-from bridge.mapping.predexon_json import RawNumber, dumps, loads
 from bridge.serde.avro import Serializer, SingleObjectFormat, load_schema, schema_text
+from bridge.serde.exact_json import RawNumber, dumps, loads
 from bridge.sim.predexon.events import EventFactory
 from bridge.streams.channels import CHANNELS
 

@@ -12,7 +12,7 @@ from decimal import Decimal
 
 import pytest
 
-from bridge.mapping.predexon_json import RawNumber, loads
+from bridge.serde.exact_json import RawNumber, loads
 from bridge.sim.predexon import SimConfig
 from bridge.sim.predexon.protocol import CHANNELS, WILDCARD, channel_named, selects, to_json
 from bridge.streams.channels import CHANNELS as BRIDGE_CHANNELS

@@ -37,7 +37,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 
 from bridge.errors import AuthError, BridgeError
-from bridge.mapping.predexon_json import loads
+from bridge.serde.exact_json import loads
 from bridge.sources.backoff import Backoff
 from bridge.sources.predexon.liveness import SERVER_DROP_BYTES, Liveness, PongTimeout
 from bridge.sources.predexon.reconnect import ReconnectPolicy

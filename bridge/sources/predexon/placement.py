@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bridge.errors import AuthError, ConfigError
-from bridge.mapping.predexon_json import dumps
+from bridge.serde.exact_json import dumps
 from bridge.sources.backoff import Backoff
 from bridge.sources.predexon.connection import Connection, ConnectionSettings
 from bridge.sources.predexon.reconnect import ReconnectPolicy, failing_backoff

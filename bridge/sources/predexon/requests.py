@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 from websockets.asyncio.client import ClientConnection
 
 from bridge.errors import AuthError, BridgeError, UpstreamError
-from bridge.mapping.predexon_json import dumps
+from bridge.serde.exact_json import dumps
 from bridge.sources.predexon.subscription import Handle, SubscriptionSpec
 from bridge.streams.channels import CHANNELS
 

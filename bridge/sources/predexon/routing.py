@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from bridge.mapping.predexon_filters import matches
+from bridge.sources.predexon.filters import matches
 from bridge.sources.predexon.subscription import Handle
 from bridge.streams.channels import CHANNELS
 

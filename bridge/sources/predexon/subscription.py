@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from bridge.errors import BridgeError
-from bridge.mapping.predexon_filters import WILDCARD
-from bridge.mapping.predexon_json import dumps
+from bridge.serde.exact_json import dumps
+from bridge.sources.predexon.filters import WILDCARD
 
 BUFFER_FRAMES = 10_000
 """Frames buffered per subscription between the socket and the pipeline. At Predexon's

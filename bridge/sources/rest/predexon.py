@@ -16,7 +16,7 @@ Wire facts (Predexon's documentation and SDK, 2026):
   `{"error", "message"}` (docs) or `{"detail": {"error", "message"}}` (SDK); 422 is a
   validation error.
 
-Numbers are parsed exactly (`bridge.mapping.predexon_json.loads`: decimals kept as their text),
+Numbers are parsed exactly (`bridge.serde.exact_json.loads`: decimals kept as their text),
 so a REST price is written to Avro byte for byte as sent, like the WebSocket's.
 """
 
@@ -25,7 +25,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-from bridge.mapping.predexon_json import loads
+from bridge.serde.exact_json import loads
 from bridge.sources.rest.http import DEFAULT_POLICY, Pacer, RestClient, RetryPolicy
 from bridge.sources.rest.page import RestPage, answer_object, page_rows, with_page_token
 

@@ -1,6 +1,6 @@
 """Predexon subscription filters: which events a subscription's filters select.
 
-The source routes each event to the subscriptions it matches (`sources/predexon/routing.py`).
+The source routes each event to the subscriptions it matches (`routing.py`).
 The simulator decides what to send with its own reading of the rule
 (`bridge.sim.predexon.protocol`), so the two are checked against each other, not copied.
 """
