@@ -22,6 +22,8 @@ Every librdkafka error is translated here into `bridge.errors`:
                                            -> `CommitPending`: the commit's outcome is not
                                               known yet (the broker may have it): commit again
 - `txn_requires_abort()` or `retriable()`  -> `KafkaError(retriable=True)`: abort, resume
+- Kafka unreachable (_TRANSPORT, _ALL_BROKERS_DOWN, _RESOLVE; not a refused
+  login or certificate)                    -> `KafkaError(retriable=True)`: wait for it
 - anything else                            -> `KafkaError(retriable=False)`
 """
 
@@ -41,7 +43,7 @@ from confluent_kafka import KafkaException as LibKafkaException
 from confluent_kafka import Message, Producer
 
 from bridge.errors import FencedError, KafkaError
-from bridge.kafka.acls import denied, is_denied
+from bridge.kafka.acls import denied, is_denied, refused
 from bridge.kafka.admin import missing_operations
 from bridge.kafka.client_log import client_log_config, report
 from bridge.kafka.outage import KAFKA
@@ -123,6 +125,16 @@ aborted records, and should skip this key."""
 _PURGED = frozenset({LibKafkaError._PURGE_QUEUE, LibKafkaError._PURGE_INFLIGHT})
 """Delivery errors of records purged unsent: by `close()`, or by librdkafka from a
 transaction that failed (which then hides the cause, see `_missing_write`)."""
+
+_UNREACHABLE = frozenset(
+    {
+        LibKafkaError._TRANSPORT,
+        LibKafkaError._ALL_BROKERS_DOWN,
+        LibKafkaError._RESOLVE,
+    }
+)
+"""Local errors that say Kafka cannot be reached (a metadata request to a broker that is
+down answers `_TRANSPORT`): an outage, retried, never the end of a stream."""
 
 
 _WORKERS = concurrent.futures.ThreadPoolExecutor(max_workers=64, thread_name_prefix="kafka-txn")
@@ -276,6 +288,10 @@ class TransactionalProducer:
             self._move(TxnState.BROKEN)
             return KafkaError(text, retriable=True)
         if err.txn_requires_abort() or err.retriable():
+            return KafkaError(text, retriable=True)
+        if err.code() in _UNREACHABLE and not refused(err):
+            # Kafka away (librdkafka does not mark these retriable): the stream waits for
+            # it like any outage. A refused login or certificate is not an outage.
             return KafkaError(text, retriable=True)
         return KafkaError(text, retriable=False)
 

@@ -204,3 +204,28 @@ def test_a_retriable_commit_error_is_committed_again_not_aborted(
         assert data == 30, calls  # the aborted ten again, from the start
         assert source.starts[:2] == [0, 0]
     assert calls.count("refused") == 1
+
+
+def test_kafka_unreachable_while_settling_is_an_outage_not_the_end_of_the_stream() -> None:
+    """A stream that settles just as its only broker dies gets `_TRANSPORT` from the
+    metadata request: it is retried like any outage (a make test run saw two streams stop
+    on it, and the bridge exit 1, while Kafka came back a moment later)."""
+    producer = _producer()  # nothing listens on 127.0.0.1:1
+    try:
+        with pytest.raises(KafkaError) as raised:
+            run_within(lambda: producer._partitions("topic", 2.0), 30)
+    finally:
+        producer.close()
+    assert "_TRANSPORT" in str(raised.value)
+    assert raised.value.retriable
+
+
+def test_a_refused_certificate_is_not_taken_for_an_outage() -> None:
+    producer = _producer()
+    try:
+        err = LibKafkaError(
+            LibKafkaError._TRANSPORT, "SSL handshake failed: certificate verify failed"
+        )
+        assert not producer._error(err, "metadata of topic").retriable
+    finally:
+        producer.close()
