@@ -273,6 +273,7 @@ class Membership:
                     if is_denied(self._fatal):
                         raise ConfigError(self._denied(self._fatal))
                     if self._replaced():
+                        log.info("stream group %s: fenced: %s", self.group_id, self._fatal.str())
                         raise self._fenced()
                     raise KafkaError(f"stream group {self.group_id}: {self._fatal.str()}")
         except ConfigError as exc:
@@ -284,14 +285,17 @@ class Membership:
             self._leave(consumer)
 
     def _fenced_by_own_rejoin(self) -> bool:
-        """True for FENCED_INSTANCE_ID soon after this member lost its session (see
-        `REJOIN_WINDOW_S`)."""
+        """True for a fatal error of the member soon after it lost its session (see
+        `REJOIN_WINDOW_S`), a missing ACL aside. A consumer's fatal errors are its static
+        membership's fencing, which librdkafka reports as FENCED_INSTANCE_ID or _FATAL
+        ("Fatal error: ... fenced by other consumer ..."); any of them this soon after a
+        loss is taken for the member's own rejoin, once: a broker test run saw one
+        right after the rejoin's assignment that the group listing then took for another
+        instance's, and the bridge stopped."""
         fatal, lost_at = self._fatal, self._lost_at
-        # A consumer's fatal errors are its static membership's fencing; librdkafka
-        # reports it as _FATAL ("Fatal error: ... fenced by other consumer ...").
         return (
             fatal is not None
-            and fatal.code() in (LibKafkaError.FENCED_INSTANCE_ID, LibKafkaError._FATAL)
+            and not is_denied(fatal)
             and lost_at is not None
             and time.monotonic() - lost_at < REJOIN_WINDOW_S
         )
@@ -300,8 +304,9 @@ class Membership:
         """Drop the consumer librdkafka fenced and join again under the same name."""
         log.warning(
             "stream group %s: this instance's session expired while Kafka was away, and its "
-            "own rejoin fenced the old member; joining again as cluster.instance_id %s",
+            "own rejoin fenced the old member (%s); joining again as cluster.instance_id %s",
             self.group_id,
+            self._fatal.str() if self._fatal is not None else "-",
             self.group_instance_id,
         )
         with contextlib.suppress(KafkaException, RuntimeError):
