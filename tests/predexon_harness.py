@@ -404,25 +404,21 @@ class PredexonSetup:
             missed += 1
             if not any(g.covers(at) for g in gaps):
                 outside.append((at, event))
-        needed = GAP_SLACK_US
+        needed = GAP_SLACK_US  # the slack the check rests on: bounded by the caller
         if outside:
             # Rare, so only now: the simulator's queue wait (it maps every sent event).
             slack = max(GAP_SLACK_US, self.queue_wait_us(sim, sub, truth))
-            covered = [
-                min(g.from_us - at for g in gaps if g.from_us is not None and g.covers(at, slack))
-                for at, _ in outside
-                if any(g.covers(at, slack) for g in gaps)
-            ]
-            needed = max([GAP_SLACK_US, *covered])  # what the check rests on: bounded
-            outside = [(at, e) for at, e in outside if not any(g.covers(at, slack) for g in gaps)]
+            uncovered = []
+            for at, event in outside:
+                leads = [
+                    g.from_us - at for g in gaps if g.from_us is not None and g.covers(at, slack)
+                ]
+                if leads:
+                    needed = max(needed, min(leads))
+                else:
+                    uncovered.append((at, event))
+            outside = uncovered
         return Coverage(sub.stream_id, start_us, end_us, checked, missed, outside, gaps, needed)
-
-    def uncovered_misses(
-        self, sim: SimulatorThread, sub: Sub, end_us: int, gaps: Sequence[Gap] | None = None
-    ) -> tuple[list[dict[str, Any]], int, int]:
-        """`coverage()` as (uncovered events, checked, missed)."""
-        c = self.coverage(sim, sub, end_us, gaps)
-        return [e for _, e in c.uncovered], c.checked, c.missed
 
     def _truth(self, sim: SimulatorThread, sub: Sub) -> dict[str, tuple[int, dict[str, Any]]]:
         """event id -> (generated at, in us; the ground-truth entry), in generation order."""
@@ -482,11 +478,12 @@ class PredexonSetup:
                 fates.setdefault(_event_id(mapper, sent.data), []).append(
                     f"{sim_sub.id} {sent.status} {ms(int(sent.at * 1e6))}"
                 )
-        uncovered, checked, missed = self.uncovered_misses(sim, sub, end_us)
+        found = self.coverage(sim, sub, end_us)
+        uncovered, checked, missed = found.uncovered, found.checked, found.missed
         lines = [
-            f"generated {ms(int(e['generated_at'] * 1e6))}: "
+            f"generated {ms(at)}: "
             + (", ".join(fates.get(_event_id(mapper, e["data"]), [])) or "sent to no subscription")
-            for e in uncovered[:5]
+            for at, e in uncovered[:5]
         ]
         gaps = [f"{g.reason} {ms(g.from_us)}..{ms(g.to_us)}" for g in self.gaps(sub)]
         return (

@@ -226,21 +226,23 @@ class TcpProxy:
                     # its writes stall, exactly as on a link that stopped delivering.
                     time.sleep(POLL_S)
                     continue
+                # Wait for whichever comes first: bytes to read (while the queue has room)
+                # or the queue's head being due.
+                due = max(queue[0][0], link_free) if queue else None
+                wait = POLL_S if due is None else min(max(due - time.monotonic(), 0.0), POLL_S)
                 room = (self._buffer_bytes or CHUNK) - queued
                 if room > 0:
-                    readable, _, _ = select.select([src], [], [], 0 if queue else POLL_S)
+                    readable, _, _ = select.select([src], [], [], wait)
                     if readable:
                         data = src.recv(min(CHUNK, room))
                         if not data:
                             break  # EOF from one side: close both, like a proxy would
                         queue.append((time.monotonic() + self._latency_s, data))
                         queued += len(data)
+                elif wait > 0:
+                    time.sleep(wait)
                 now = time.monotonic()
-                if not queue:
-                    continue
-                due = max(queue[0][0], link_free)
-                if due > now:
-                    time.sleep(min(due - now, POLL_S) if room <= 0 else min(due - now, 0.005))
+                if due is None or due > now:
                     continue
                 _, data = queue.popleft()
                 queued -= len(data)
