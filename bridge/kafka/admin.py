@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,6 +30,8 @@ log = logging.getLogger(__name__)
 
 ADMIN_TIMEOUT_S = 10.0
 """Bound for each admin request; also how long an unreachable cluster takes to report."""
+
+_RETRY_S = 0.1
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,12 +150,10 @@ STATE_TOPIC_CONFIG = {"cleanup.policy": "compact", "segment.ms": str(STATE_SEGME
 
 
 def check_state_topic(config: Mapping[str, Any], name: str) -> None:
-    """Refuse a state topic that exists but is not compacted, or has several partitions;
-    warn about one whose segments roll so rarely that compaction falls far behind."""
-    admin = _admin(config)
-    meta = cluster_metadata(admin, config, ADMIN_TIMEOUT_S).topics.get(name)
-    if meta is None or meta.error is not None:
-        return  # missing: ensure_topics creates it compacted
+    """Refuse a state topic that is not compacted, or has several partitions; warn about one
+    whose segments roll so rarely that compaction falls far behind. The topic must exist
+    (`ensure_topics` has just created it if it did not)."""
+    meta = _created_topic(config, name)
     configs = topic_config(config, name)
     policy = configs.get("cleanup.policy", "delete")
     if "compact" not in {p.strip() for p in policy.split(",")}:
@@ -182,6 +183,25 @@ def check_state_topic(config: Mapping[str, Any], name: str) -> None:
             STATE_SEGMENT_MS,
         )
     check_access(config, name, ("READ", "WRITE"))
+
+
+def _created_topic(config: Mapping[str, Any], name: str) -> Any:
+    """Topic `name`'s metadata, asked again every 0.1 s within ADMIN_TIMEOUT_S while the
+    broker has not heard of it: metadata trails a creation, and a check that took "not there
+    yet" for "nothing to check" let a bridge without DESCRIBE_CONFIGS start (seen in CI)."""
+    admin = _admin(config)
+    deadline = time.monotonic() + ADMIN_TIMEOUT_S
+    while True:
+        meta = cluster_metadata(admin, config, ADMIN_TIMEOUT_S).topics.get(name)
+        if meta is not None and meta.error is None:
+            return meta
+        if time.monotonic() + _RETRY_S > deadline:
+            raise KafkaError(
+                f"topic {name} is not in the cluster's metadata {ADMIN_TIMEOUT_S:.0f} s after "
+                f"its creation ({meta.error if meta is not None else 'unknown topic'})",
+                retriable=True,
+            )
+        time.sleep(_RETRY_S)
 
 
 def check_access(config: Mapping[str, Any], name: str, operations: Iterable[str]) -> None:

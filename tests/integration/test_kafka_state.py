@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 import tracemalloc
 from collections.abc import Callable
@@ -150,10 +151,28 @@ def test_a_state_topic_that_is_not_compacted_is_refused(
         check_state_topic({"bootstrap.servers": kafka_bootstrap}, topic)
 
 
-def test_a_missing_state_topic_passes_the_check(
-    kafka_bootstrap: str, unique_name: Callable[[str], str]
+def test_a_state_topic_the_metadata_shows_late_is_still_checked(
+    kafka_bootstrap: str, unique_name: Callable[[str], str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    check_state_topic({"bootstrap.servers": kafka_bootstrap}, unique_name("absent"))
+    """Metadata trails a topic's creation: a check that took "not there yet" for "nothing to
+    check" let a bridge without DESCRIBE_CONFIGS start in CI. A topic that appears a second
+    after the check began stands in for the trailing metadata; one that never appears is an
+    error naming it."""
+    config = {"bootstrap.servers": kafka_bootstrap}
+    late = unique_name("late")
+    timer = threading.Timer(
+        1.0, lambda: ensure_topics(config, [TopicSpec(late, 1, 1, {"cleanup.policy": "delete"})])
+    )
+    timer.start()
+    try:
+        with pytest.raises(ConfigError, match=rf"state topic {late} has cleanup.policy=delete"):
+            check_state_topic(config, late)
+    finally:
+        timer.join()
+    monkeypatch.setattr(admin, "ADMIN_TIMEOUT_S", 1.0)
+    absent = unique_name("absent")
+    with pytest.raises(KafkaError, match=rf"topic {absent} is not in the cluster's metadata"):
+        check_state_topic(config, absent)
 
 
 def test_unreachable_broker_gives_clear_bounded_errors(monkeypatch: pytest.MonkeyPatch) -> None:
