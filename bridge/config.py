@@ -67,9 +67,10 @@ class KafkaSettings(_Section):
 
 class PipelineSettings(_Section):
     max_batch_records: int = Field(10_000, ge=1)
-    """Commit once a transaction holds this many records (bigger = fewer commits, more latency)."""
+    """Commit once a transaction holds this many records, if nothing more queued did first."""
     max_latency_ms: int = Field(50, ge=1)
-    """Commit once the oldest record of the open transaction has waited this long."""
+    """Commit once the oldest record of the open transaction has waited this long (a backlog
+    that takes longer to produce; otherwise a transaction commits when nothing is queued)."""
     heartbeat_commit_interval_s: float = Field(5.0, gt=0)
     """With only heartbeats (no records), commit the newer position at most this often."""
     dedupe_window: int = Field(100_000, ge=0)

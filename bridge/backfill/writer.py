@@ -107,7 +107,7 @@ class BackfillWriter:
         txns = self._txns
         try:
             for record in txn.records:
-                txns.produce(
+                await txns.put(
                     record.topic,
                     record.key,
                     record.value,
@@ -115,13 +115,13 @@ class BackfillWriter:
                 )
             side, key = self._side, self.stream_id.encode()
             for letter in txn.letters:
-                txns.produce(side.dead_letters, key, self._records.dead_letter(letter))
+                await txns.put(side.dead_letters, key, self._records.dead_letter(letter))
             follow_up = txn.follow_up
             if follow_up is not None and txn.gap.follow_up:
                 value = self._records.gap(
                     txn.gap, follow_up.status, follow_up.detail, follow_up.records
                 )
-                txns.produce(side.gaps, key, value, self._headers)
+                await txns.put(side.gaps, key, value, self._headers)
             state = encode_cursor(
                 self.stream_id,
                 self.upstream,
@@ -130,7 +130,7 @@ class BackfillWriter:
                 now_us(),
                 side.state_serializer,
             )
-            txns.produce(side.state, self._key, state, self._headers)
+            await txns.put(side.state, self._key, state, self._headers)
             await txns.commit()
         except KafkaError as exc:
             await txns.recover(exc)

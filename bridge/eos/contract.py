@@ -65,7 +65,13 @@ class Producer(Protocol):
 
     def produce(
         self, topic: str, key: bytes | None, value: bytes | None, headers: Headers | None = None
-    ) -> None: ...
+    ) -> None:
+        """Queue a record; `QueueFull` (nothing queued) when the producer's queue is full."""
+        ...
+
+    async def wait_for_room(self) -> None:
+        """After `QueueFull`: return once the queue has room (without blocking the loop)."""
+        ...
 
     async def commit(self) -> None: ...
 

@@ -8,7 +8,8 @@ The loop, for one stream (Kafka Connect's exactly-once source task, in this shap
    the queue fills, the source stops reading, and upstream flow control pushes back).
 3. Each batch's records (minus upstream repeats), dead letters and gaps are produced into
    the open transaction; the state record carrying the newest batch's position is produced
-   last, and the transaction commits when `CommitPolicy` says so.
+   last, and the transaction commits when `CommitPolicy` says so: as soon as nothing more
+   is queued (group commit), within `max_records` and `max_latency_ms`.
 4. A retriable Kafka error aborts the transaction and goes back to step 1 with a new
    producer: its `init_transactions()` settles the last transaction either way (also when
    its commit had an unknown outcome), its epoch fences the old producer's requests still
@@ -210,8 +211,8 @@ class Pipeline:
                         await self._commit_open()
                     raise item
                 if item is not None:
-                    self._add(item)
-                if self._commit_due():
+                    await self._add(item)
+                if self._commit_due(queue.empty()):
                     await self._commit_open()
             await self._commit_open()
         finally:
@@ -252,11 +253,11 @@ class Pipeline:
     def _last_commit_at(self) -> float:
         return self.stats.last_commit_at or 0.0
 
-    def _add(self, batch: Batch) -> None:
+    async def _add(self, batch: Batch) -> None:
         txn = self._txn
         if txn is None:
             txn = self._txn = _OpenTransaction()
-        produce = self._txns.produce
+        put = self._txns.put
         headers = self._headers
         stats = self.stats
         written = 0
@@ -264,7 +265,7 @@ class Pipeline:
             if self._repeats.is_repeat(record):
                 stats.repeats_dropped += 1
                 continue
-            produce(
+            await put(
                 record.topic,
                 record.key,
                 record.value,
@@ -273,9 +274,9 @@ class Pipeline:
             written += 1
             stats.bytes += len(record.value)
         for letter in batch.dead_letters:
-            self._produce_dead_letter(letter)
+            await self._produce_dead_letter(letter)
         for gap in batch.gaps:
-            self._produce_gap(gap)
+            await self._produce_gap(gap)
         extra = len(batch.dead_letters) + len(batch.gaps)
         if (written or extra) and txn.first_at is None:
             txn.first_at = time.monotonic()
@@ -285,11 +286,13 @@ class Pipeline:
         txn.gap_list.extend(batch.gaps)
         txn.position = batch.position
 
-    def _commit_due(self) -> bool:
+    def _commit_due(self, idle: bool) -> bool:
         txn = self._txn
         if txn is None or txn.position is None:
             return False
-        return self._policy.due(txn.records, txn.first_at, self._last_commit_at(), time.monotonic())
+        return self._policy.due(
+            txn.records, txn.first_at, self._last_commit_at(), time.monotonic(), idle
+        )
 
     async def _commit_open(self) -> None:
         """Commit the open transaction with the state record for its newest position."""
@@ -298,7 +301,7 @@ class Pipeline:
             return
         position = txn.position
         state = self._records.state(position, self._instance_id)
-        self._txns.produce(self._side.state, self._key, state, self._headers)
+        await self._txns.put(self._side.state, self._key, state, self._headers)
         started = time.monotonic()
         await self._txns.commit()
         finished = time.monotonic()
@@ -339,12 +342,12 @@ class Pipeline:
             exc,
         )
 
-    def _produce_dead_letter(self, letter: DeadLetter) -> None:
+    async def _produce_dead_letter(self, letter: DeadLetter) -> None:
         value = self._records.dead_letter(letter)
-        self._txns.produce(self._side.dead_letters, self._key, value, self._headers)
+        await self._txns.put(self._side.dead_letters, self._key, value, self._headers)
 
-    def _produce_gap(self, gap: Gap) -> None:
-        self._txns.produce(self._side.gaps, self._key, self._records.gap(gap), self._headers)
+    async def _produce_gap(self, gap: Gap) -> None:
+        await self._txns.put(self._side.gaps, self._key, self._records.gap(gap), self._headers)
         log.warning(
             "stream=%s gap from=%s to=%s reason=%s",
             self.stream_id,

@@ -27,7 +27,7 @@ from collections.abc import Callable, Sequence
 
 from bridge.eos.contract import Producer
 from bridge.errors import FencedError, KafkaError
-from bridge.kafka.producer import CommitPending, Headers
+from bridge.kafka.producer import CommitPending, Headers, QueueFull
 
 log = logging.getLogger(__name__)
 
@@ -89,14 +89,21 @@ class Transactions:
         await producer.init()
         await producer.settle(self._topics)
 
-    def produce(
+    async def put(
         self, topic: str, key: bytes | None, value: bytes | None, headers: Headers | None = None
     ) -> None:
-        """Queue a record in the open transaction (opening one first)."""
+        """Queue a record in the open transaction (opening one first). While the producer's
+        queue is full it waits for room in a worker thread, never on the event loop."""
         if not self._open:
             self.producer.begin()
             self._open = True
-        self.producer.produce(topic, key, value, headers)
+        producer = self.producer
+        while True:
+            try:
+                producer.produce(topic, key, value, headers)
+                return
+            except QueueFull:
+                await producer.wait_for_room()
 
     async def commit(self) -> None:
         """Commit the open transaction: again while pending, up to the limit; past it the

@@ -97,9 +97,8 @@ CLOSE_ABORT_S = 5.0
 """Bound for aborting an open transaction in close(): a healthy abort takes milliseconds."""
 
 BUFFER_FULL_WAIT_S = 30.0
-"""How long produce() waits for room in a full librdkafka queue before giving up with a
-retriable error. It blocks the calling (event-loop) thread while it polls: that is the
-backpressure, and the bound keeps a dead broker from stalling the process forever."""
+"""How long `wait_for_room()` waits for room in a full librdkafka queue before giving up
+with a retriable error: the bound keeps a dead broker from stalling a stream forever."""
 
 _POLL_EVERY = 1_000
 """produce() calls between two poll(0)s: keeps failure reports flowing without a poll per
@@ -107,6 +106,13 @@ record (with only-error delivery reports there is little to serve)."""
 
 _BUFFER_POLL_S = 0.05
 """One poll() while waiting for room: serves delivery reports that free queue space."""
+
+
+class QueueFull(Exception):
+    """produce() found librdkafka's queue full and queued nothing: `await wait_for_room()`,
+    then produce again. The wait runs in a worker thread, so a stream whose Kafka writes
+    stall never blocks the event loop the other streams share."""
+
 
 _FENCED_CODES = frozenset(
     {
@@ -216,6 +222,8 @@ class TransactionalProducer:
         self._unpolled = 0
         self._in_flight: concurrent.futures.Future[Any] | None = None
         """The blocking call running in a worker thread, if any (see `aclose`)."""
+        self._closing = False
+        """Set by `aclose`: a wait for queue room ends at once."""
 
     def _move(self, to: TxnState) -> None:
         if to is not self.state and to not in TRANSITIONS[self.state]:
@@ -458,37 +466,23 @@ class TransactionalProducer:
         value: bytes | None,
         headers: Headers | None = None,
     ) -> None:
-        """Queue one record in the open transaction (non-blocking unless the queue is full).
-
-        When librdkafka's queue is full, polls for up to `BUFFER_FULL_WAIT_S` for room,
-        then raises a retriable `KafkaError`. A delivery failure surfaces on `commit()`.
-        """
+        """Queue one record in the open transaction; never blocks. Raises `QueueFull`
+        (nothing queued) when librdkafka's queue is full. A delivery failure surfaces on
+        `commit()`."""
         if self._txn_error is not None:
             raise self._error(self._txn_error, "produce")
-        deadline = 0.0
-        while True:
-            try:
-                self._producer.produce(
-                    topic, value, key, headers=headers or None, on_delivery=self._on_delivery
-                )
-                break
-            except BufferError:
-                now = time.monotonic()
-                if deadline == 0.0:
-                    deadline = now + BUFFER_FULL_WAIT_S
-                elif now > deadline:
-                    raise KafkaError(
-                        f"stream {self.stream_id}: producer queue still full after "
-                        f"{BUFFER_FULL_WAIT_S:.0f} s (is Kafka at {self.bootstrap} reachable?)",
-                        retriable=True,
-                    ) from None
-                self._call("produce (poll)", self._producer.poll, _BUFFER_POLL_S)
-            except LibKafkaException as exc:
-                # A failed delivery (e.g. fenced) is the cause of the state error that
-                # follows it: serve the pending delivery reports and report the cause.
-                with contextlib.suppress(LibKafkaException):
-                    self._producer.poll(0)
-                raise self._error(self._txn_error or exc.args[0], "produce") from exc
+        try:
+            self._producer.produce(
+                topic, value, key, headers=headers or None, on_delivery=self._on_delivery
+            )
+        except BufferError:
+            raise QueueFull from None
+        except LibKafkaException as exc:
+            # A failed delivery (e.g. fenced) is the cause of the state error that
+            # follows it: serve the pending delivery reports and report the cause.
+            with contextlib.suppress(LibKafkaException):
+                self._producer.poll(0)
+            raise self._error(self._txn_error or exc.args[0], "produce") from exc
         self._txn_records += 1
         self._txn_bytes += len(value or b"") + len(key or b"")
         self._unpolled += 1
@@ -496,6 +490,27 @@ class TransactionalProducer:
             # Serve failure reports as we go, so a fenced producer learns it early.
             self._unpolled = 0
             self._call("produce (poll)", self._producer.poll, 0)
+
+    async def wait_for_room(self) -> None:
+        """After `QueueFull`: wait in a worker thread until librdkafka has sent some of its
+        queue, for up to `BUFFER_FULL_WAIT_S`; then a retriable `KafkaError`."""
+        if not await self._in_thread(self._drain_some, BUFFER_FULL_WAIT_S):
+            raise KafkaError(
+                f"stream {self.stream_id}: producer queue still full after "
+                f"{BUFFER_FULL_WAIT_S:.0f} s (is Kafka at {self.bootstrap} reachable?)",
+                retriable=True,
+            )
+
+    def _drain_some(self, timeout: float) -> bool:
+        """Poll until the queue holds fewer records than now (True), the producer closes or
+        `timeout` passes (False)."""
+        queued = len(self._producer)
+        deadline = time.monotonic() + timeout
+        while not self._closing and time.monotonic() < deadline:
+            self._call("produce (poll)", self._producer.poll, _BUFFER_POLL_S)
+            if len(self._producer) < queued:
+                return True
+        return False
 
     async def commit(self, timeout: float | None = None) -> None:
         """Flush and commit the open transaction, within `timeout` seconds.
@@ -576,6 +591,7 @@ class TransactionalProducer:
     async def aclose(self) -> None:
         """`close()`, once the blocking call still running in a worker thread (its awaiting
         task was cancelled) has returned: every such call is bounded by its timeout."""
+        self._closing = True
         call = self._in_flight
         if call is not None and not call.done():
             log.info(

@@ -64,6 +64,10 @@ class FakeKafka:
     time); what is init, begin, produce, commit, commit refused (it raised), abort, close."""
     sent: list[tuple[str, float]] = field(default_factory=list)
     """(event id, monotonic time) of every record a `FakeSource` yielded."""
+    produce_s: float = 0.0
+    """How long each produce() holds the thread (the CPU a record costs)."""
+    commit_s: float = 0.0
+    """How long each commit waits for the broker (without holding the thread)."""
 
     def ops(self, producer: int | None = None) -> list[str]:
         """What the producers (or producer number `producer`) were asked, in order."""
@@ -115,11 +119,15 @@ class FakeProducer:
     ) -> None:
         self._call("produce")
         assert self.open is not None, "produce outside a transaction"
+        if self.kafka.produce_s:
+            time.sleep(self.kafka.produce_s)
         self.open.append((topic, key, value, list(headers or [])))  # type: ignore[call-overload]
 
     async def commit(self) -> None:
         self._call("commit")
         assert self.open is not None
+        if self.kafka.commit_s:
+            await asyncio.sleep(self.kafka.commit_s)
         try:
             self._check_epoch()
         except FencedError:
@@ -256,35 +264,71 @@ def _all_once(kafka: FakeKafka, total: int) -> bool:
 
 
 def test_commits_when_the_transaction_holds_max_batch_records() -> None:
+    """All 95 records are queued before the first commit (a backlog): transactions of 10."""
     kafka = FakeKafka()
-    pipeline, _ = _pipeline(kafka, FakeSource(95), max_batch_records=10, max_latency_ms=60_000)
-    asyncio.run(_run_until(pipeline, lambda: len(kafka.data()) >= 90))
-    assert kafka.transactions[:9] == [10] * 9
-    assert _all_once(kafka, 95)  # the last 5 committed on stop
+    pipeline, _ = _pipeline(
+        kafka, FakeSource(95), max_batch_records=10, max_latency_ms=60_000, queue_max_batches=100
+    )
+    asyncio.run(_run_until(pipeline, lambda: len(kafka.data()) >= 95))
+    assert kafka.transactions == [10] * 9 + [5]
+    assert _all_once(kafka, 95)
 
 
-MAX_LATENCY_S = 0.3
 LATENCY_MARGIN_S = 0.2
-"""How late past its deadline a lone record may commit: the pipeline wakes at the deadline
-(`_wait_budget`), so only the event loop's own delay is added: 0.4-2 ms on an idle machine,
-up to 113 ms measured over 80 runs beside other test runs (load average 52 on 2 cores). A
-deadline long enough for that margin to stay below it tells a deadline kept (0.3-0.5 s)
-from one doubled (0.6 s) or ignored."""
+"""How late past its due time a commit may start: the event loop's own delay, 0.4-2 ms on
+an idle machine, up to 113 ms measured over 80 runs beside other test runs (load average
+52 on 2 cores)."""
 
 
-def test_commits_when_the_oldest_record_waited_max_latency() -> None:
+def test_a_lone_record_commits_at_once() -> None:
+    """Group commit: nothing else queued and no commit running, so nothing to wait for (the
+    60 s max_latency is never reached)."""
     kafka = FakeKafka()
     source = FakeSource(1, kafka=kafka)
-    pipeline, _ = _pipeline(
-        kafka, source, max_batch_records=1_000, max_latency_ms=int(MAX_LATENCY_S * 1000)
-    )
+    pipeline, _ = _pipeline(kafka, source, max_batch_records=1_000, max_latency_ms=60_000)
     asyncio.run(_run_until(pipeline, lambda: kafka.data() == ["0"]))
     ((_, yielded_at),) = kafka.sent
     commits = [at for _, what, at in kafka.calls if what == "commit"]
-    # The first commit is the lone record's, on its deadline: not before, not much after.
-    waited = commits[0] - yielded_at
-    assert MAX_LATENCY_S <= waited <= MAX_LATENCY_S + LATENCY_MARGIN_S, waited
+    assert commits[0] - yielded_at <= LATENCY_MARGIN_S, commits[0] - yielded_at
     assert kafka.transactions[0] == 1
+
+
+def test_records_that_arrive_during_a_commit_share_the_next_one() -> None:
+    """A record every 5 ms, commits of 50 ms: the first transaction holds one record, the
+    later ones what arrived while the one before committed (about ten each)."""
+    kafka = FakeKafka(commit_s=0.05)
+    source = FakeSource(200, pause_s=0.005, kafka=kafka)
+    pipeline, _ = _pipeline(kafka, source, max_batch_records=1_000, max_latency_ms=60_000)
+    asyncio.run(_run_until(pipeline, lambda: len(kafka.data()) >= 200))
+    assert _all_once(kafka, 200)
+    assert kafka.transactions[0] == 1
+    assert len(kafka.transactions) <= 200 / 4, kafka.transactions  # grouped, not one each
+    assert max(kafka.transactions) < 200 / 2, kafka.transactions  # not one big one
+
+
+MAX_LATENCY_S = 0.3
+
+
+def test_commits_when_the_oldest_record_waited_max_latency() -> None:
+    """A backlog that takes 1 s to produce (100 records, 10 ms each): the first commit comes
+    when the oldest record has waited max_latency, not when the backlog is through. A
+    deadline long enough for the margin to stay below it tells a deadline kept (0.3-0.5 s)
+    from one ignored (1 s)."""
+    kafka = FakeKafka(produce_s=0.01)
+    source = FakeSource(100, kafka=kafka)
+    pipeline, _ = _pipeline(
+        kafka,
+        source,
+        max_batch_records=1_000,
+        max_latency_ms=int(MAX_LATENCY_S * 1000),
+        queue_max_batches=100,
+    )
+    asyncio.run(_run_until(pipeline, lambda: len(kafka.data()) >= 100))
+    first_produce = next(at for _, what, at in kafka.calls if what == "produce")
+    first_commit = next(at for _, what, at in kafka.calls if what == "commit")
+    waited = first_commit - first_produce
+    assert MAX_LATENCY_S <= waited <= MAX_LATENCY_S + LATENCY_MARGIN_S, waited
+    assert kafka.transactions[0] < 60, kafka.transactions
 
 
 def test_heartbeats_alone_commit_at_most_every_interval() -> None:
