@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 import threading
 import time
+import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -133,3 +135,35 @@ def machine_facts() -> str:
         f"nproc={len(os.sched_getaffinity(0))} cpu={model!r} mem={mem_gb:.0f} GiB "
         f"python={platform.python_version()} kernel={platform.release()}"
     )
+
+
+_METRIC = re.compile(r"^(polybridge_[a-z_]+)(\{[^}]*\})? ([0-9.eE+-]+|NaN)$")
+
+
+def scrape(port: int) -> dict[str, float]:
+    """The bridge's /metrics summed over streams; the commit-latency histogram's buckets as
+    `bucket:<le>`."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        match = _METRIC.match(line)
+        if not match:
+            continue
+        name, labels, value = match.group(1), match.group(2) or "", float(match.group(3))
+        if name == "polybridge_commit_latency_seconds_bucket":
+            le = re.search(r'le="([^"]+)"', labels)
+            name = f"bucket:{le.group(1) if le else '?'}"
+        out[name] = out.get(name, 0.0) + value
+    return out
+
+
+def bucket_percentile(before: dict[str, float], after: dict[str, float], p: float) -> float | None:
+    """Upper bound (s) of the commit-latency bucket holding the `p`-th percentile of the
+    commits between two scrapes (buckets are cumulative)."""
+    buckets = sorted(
+        (float(k[7:]), after[k] - before.get(k, 0.0)) for k in after if k.startswith("bucket:")
+    )
+    if not buckets or buckets[-1][1] <= 0:
+        return None
+    total = buckets[-1][1]
+    return next(le for le, n in buckets if n >= p / 100 * total)

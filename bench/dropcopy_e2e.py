@@ -51,11 +51,14 @@ from typing import Any
 
 from bench.common import (
     RssSampler,
+    bucket_percentile,
     cpu_seconds,
     machine_facts,
     markdown_table,
     percentile,
+    scrape,
 )
+from bridge.embedded import free_port
 from bridge.kafka.readback import next_messages
 
 SIM_BATCH = 500
@@ -110,6 +113,10 @@ class Result:
     rss: RssSampler | None = None
     cpu_percent: float = float("nan")
     """CPU of the system under test's process while measured (100 = one core)."""
+    cpu_us_per_record: float = float("nan")
+    """CPU microseconds of the system's process per record, over the measured window."""
+    produce_p99_ms: float = float("nan")
+    """Live rows: event -> produce() (Kafka CreateTime) p99, the wait before Kafka."""
     note: str = ""
 
     def line(self) -> str:
@@ -117,7 +124,8 @@ class Result:
         rss = self.rss.summary() if self.rss else "-"
         return (
             f"{self.scenario}: {self.records_per_s:,.0f} records/s, p50 {self.p50_ms:.1f} ms, "
-            f"p99 {self.p99_ms:.1f} ms, CPU {self.cpu_percent:.0f}%; {self.note}; RSS {rss}"
+            f"p99 {self.p99_ms:.1f} ms, CPU {self.cpu_percent:.0f}% "
+            f"({self.cpu_us_per_record:.1f} us/record); {self.note}; RSS {rss}"
         )
 
 
@@ -175,6 +183,7 @@ def bridge_config(
     prefix: str,
     start: str,
     pipeline: Mapping[str, int],
+    metrics_port: int,
 ) -> Path:
     """A bridge TOML for the executions stream of all firms; defaults unless `pipeline`."""
     firms = ", ".join(f'"{f}"' for f in FIRMS)
@@ -184,6 +193,7 @@ def bridge_config(
         f'app_id = "{prefix}app"\n'
         f'[kafka]\nbootstrap_servers = "{bootstrap}"\ntopic_prefix = "{prefix}"\n'
         f"[pipeline]\n{settings}"
+        f"[metrics]\nport = {metrics_port}\n"
         f'[dropcopy]\nendpoint = "{address}"\ntls = false\nparticipant_id = "{PARTICIPANT}"\n'
         f'[[dropcopy.streams]]\nkind = "executions"\nstart = "{start}"\nfirms = [{firms}]\n'
     )
@@ -293,13 +303,32 @@ def wrapper_fields(value: bytes, prefix_len: int) -> tuple[bytes, int | None]:
     return event_id, (_varint(value, i)[0] if branch == 1 else None)
 
 
+class CpuWindow:
+    """CPU seconds a process used between `open()` and `close()`."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.start = self.end = 0.0
+
+    def open(self) -> None:
+        self.start = cpu_seconds(self.pid) or 0.0
+
+    def close(self) -> None:
+        self.end = cpu_seconds(self.pid) or self.start
+
+    def us_per(self, records: int) -> float:
+        return 1e6 * (self.end - self.start) / records if records else float("nan")
+
+
 def measure_throughput(
-    reader: Reader, expected: int, prefix_len: int, timeout: float
-) -> tuple[float, int]:
-    """(records/s, duplicates) until `expected` records are visible."""
+    reader: Reader, expected: int, prefix_len: int, timeout: float, cpu: CpuWindow
+) -> tuple[float, int, float]:
+    """(records/s, duplicates, CPU us/record) until `expected` records are visible; CPU
+    from the first visible record on (the records before it are not counted either)."""
     ids: set[bytes] = set()
     first_ms = float("inf")
     count = 0
+    counted = 0
     last_at = time.time()
     deadline = time.monotonic() + timeout
     while count < expected:
@@ -308,19 +337,30 @@ def measure_throughput(
         messages = reader.batch()
         if not messages:
             continue
+        if count == 0:
+            cpu.open()
+        else:
+            counted += len(messages)
         last_at = time.time()
         for m in messages:
             first_ms = min(first_ms, m.timestamp()[1])
             ids.add(wrapper_fields(m.value(), prefix_len)[0])
         count += len(messages)
-    return expected / (last_at - first_ms / 1000), count - len(ids)
+    cpu.close()
+    return expected / (last_at - first_ms / 1000), count - len(ids), cpu.us_per(counted)
 
 
 def measure_latency(
-    reader: Reader, seconds: float, prefix_len: int, warmup_s: float = 2.0
+    reader: Reader,
+    seconds: float,
+    prefix_len: int,
+    cpu: CpuWindow,
+    at_start: Callable[[], None] = lambda: None,
+    warmup_s: float = 2.0,
 ) -> tuple[list[float], list[float], float]:
     """Of the records visible during `seconds` after a warm-up: (latencies in ms, the
-    simulator -> producer part of them (Kafka CreateTime, ms resolution), records/s)."""
+    simulator -> producer part of them (Kafka CreateTime, ms resolution), records/s).
+    `cpu` and `at_start` are called when the measured window opens."""
     deadline = time.monotonic() + 60
     while not reader.batch():  # the first record: the system is up and subscribed
         if time.monotonic() > deadline:
@@ -333,11 +373,15 @@ def measure_latency(
         now_us = time.time() * 1e6
         if elapsed < warmup_s:
             continue
+        if cpu.start == 0.0:
+            cpu.open()
+            at_start()
         for m in messages:
             event_time = wrapper_fields(m.value(), prefix_len)[1]
             if event_time is not None:
                 latencies.append((now_us - event_time) / 1000)
                 upstream.append(m.timestamp()[1] - event_time / 1000)
+    cpu.close()
     return latencies, upstream, len(latencies) / seconds
 
 
@@ -346,11 +390,13 @@ def measure_latency(
 
 @dataclass(frozen=True)
 class Target:
-    """The system under test as a running process: its pid, topic and value framing."""
+    """The system under test as a running process: its pid, topic and value framing, and
+    the port of its /metrics (the bridge's)."""
 
     pid: int
     topic: str
     prefix_len: int
+    metrics_port: int | None = None
 
 
 System = Callable[[str], contextlib.AbstractContextManager[Target]]
@@ -369,9 +415,11 @@ def bridge_system(
     @contextlib.contextmanager
     def run(bootstrap: str) -> Iterator[Target]:
         prefix = f"b{uuid.uuid4().hex[:6]}."
-        config = bridge_config(workdir, bootstrap, address, prefix, start, pipeline or {})
+        port = free_port()
+        config = bridge_config(workdir, bootstrap, address, prefix, start, pipeline or {}, port)
         with bridge_process(config, profile_out) as pid:
-            yield Target(pid, prefix + "polymarket.dropcopy.executions", BRIDGE_PREFIX_LEN)
+            topic = prefix + "polymarket.dropcopy.executions"
+            yield Target(pid, topic, BRIDGE_PREFIX_LEN, port)
 
     return run
 
@@ -428,7 +476,10 @@ def observed(system: System) -> Iterator[tuple[Target, Reader, Result]]:
 def throughput(name: str, system: System, expected: int) -> Result:
     """Records/s until `expected` records are visible."""
     with observed(system) as (target, reader, result):
-        rate, dups = measure_throughput(reader, expected, target.prefix_len, timeout=300)
+        cpu = CpuWindow(target.pid)
+        rate, dups, result.cpu_us_per_record = measure_throughput(
+            reader, expected, target.prefix_len, 300, cpu
+        )
     result.scenario, result.records_per_s = name, rate
     result.note = f"{expected:,} records, {dups} duplicates"
     return result
@@ -437,15 +488,43 @@ def throughput(name: str, system: System, expected: int) -> Result:
 def latency(name: str, system: System, seconds: float) -> Result:
     """Latency percentiles of a live stream over `seconds`."""
     with observed(system) as (target, reader, result):
-        total, upstream, rate = measure_latency(reader, seconds, target.prefix_len)
+        cpu = CpuWindow(target.pid)
+        port = target.metrics_port
+        before: dict[str, float] = {}
+        if port is not None:
+            total, upstream, rate = measure_latency(
+                reader, seconds, target.prefix_len, cpu, lambda: before.update(scrape(port))
+            )
+            commits = commit_summary(before, scrape(port), seconds)
+        else:
+            total, upstream, rate = measure_latency(reader, seconds, target.prefix_len, cpu)
+            commits = ""
     result.scenario, result.records_per_s = name, rate
     result.p50_ms, result.p99_ms = percentile(total, 50), percentile(total, 99)
     result.max_ms = max(total, default=float("nan"))
-    result.note = (
-        f"{len(total):,} records; event->produce() p50 {percentile(upstream, 50):.0f} "
-        f"p99 {percentile(upstream, 99):.0f} ms"
-    )
+    result.cpu_us_per_record = cpu.us_per(len(total))
+    result.produce_p99_ms = percentile(upstream, 99)
+    result.note = f"{len(total):,} records; event->produce() p50 {percentile(upstream, 50):.0f} ms"
+    result.note += commits
     return result
+
+
+def commit_summary(before: dict[str, float], after: dict[str, float], seconds: float) -> str:
+    """Commits/s and the commit-time distribution (histogram bucket bounds) between two
+    scrapes of the bridge's /metrics."""
+    count = after.get("polybridge_commit_latency_seconds_count", 0.0) - before.get(
+        "polybridge_commit_latency_seconds_count", 0.0
+    )
+    if count <= 0:
+        return "; no commits"
+    total = after.get("polybridge_commit_latency_seconds_sum", 0.0) - before.get(
+        "polybridge_commit_latency_seconds_sum", 0.0
+    )
+    p50, p99 = (bucket_percentile(before, after, p) for p in (50, 99))
+    return (
+        f"; {count / seconds:.0f} commits/s, commit ms mean {1000 * total / count:.1f}, "
+        f"p50 <= {1000 * (p50 or 0):g}, p99 <= {1000 * (p99 or 0):g}"
+    )
 
 
 def run_all(plan: Plan, workdir: Path) -> list[Result]:
@@ -486,6 +565,8 @@ def run_all(plan: Plan, workdir: Path) -> list[Result]:
     with simulator(workdir, 0, plan.rss_rate) as address:
         name = f"bridge EOS, live {plan.rss_rate:,}/s, {plan.rss_s:.0f} s"
         done(latency(name, bridge_system(workdir, address, "live"), plan.rss_s))
+        name = f"naive loop, live {plan.rss_rate:,}/s"
+        done(latency(name, naive_system(address, "live"), plan.latency_s))
     return results
 
 
@@ -599,14 +680,16 @@ def print_report(results: list[Result], command: str, seconds: float) -> None:
             f"{r.p50_ms:.1f}" if r.p50_ms == r.p50_ms else "-",
             f"{r.p99_ms:.1f}" if r.p99_ms == r.p99_ms else "-",
             f"{r.max_ms:.0f}" if r.max_ms == r.max_ms else "-",
+            f"{r.produce_p99_ms:.0f}" if r.produce_p99_ms == r.produce_p99_ms else "-",
+            f"{r.cpu_us_per_record:.1f}",
             r.rss.max_mb if r.rss else float("nan"),
             r.cpu_percent,
             r.note,
         )
         for r in results
     ]
-    headers = ("scenario", "records/s", "p50 ms", "p99 ms", "max ms", "RSS MB (max)", "CPU %")
-    headers += ("notes",)
+    headers = ("scenario", "records/s", "p50 ms", "p99 ms", "max ms", "event->produce p99 ms")
+    headers += ("CPU us/record", "RSS MB (max)", "CPU %", "notes")
     print()
     print(markdown_table(headers, rows))
     print()

@@ -60,6 +60,7 @@ from bench.dropcopy_e2e import (
     simulator,
     wrapper_fields,
 )
+from bridge.embedded import free_port
 
 try:
     from quixstreams.sources import StatefulSource
@@ -243,7 +244,7 @@ def bridge_peer(workdir: Path, address: str) -> PeerFactory:
 
     def make(bootstrap: str) -> Peer:
         prefix = f"b{uuid.uuid4().hex[:6]}."
-        config = bridge_config(workdir, bootstrap, address, prefix, EPOCH, {})
+        config = bridge_config(workdir, bootstrap, address, prefix, EPOCH, {}, free_port())
         command = (sys.executable, "-m", "bridge", "--log-level=WARNING", "run")
         return Peer(
             "polybridge",

@@ -24,18 +24,16 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import re
 import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.common import machine_facts, markdown_table, rss_mb
+from bench.common import bucket_percentile, machine_facts, markdown_table, rss_mb, scrape
 from bench.dropcopy_e2e import simulator, stop_process
 from bridge.embedded import EmbeddedBroker
 from bridge.sim.market import DEFAULT_FIRMS
@@ -107,24 +105,6 @@ def bridge_config(workdir: Path, bootstrap: str, dropcopy: str, predexon: str, p
 
 # -- sampling ----------------------------------------------------------------------------
 
-_METRIC = re.compile(r"^(polybridge_[a-z_]+)(\{[^}]*\})? ([0-9.eE+-]+|NaN)$")
-
-
-def scrape(port: int) -> dict[str, float]:
-    """Sums over streams of the counters we chart, plus the latency histogram buckets."""
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    out: dict[str, float] = {}
-    for line in text.splitlines():
-        match = _METRIC.match(line)
-        if not match:
-            continue
-        name, labels, value = match.group(1), match.group(2) or "", float(match.group(3))
-        if name == "polybridge_commit_latency_seconds_bucket":
-            le = re.search(r'le="([^"]+)"', labels)
-            name = f"bucket:{le.group(1) if le else '?'}"
-        out[name] = out.get(name, 0.0) + value
-    return out
-
 
 def fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
@@ -151,18 +131,6 @@ class Sample:
         return self.metrics.get("polybridge_records_total", 0.0)
 
 
-def p99_bucket(before: dict[str, float], after: dict[str, float]) -> float | None:
-    """Upper bound (s) of the histogram bucket holding the 99th percentile of the commits
-    between two scrapes (buckets are cumulative)."""
-    buckets = sorted(
-        (float(k[7:]), after[k] - before.get(k, 0.0)) for k in after if k.startswith("bucket:")
-    )
-    if not buckets or buckets[-1][1] <= 0:
-        return None
-    total = buckets[-1][1]
-    return next(le for le, n in buckets if n >= 0.99 * total)
-
-
 def minute_rows(samples: list[Sample]) -> list[list[object]]:
     rows: list[list[object]] = []
     start = samples[0].at
@@ -180,7 +148,7 @@ def minute_rows(samples: list[Sample]) -> list[list[object]]:
         latency = m1.get("polybridge_commit_latency_seconds_sum", 0) - m0.get(
             "polybridge_commit_latency_seconds_sum", 0
         )
-        p99 = p99_bucket(m0, m1)
+        p99 = bucket_percentile(m0, m1, 99)
         rows.append(
             [
                 minute + 1,
