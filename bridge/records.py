@@ -17,9 +17,10 @@ EVENT_ID_HEADER = "polybridge.event_id"
 """Header carrying a data record's `Record.event_id`."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Record:
-    """One data record, already serialized for its topic."""
+    """One data record, already serialized for its topic. Not frozen: one is made per
+    record, and a frozen dataclass's __init__ (object.__setattr__ per field) costs 3x."""
 
     topic: str
     key: bytes | None

@@ -188,7 +188,7 @@ class DropCopyMapper:
                 unrecognized: dict[str, int] = {}
                 unknown: dict[str, bytes] = {}
                 encode(message, out, unrecognized, unknown)
-                out += int_map_bytes(unrecognized)
+                out += int_map_bytes(unrecognized) if unrecognized else b"\x00"
                 if unknown:  # ["null", map<bytes>]: branch 1, zig-zagged
                     out += b"\x02"
                     out += bytes_map_bytes(unknown)

@@ -206,13 +206,29 @@ class _Generator:
         self.emit(ind, f"{z} = ({z} << 1) ^ ({z} >> 63)")
         self.uvarint(ind, z)
 
+    def field_long(self, ind: int, x: str) -> None:
+        """A long read from a proto field: zero (proto3's default, most fields of most
+        messages) costs one test and one append."""
+        z = self.var("z")
+        self.emit(ind, f"{z} = {x}")
+        self.emit(ind, f"if {z}:")
+        self.emit(ind + 1, f"{z} = ({z} << 1) ^ ({z} >> 63)")
+        self.uvarint(ind + 1, z)
+        self.emit(ind, "else:")
+        self.emit(ind + 1, "buf += b'\\x00'")
+
     def string(self, ind: int, x: str, *, encode: bool = True) -> None:
-        b = self.var("b")
-        self.emit(ind, f"{b} = {x}.encode()" if encode else f"{b} = {x}")
+        """A string or bytes value; the empty one (proto3's default) is one append."""
+        s, b = self.var("s"), self.var("b")
+        self.emit(ind, f"{s} = {x}")
+        self.emit(ind, f"if {s}:")
+        self.emit(ind + 1, f"{b} = {s}.encode()" if encode else f"{b} = {s}")
         n = self.var("n")
-        self.emit(ind, f"{n} = len({b}) << 1")  # a length is an Avro long: zig-zag
-        self.uvarint(ind, n)
-        self.emit(ind, f"buf += {b}")
+        self.emit(ind + 1, f"{n} = len({b}) << 1")  # a length is an Avro long: zig-zag
+        self.uvarint(ind + 1, n)
+        self.emit(ind + 1, f"buf += {b}")
+        self.emit(ind, "else:")
+        self.emit(ind + 1, "buf += b'\\x00'")
 
     def scalar(self, ind: int, field: FieldDescriptor, avro: Any, x: str, path: str) -> None:
         avro = self.resolve(avro)
@@ -224,7 +240,7 @@ class _Generator:
         if want is None or got != want:
             raise SchemaMismatch(f"{path}: proto type {field.type} needs Avro {want}, got {got}")
         if want in ("long", "int"):
-            self.long(ind, x)
+            self.field_long(ind, x)
         elif want == "boolean":
             self.emit(ind, f"buf += b'\\x01' if {x} else b'\\x00'")
         elif want == "string":
