@@ -86,7 +86,7 @@ def test_a_hanging_transaction_is_aborted_by_its_ids_next_start(
         try:
             # Another stream commits its position after the open batch.
             other = start(other_id, "other")
-            other.produce(state, b"other", _state("other", b"o-1"))
+            loop.run_until_complete(other.put(state, b"other", _state("other", b"o-1")))
             loop.run_until_complete(other.commit())
             stable, high = _stable_and_high(config, state)
             assert stable < high, "the batch is not open on the state topic"
