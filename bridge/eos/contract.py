@@ -4,6 +4,7 @@ counters it reports. The backfill task works with the same."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -88,6 +89,9 @@ class Producer(Protocol):
 class Positions(Protocol):
     """Where the loop reads its stream's committed position (`bridge.eos.positions`)."""
 
-    def latest(self, stream_id: str, complete: bool = True) -> StateEntry | None:
-        """`complete`: also what transactions open now will commit (waits for them)."""
+    def latest(
+        self, stream_id: str, complete: bool = True, stop: threading.Event | None = None
+    ) -> StateEntry | None:
+        """`complete`: also what transactions open now will commit (waits for them);
+        `stop`, once set, ends that wait (`ReadStopped`)."""
         ...

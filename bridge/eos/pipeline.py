@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
 
@@ -33,6 +34,8 @@ from bridge.eos.side_records import SideRecords
 from bridge.eos.transactions import Transactions
 from bridge.errors import FencedError, KafkaError
 from bridge.kafka.producer import Headers
+from bridge.kafka.readback import ReadStopped
+from bridge.kafka.state import StateEntry
 from bridge.records import (
     EVENT_ID_HEADER,
     STREAM_HEADER,
@@ -135,8 +138,10 @@ class Pipeline:
             while not stop.is_set():
                 try:
                     if not self._started:
-                        await self._start()
+                        await self._start(stop)
                     await self._run_from(self._committed, stop)
+                except ReadStopped:
+                    break  # asked to stop while the start waited for the state topic
                 except KafkaError as exc:
                     await self._after_kafka_error(exc)
                     await _sleep_unless(stop, _RETRY_DELAY_S)
@@ -149,7 +154,7 @@ class Pipeline:
             # stream's next producer must not start before this one stopped acting.
             await self._txns.aclose()
 
-    async def _start(self) -> None:
+    async def _start(self, stop: asyncio.Event) -> None:
         """Step 1: fence, settle, read the committed position, seed the repeat filter.
 
         A producer that was used already (it broke, or its start failed half-way) is
@@ -180,7 +185,7 @@ class Pipeline:
             ) from fenced
         # Complete: the stream's newest position may follow another stream's transaction
         # that is still open on the shared state topic (`PositionStore.refresh`).
-        entry = await asyncio.to_thread(self._positions.latest, self.stream_id)
+        entry = await self._committed_entry(stop)
         self._committed = entry.position if entry else None
         repeats = self._new_repeats()
         repeats.seed(await asyncio.to_thread(self._read_back))
@@ -188,6 +193,19 @@ class Pipeline:
         self._started = True
         self.stats.running = True
         log.info("stream=%s starting from %s", self.stream_id, _describe(self._committed))
+
+    async def _committed_entry(self, stop: asyncio.Event) -> StateEntry | None:
+        """The stream's committed position. The read may wait up to the transaction
+        timeout for a transaction another stream left open on the state topic; a stop
+        request ends it (`ReadStopped`) instead of holding the stop, and the process's
+        exit, until then (a broker-kill test saw SIGTERM ignored for 60 s)."""
+        halt = threading.Event()
+        watcher = asyncio.create_task(stop.wait())
+        watcher.add_done_callback(lambda _: halt.set())
+        try:
+            return await asyncio.to_thread(self._positions.latest, self.stream_id, True, halt)
+        finally:
+            watcher.cancel()
 
     async def _owned_elsewhere(self) -> str | None:
         """The instance that committed the stream last, if not this one. A quick look (not

@@ -71,12 +71,15 @@ class PositionStore:
         self._offsets: Consumer | None = None
         self._lock = threading.Lock()
 
-    def refresh(self, complete: bool = True) -> dict[str, StateEntry]:
+    def refresh(
+        self, complete: bool = True, stop: threading.Event | None = None
+    ) -> dict[str, StateEntry]:
         """Read what was committed since the last refresh; every stream's newest entry.
 
         `complete`: up to the high watermark, waiting for the transactions open below it to
         end (what a stream's start needs, once its own `init_transactions()` settled its
-        own); False: up to the last stable offset, without waiting (a quick look)."""
+        own); False: up to the last stable offset, without waiting (a quick look). `stop`,
+        once set, ends a read that waits (`ReadStopped`): a stream asked to stop."""
         with self._lock:
             started = time.monotonic()
             if self._reader is None:
@@ -112,11 +115,17 @@ class PositionStore:
                         timeout=self._hanging_s if complete else READ_TIMEOUT_S,
                         stable_ends=targets,
                         each=self._keep,
+                        stop=stop,
                     )
                 except EndNotReached as exc:
                     self._report_hanging(exc.positions)
                     _, ends = read_ranges(
-                        self._reader, self.topic, self._next, self.config, each=self._keep
+                        self._reader,
+                        self.topic,
+                        self._next,
+                        self.config,
+                        each=self._keep,
+                        stop=stop,
                     )
             except BaseException:
                 # New clients for the next refresh (it goes on from where this one started):
@@ -168,10 +177,12 @@ class PositionStore:
                 offset,
             )
 
-    def latest(self, stream_id: str, complete: bool = True) -> StateEntry | None:
+    def latest(
+        self, stream_id: str, complete: bool = True, stop: threading.Event | None = None
+    ) -> StateEntry | None:
         """The stream's newest committed position, as of now (None: none stored); see
-        `refresh` for `complete`."""
-        self.refresh(complete)
+        `refresh` for `complete` and `stop`."""
+        self.refresh(complete, stop)
         # Only this stream's record is decoded strictly (StateRecordError when it
         # cannot be used): a bad one stops this stream, not every stream.
         with self._lock:

@@ -17,6 +17,7 @@ EOF event (compared with the fetch position) can say the end was reached.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -49,6 +50,10 @@ _BATCH = 10_000
 """Messages per consume() call: amortises the Python<->C crossing."""
 
 Headers = list[tuple[str, bytes | None]]
+
+
+class ReadStopped(Exception):
+    """A read ended because its caller asked it to stop (see `read_ranges`)."""
 
 
 class EndNotReached(KafkaError):
@@ -136,6 +141,7 @@ def read_ranges(
     timeout: float = READ_TIMEOUT_S,
     stable_ends: Mapping[int, int] | None = None,
     each: Callable[[ReadRecord], None] | None = None,
+    stop: threading.Event | None = None,
 ) -> tuple[list[ReadRecord], dict[int, int]]:
     """Read each partition from `starts[p]` to the end it had when the read began; the
     records and the offset each partition's next read starts from. The end is each
@@ -145,7 +151,8 @@ def read_ranges(
 
     Records come in partition order, then offset order; with `each`, they go to it as they
     arrive instead (in offset order per partition) and none is returned: a read of a long
-    topic then holds one record at a time.
+    topic then holds one record at a time. `stop`, once set, ends a read that is waiting
+    (`ReadStopped`).
     """
     deadline = time.monotonic() + timeout
     targets = dict(stable_ends or {p: low_high(consumer, topic, p)[1] for p in starts})
@@ -157,6 +164,8 @@ def read_ranges(
     consumer.assign([TopicPartition(topic, p, o) for p, o in pending.items()])
     try:
         while pending:
+            if stop is not None and stop.is_set():
+                raise ReadStopped(f"reading {topic}: asked to stop")
             if time.monotonic() > deadline:
                 missing = sorted(pending)
                 positions = {

@@ -19,6 +19,7 @@ import pytest
 
 from bridge.eos.positions import PositionStore
 from bridge.kafka.producer import TransactionalProducer
+from bridge.kafka.readback import ReadStopped
 from bridge.kafka.state import STATE_SCHEMA, encode_state
 from bridge.records import Position
 from bridge.serde.avro import Serializer, SingleObjectFormat
@@ -133,3 +134,43 @@ def test_a_transaction_open_past_the_transaction_timeout_is_reported_and_not_wai
 def _token(store: PositionStore) -> bytes | None:
     entry = store.latest("mine")
     return entry.position.resume_token if entry is not None else None
+
+
+def test_a_stop_ends_a_read_that_waits_for_an_open_transaction(
+    kafka_bootstrap: str, make_topic: Callable[..., str], unique_name: Callable[[str], str]
+) -> None:
+    """The wait above may last the transaction timeout (60 s by default); a stream asked
+    to stop meanwhile must not sit it out (a broker-kill test saw SIGTERM ignored 60 s)."""
+    topic = make_topic(config={"cleanup.policy": "compact"})
+    config = {"bootstrap.servers": kafka_bootstrap}
+    loop = asyncio.new_event_loop()
+    other = TransactionalProducer(config, unique_name("other"), "other")
+    mine = TransactionalProducer(config, unique_name("mine"), "mine")
+    store = PositionStore(config, topic)
+    stop = threading.Event()
+    outcome: list[BaseException | None] = []
+
+    def read() -> None:
+        try:
+            store.latest("mine", True, stop)
+            outcome.append(None)
+        except BaseException as exc:  # the test inspects it
+            outcome.append(exc)
+
+    try:
+        _commit_after_an_open_transaction(loop, topic, other, mine)
+        reader = threading.Thread(target=read)
+        reader.start()
+        reader.join(timeout=2.0)
+        assert reader.is_alive(), f"the read ended on an open transaction: {outcome}"
+        stopped_at = time.monotonic()
+        stop.set()
+        reader.join(timeout=30.0)
+        assert not reader.is_alive(), "the stop did not end the read"
+        assert time.monotonic() - stopped_at < 2.0
+        assert len(outcome) == 1 and isinstance(outcome[0], ReadStopped), outcome
+    finally:
+        store.close()
+        other.close()
+        mine.close()
+        loop.close()

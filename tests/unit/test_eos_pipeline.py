@@ -5,6 +5,7 @@ fake source that resumes after a position and re-sends a little, as the exchange
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -19,6 +20,7 @@ from bridge.eos.repeats import RecentIds
 from bridge.eos.side_records import SideRecords
 from bridge.errors import FencedError, KafkaError
 from bridge.kafka.producer import CommitPending
+from bridge.kafka.readback import ReadStopped
 from bridge.kafka.state import StateEntry, decode_state
 from bridge.records import EVENT_ID_HEADER, Batch, Position, Record
 from bridge.serde.avro import Serializer, SingleObjectFormat
@@ -169,7 +171,9 @@ class FakePositions:
     def __init__(self, kafka: FakeKafka) -> None:
         self.kafka = kafka
 
-    def latest(self, stream_id: str, complete: bool = True) -> StateEntry | None:
+    def latest(
+        self, stream_id: str, complete: bool = True, stop: threading.Event | None = None
+    ) -> StateEntry | None:
         values = [
             v
             for t, k, v, _ in self.kafka.committed
@@ -504,3 +508,37 @@ def test_a_restart_resumes_after_the_committed_position_and_drops_resent_repeats
     assert _all_once(kafka, 120)
     assert source.starts == [40]  # after token 49, ten re-sent: all dropped as repeats
     assert second.stats.repeats_dropped == 10
+
+
+def test_a_stop_ends_a_start_that_waits_for_the_state_topic() -> None:
+    """A start reads the position up to the high watermark and may wait up to the
+    transaction timeout for another stream's open transaction. A stop (the group lost the
+    stream, or SIGTERM) must end that wait, not sit it out: a broker-kill test saw SIGTERM
+    ignored for 60 s while six starts waited there."""
+
+    class Waiting(FakePositions):
+        def latest(
+            self, stream_id: str, complete: bool = True, stop: threading.Event | None = None
+        ) -> StateEntry | None:
+            assert stop is not None
+            if stop.wait(30):  # the open transaction never ends in this test
+                raise ReadStopped("asked to stop")
+            raise AssertionError("the stop never reached the read")
+
+    kafka = FakeKafka()
+    pipeline, _ = _pipeline(kafka, FakeSource(10))
+    pipeline._positions = Waiting(kafka)
+
+    async def run() -> float:
+        stop = asyncio.Event()
+        task = asyncio.create_task(pipeline.run(stop))
+        while not any(what == "settle" for _, what, _ in kafka.calls):
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.1)  # the read has begun waiting
+        stopped = time.monotonic()
+        stop.set()
+        await asyncio.wait_for(task, 10)
+        return time.monotonic() - stopped
+
+    assert asyncio.run(run()) < 2.0
+    assert kafka.data() == []  # it never started

@@ -134,7 +134,7 @@ class _ScriptedLibrdkafka:
 
 
 class _NoPositions:
-    def latest(self, stream_id: str, complete: bool = True) -> None:
+    def latest(self, stream_id: str, complete: bool = True, stop: object = None) -> None:
         return None
 
 
