@@ -35,7 +35,7 @@ from pathlib import Path
 
 from bench.common import bucket_percentile, machine_facts, markdown_table, rss_mb, scrape
 from bench.dropcopy_e2e import simulator, stop_process
-from bridge.embedded import EmbeddedBroker
+from bridge.embedded import EmbeddedBroker, free_port
 from bridge.sim.market import DEFAULT_FIRMS
 
 PARTICIPANT = f"{DEFAULT_FIRMS[0]}/users/alice"
@@ -47,12 +47,6 @@ PREDEXON_SUBS = (
     ("crypto", "crypto", '{ feeds = ["*"] }'),
     ("collateral", "collateral", '{ users = ["*"] }'),
 )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @contextlib.contextmanager

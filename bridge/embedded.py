@@ -26,6 +26,7 @@ import fcntl
 import hashlib
 import logging
 import os
+import random
 import re
 import shutil
 import signal
@@ -185,14 +186,48 @@ def broker_classpath() -> str:
 
 
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now.
+    """A TCP port on 127.0.0.1 that nothing listens on right now, below the kernel's
+    ephemeral range.
 
-    There is a short race between closing the probe socket and the broker binding the
-    port; `EmbeddedBroker.start()` notices a lost race (the broker exits) and raises.
+    A port the kernel hands out for `bind(0)` is also what it hands out as the source port
+    of the next outgoing connection (a Kafka client's, say), which can take it before the
+    caller's server binds it. A port below the ephemeral range is never taken that way.
+    There is still a short race with other listeners; `EmbeddedBroker.start()` notices a
+    lost race (the broker exits) and raises.
     """
+    low = _ephemeral_range_start()
+    if low > _LISTEN_PORTS_FROM + 1000:
+        for _ in range(200):
+            port = _RANDOM.randrange(_LISTEN_PORTS_FROM, low)
+            if _bindable(port):
+                return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+# Independent of `random.seed()` in tests, so two processes do not draw the same ports.
+_RANDOM = random.SystemRandom()
+_LISTEN_PORTS_FROM = 20_000
+
+
+def _ephemeral_range_start() -> int:
+    """The first port of Linux's ephemeral range (32768 when it cannot be read)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32_768
+
+
+def _bindable(port: int) -> bool:
+    """Whether 127.0.0.1:`port` can be bound without SO_REUSEADDR: nothing listens on it
+    and no connection lingers on it."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def port_free(port: int) -> bool:

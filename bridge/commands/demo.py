@@ -22,7 +22,6 @@ import argparse
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -35,7 +34,7 @@ from rich.console import Console
 from rich.live import Live
 
 from bridge.commands.demo_view import MetricsView, StreamRow, render_lines, render_table
-from bridge.embedded import EmbeddedBroker
+from bridge.embedded import EmbeddedBroker, free_port
 from bridge.embedded_registry import EmbeddedRegistry
 from bridge.errors import KafkaError
 from bridge.kafka.readback import header, read_topic
@@ -79,13 +78,6 @@ class _LiveExchange:
         if owed > 0:
             self._dc.generate(owed)
             self._since += owed / self._rate
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _config(
@@ -233,7 +225,7 @@ def run_demo(
         workdir = Path(tmp)
         kafka = {"bootstrap.servers": servers}
         url = pdx.sim.url_for(PREDEXON_KEY).replace(PREDEXON_KEY, "{api_key}")
-        metrics_port = _free_port()
+        metrics_port = free_port()
         config = _config(workdir, servers, dc, url, metrics_port, registry_url)
         view = MetricsView(metrics_port)
         console = Console() if sys.stdout.isatty() else None

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from bridge.backfill.writer import SOURCE_HEADER
+from bridge.embedded import free_port
 from bridge.kafka.readback import header, read_topic
 from bridge.records import STREAM_HEADER
 from bridge.sim.dropcopy import SimConfig, SimulatorThread
@@ -33,7 +34,7 @@ from tests.bridge_harness import (
     wait_until,
     write_setup,
 )
-from tests.integration.test_metrics import free_port, metrics_config, scrape, value
+from tests.integration.test_metrics import metrics_config, scrape, value
 
 KINDS = ("executions", "trade_captures", "position_changes")
 LIVE = "dropcopy.executions"

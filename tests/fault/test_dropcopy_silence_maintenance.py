@@ -9,9 +9,10 @@ import json
 import time
 from pathlib import Path
 
+from bridge.embedded import free_port
 from bridge.sim.dropcopy import SimConfig, SimulatorThread
 from tests.bridge_harness import BridgeProcess, BridgeSetup, gap_records, wait_until, write_setup
-from tests.integration.test_metrics import Samples, free_port, get, metrics_config, scrape, value
+from tests.integration.test_metrics import Samples, get, metrics_config, scrape, value
 
 KINDS = ("executions", "instrument_states")
 STREAMS = tuple(f"dropcopy.{kind}" for kind in KINDS)

@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from bridge.embedded import free_port
 from bridge.eos.contract import PipelineStats
 from bridge.health import HealthServer, not_ready
 from bridge.metrics import StreamView
 from bridge.sim.dropcopy import Faults, SimConfig, SimulatorThread
 from tests.bridge_harness import BridgeProcess, wait_until, write_setup
-from tests.integration.test_metrics import free_port, get, metrics_config, scrape, value
+from tests.integration.test_metrics import get, metrics_config, scrape, value
 
 
 def test_readyz_is_503_until_streams_commit_then_200(

@@ -20,10 +20,10 @@ import pytest
 from confluent_kafka import Consumer, KafkaException, Producer
 from confluent_kafka.admin import AdminClient  # type: ignore[attr-defined]
 
+from bridge.embedded import free_port
 from bridge.kafka.client_log import ClientLog, client_log_config
 from bridge.sim.dropcopy import SimConfig, SimulatorThread
 from tests.bridge_harness import write_setup
-from tests.integration.test_metrics import free_port
 
 RAW_LIBRDKAFKA_LINE = re.compile(r"^%\d\|")
 """librdkafka's own stderr format: %<syslog level>|<time>|<facility>|<client>| ..."""

@@ -26,12 +26,13 @@ import pytest
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from bridge.embedded import free_port
 from bridge.embedded_security import CertificateAuthority, SecuredBroker, client_settings
 from bridge.kafka.acls import BRIDGE_ACLS, AclGrant
 from bridge.kafka.readback import open_reader, read_ranges, read_topic
 from bridge.sim.dropcopy import SimConfig, SimulatorThread
 from tests.bridge_harness import BridgeProcess, BridgeSetup, wait_until, write_setup
-from tests.integration.test_metrics import free_port, get, metrics_config
+from tests.integration.test_metrics import get, metrics_config
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "operations.md"
 PASSWORD_ENV = "POLYBRIDGE_KAFKA__PROPERTIES__SASL.PASSWORD"

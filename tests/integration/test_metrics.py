@@ -2,24 +2,17 @@
 
 from __future__ import annotations
 
-import socket
 import urllib.error
 import urllib.request
 from pathlib import Path
 
+from bridge.embedded import free_port
 from bridge.eos.contract import PipelineStats
 from bridge.metrics import BridgeCollector, StreamView, by_stream, parse_text
 from bridge.sim.dropcopy import SimConfig, SimulatorThread
 from tests.bridge_harness import BridgeProcess, wait_until, write_setup
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def metrics_config(port: int) -> str:

@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import shutil
 import signal
-import socket
 import subprocess
 import urllib.error
 import urllib.parse
@@ -34,6 +33,7 @@ from typing import Any
 
 import yaml
 
+from bridge.embedded import free_port
 from bridge.sim.dropcopy import SimConfig, SimulatorThread
 from bridge.sim.tokens import ALL_SCOPES
 from tests.bridge_harness import PARTICIPANT, BridgeProcess, wait_until, write_setup
@@ -47,13 +47,6 @@ TRADES = "dropcopy.trade_captures"
 INSTRUMENTS = "dropcopy.instrument_states"
 
 Alert = dict[str, Any]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def http_json(url: str) -> Any | None:

@@ -18,10 +18,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from bridge.embedded import free_port
 from bridge.sim import predexon as predexon_sim
 from bridge.sim.dropcopy import SimConfig, SimulatorThread
 from tests.bridge_harness import wait_until, write_setup
-from tests.integration.test_metrics import free_port, get, metrics_config, scrape, value
+from tests.integration.test_metrics import get, metrics_config, scrape, value
 
 PRO_KEY = "sim-pro-key"
 SASL_PASSWORD = "sasl-SECRET-91bc7e"

@@ -17,6 +17,7 @@ import grpc
 from google.protobuf.descriptor import Descriptor
 from google.protobuf.message_factory import GetMessageClass
 
+from bridge.embedded import free_port
 from bridge.kafka.readback import read_topic
 from bridge.mapping.dropcopy import DropCopyMapper
 from bridge.serde.avro import Serializer, SingleObjectFormat
@@ -24,7 +25,7 @@ from bridge.sim.dropcopy import STREAM_RPCS, SimConfig, SimulatorThread
 from bridge.sim.market import DEFAULT_FIRMS
 from bridge.streams.kinds import KINDS
 from tests.bridge_harness import ALL_KINDS, BridgeProcess, wait_until, write_setup
-from tests.integration.test_metrics import free_port, metrics_config, scrape, value
+from tests.integration.test_metrics import metrics_config, scrape, value
 
 PAYLOAD = {
     "executions": "execution",

@@ -5,23 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 import time
 
+from bridge.embedded import free_port
 from bridge.errors import KafkaError
 from bridge.kafka.producer import TransactionalProducer
-
-
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_aclose_waits_for_the_call_its_cancelled_task_left_running() -> None:
     async def body() -> tuple[float, float, bool]:
         producer = TransactionalProducer(
-            {"bootstrap.servers": f"127.0.0.1:{_closed_port()}"}, "t.s", "s"
+            {"bootstrap.servers": f"127.0.0.1:{free_port()}"}, "t.s", "s"
         )
         init = asyncio.create_task(producer.init(timeout=1.5))
         deadline = time.monotonic() + 5
@@ -45,7 +39,7 @@ def test_a_transaction_timeout_below_a_minute_is_accepted() -> None:
     """kafka.transaction_timeout_ms under 60 s: the message timeout follows it down
     (librdkafka refuses message.timeout.ms above transaction.timeout.ms)."""
     producer = TransactionalProducer(
-        {"bootstrap.servers": f"127.0.0.1:{_closed_port()}", "transaction.timeout.ms": 20_000},
+        {"bootstrap.servers": f"127.0.0.1:{free_port()}", "transaction.timeout.ms": 20_000},
         "t.s",
         "s",
     )
