@@ -273,6 +273,7 @@ class Bridge:
             read_back=self._read_back(topic, stream_id),
             instance_id=self.instance_id,
             on_gaps=(lambda gaps: runners[0].notify_gaps(gaps)) if build_backfill else None,
+            handover_s=settings.cluster.handover_s,
         )
         runners.append(StreamRunner(stream_id, lambda stats: build(stats=stats), build_backfill))
         return runners[0]
@@ -349,7 +350,9 @@ class Bridge:
         failures = Failures()
         try:
             if self.settings.cluster.enabled:
-                await run_in_group(runners, self._membership, stop, failures)
+                await run_in_group(
+                    runners, self._membership, stop, failures, self.settings.cluster.handover_s
+                )
             else:
                 await run_alone(runners, stop, failures)
         finally:

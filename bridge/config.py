@@ -309,6 +309,12 @@ class ClusterSettings(_Section):
     session_timeout_ms: int = Field(10_000, ge=1_000)
     """How long a silent instance keeps its streams before the group moves them (the
     broker bounds it: group.min.session.timeout.ms, 6 s by default)."""
+    handover_s: float = Field(10.0, ge=0)
+    """Make before break for Predexon streams (which cannot replay): a stream moving to
+    another instance keeps running here until its next owner, subscribed already, takes
+    it, for this long at most; the next owner waits as long at most for this one's last
+    position. Clocks of the hosts must agree (NTP) to well under a second. 0: break
+    before make (the next owner subscribes after the previous one stopped)."""
     topic: str = "polybridge.streams"
     """The coordination topic (one partition per stream; nothing is written to it)."""
     instance_id: str = ""

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 STREAM_HEADER = "polybridge.stream"
 """Header naming the stream (its id) on every record the bridge writes."""
@@ -145,4 +145,25 @@ class Source(Protocol):
         Reconnects to the upstream by itself, resuming after the last batch it yielded.
         Raises a non-retriable `BridgeError` when it cannot go on.
         """
+        ...
+
+
+@runtime_checkable
+class OpensAhead(Protocol):
+    """A source that can receive before its stream is taken over (make before break): an
+    upstream that cannot replay (Predexon) subscribes first, so the next owner covers the
+    time until the previous one's last commit and nothing in between is lost."""
+
+    async def open(self, timeout_s: float) -> int | None:
+        """Start receiving, buffering until `stream()`; the instant (us) from which
+        everything is received, or None when that was not confirmed within `timeout_s`."""
+        ...
+
+    def handing_over(self, seconds: float) -> None:
+        """The stream moves to another instance, which waits for this one's live time to
+        pass its own start: advance the live time often for `seconds`."""
+        ...
+
+    def close(self) -> None:
+        """Stop receiving if `stream()` did not take over what `open()` started."""
         ...

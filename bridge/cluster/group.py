@@ -7,6 +7,7 @@ every stream, committing what is complete."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Callable, Mapping
 
@@ -85,18 +86,30 @@ async def run_in_group(
     membership: Callable[..., Membership],
     stop: asyncio.Event,
     failures: Failures,
+    handover_s: float = 10.0,
 ) -> Membership:
     """Join the stream group and run what it assigns until `stop` or a failure; then
-    stop every stream and leave the group (the others take the streams over at once)."""
+    stop every stream and leave the group (the others take the streams over at once).
+
+    A revoked stream whose source opens ahead (Predexon) runs on until its next owner
+    takes it, within `handover_s` (`StreamRunner.hand_over`); the others stop at once."""
     loop = asyncio.get_running_loop()
 
     async def start(ids: list[str]) -> None:
         for stream_id in ids:
-            runners[stream_id].start()
-            _watch(runners[stream_id], failures)
+            runner = runners[stream_id]
+            if runner.owned:  # assigned back while handing it over: start afresh
+                await _stop_all({stream_id: runner}, failures, stuck_is_failure=False)
+            runner.start()
+            _watch(runner, failures)
 
     async def release(ids: list[str]) -> None:
-        await _stop_all({i: runners[i] for i in ids}, failures, stuck_is_failure=False)
+        moving = {i for i in ids if runners[i].hand_over(handover_s)}
+        rest = {i: runners[i] for i in ids if i not in moving}
+        await _stop_all(rest, failures, stuck_is_failure=False)
+        for stream_id in moving:
+            task = asyncio.create_task(runners[stream_id].handed_over())
+            task.add_done_callback(functools.partial(_report, stream_id, failures))
 
     async def lose(ids: list[str]) -> None:
         # The session expired, most often because the broker is away: a commit in flight
@@ -117,10 +130,18 @@ async def run_in_group(
     try:
         await _until(stop, failures, runners)
     finally:
-        # Leaving revokes every owned stream through on_revoke (the loop must stay free).
+        # Leaving revokes every owned stream through on_revoke (the loop must stay free);
+        # the streams handed over live end once their next owners took them.
         await asyncio.to_thread(member.close)
+        await asyncio.gather(*(r.handed_over() for r in runners.values()))
         await _stop_all(runners, failures)  # whatever a failed membership left running
     return member
+
+
+def _report(stream_id: str, failures: Failures, ended: asyncio.Task[BaseException | None]) -> None:
+    """A stream handed over live ended with this error (it was not fenced, it failed)."""
+    if not ended.cancelled() and (error := ended.result()) is not None:
+        failures.add(stream_id, error)
 
 
 async def _until(

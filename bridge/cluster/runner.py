@@ -113,6 +113,29 @@ class StreamRunner:
             return self._moves
         return dataclasses.replace(self._moves, start_seconds=first - self._acquired_at)
 
+    def hand_over(self, linger_s: float) -> bool:
+        """Revoked: keep a stream whose source opens ahead (Predexon) running until its
+        next owner, subscribed already, fences it, or for `linger_s` at most (make before
+        break; `Pipeline.hand_over`). False: nothing to hand over live, stop it instead.
+        `stop()` cuts the linger; `handed_over()` waits for its end."""
+        pipeline, stop, task = self.pipeline, self._stop, self._task
+        if pipeline is None or stop is None or task is None or task.done():
+            return False
+        if not pipeline.hand_over():
+            return False
+        deadline = asyncio.get_running_loop().call_later(linger_s, stop.set)
+        task.add_done_callback(lambda _: deadline.cancel())
+        return True
+
+    async def handed_over(self) -> BaseException | None:
+        """Once a stream handing over has ended (fenced by its next owner, or its linger
+        is over), release it; at once for any other stream."""
+        task, pipeline = self._task, self.pipeline
+        if task is None or pipeline is None or not pipeline.handing_over:
+            return None
+        await asyncio.wait([task])
+        return await self.stop()
+
     async def stop(
         self, timeout: float = STOP_TIMEOUT_S, cancel_after: float = CANCEL_AFTER_S
     ) -> BaseException | None:

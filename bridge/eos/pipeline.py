@@ -10,6 +10,12 @@ The loop, for one stream (Kafka Connect's exactly-once source task, in this shap
    the open transaction; the state record carrying the newest batch's position is produced
    last, and the transaction commits when `CommitPolicy` says so: as soon as nothing more
    is queued (group commit), within `max_records` and `max_latency_ms`.
+A source that can open ahead (`OpensAhead`: Predexon, which cannot replay) subscribes
+before step 1 (make before break). If the stream's previous owner is another instance
+still running it (revoked, it goes on until fenced: `hand_over()`), step 1 waits until that
+owner committed a live time past the new subscription's ack, so the two cover the
+hand-over together: the repeat filter drops what both received, and no gap is written.
+
 4. A retriable Kafka error aborts the transaction and goes back to step 1 with a new
    producer: its `init_transactions()` settles the last transaction either way (also when
    its commit had an unknown outcome), its epoch fences the old producer's requests still
@@ -21,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import threading
 import time
@@ -42,10 +49,12 @@ from bridge.records import (
     Batch,
     DeadLetter,
     Gap,
+    OpensAhead,
     Position,
     Record,
     Source,
 )
+from bridge.timeutil import now_us
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +63,9 @@ log = logging.getLogger(__name__)
 _RETRY_DELAY_S = 1.0
 # How often an idle loop wakes to notice a stop request.
 _IDLE_WAKE_S = 0.1
+# A previous owner that committed within this long may be handing the stream over (it
+# commits every live-time heartbeat then: about every second); an older one is gone.
+_HANDING_OVER_FRESH_S = 3.0
 GHOST_FENCES = 3
 """Starts in a row fenced with no other owner in sight that are retried; the next ends the
 stream (two instances fencing each other back and forth, none committing)."""
@@ -94,6 +106,7 @@ class Pipeline:
         pending_commit_limit_s: float = 60.0,
         stats: PipelineStats | None = None,
         on_gaps: Callable[[list[Gap]], None] | None = None,
+        handover_s: float = 10.0,
     ) -> None:
         self.stream_id = stream_id
         self._on_gaps = on_gaps
@@ -125,6 +138,11 @@ class Pipeline:
         self._committed: Position | None = None
         self._txn: _OpenTransaction | None = None
         self._queue: asyncio.Queue[Batch | BaseException] | None = None
+        self._handover_s = handover_s
+        """Make before break: how long an opened-ahead subscription waits for its ack and
+        then for the previous owner's last live time; how long `hand_over()` lingers."""
+        self._opened = False
+        self.handing_over = False
 
     @property
     def queue_depth(self) -> int:
@@ -146,10 +164,15 @@ class Pipeline:
                     await self._after_kafka_error(exc)
                     await _sleep_unless(stop, _RETRY_DELAY_S)
         except FencedError:
+            if self.handing_over:  # the next owner took the stream, as it should
+                log.info("stream=%s handed over to its next owner", self.stream_id)
+                return
             self.stats.fenced += 1  # polybridge_fenced_total
             raise
         finally:
             self.stats.running = False
+            if isinstance(self._source, OpensAhead):
+                self._source.close()
             # Also when cancelled: a commit may still run in its worker thread, and the
             # stream's next producer must not start before this one stopped acting.
             await self._txns.aclose()
@@ -160,6 +183,13 @@ class Pipeline:
         A producer that was used already (it broke, or its start failed half-way) is
         replaced first. If meanwhile another instance committed this stream, it owns the
         stream now: stop rather than fence it back."""
+        if not self._opened and self._handover_s > 0 and isinstance(self._source, OpensAhead):
+            self._opened = True
+            acked_us = await self._source.open(self._handover_s)
+            if acked_us is not None:
+                await self._await_previous_owner(acked_us, stop)
+            if stop.is_set():
+                raise ReadStopped("stopped before taking the stream over")
         if self._txns.used:
             await self._txns.aclose()
             if self._has_committed and (owner := await self._owned_elsewhere()):
@@ -193,6 +223,45 @@ class Pipeline:
         self._started = True
         self.stats.running = True
         log.info("stream=%s starting from %s", self.stream_id, _describe(self._committed))
+
+    def hand_over(self) -> bool:
+        """Revoked from this instance: for a source that opens ahead, go on until the next
+        owner fences this one (it waits for a live time past its own subscription's ack:
+        from now on every heartbeat commits at once). False when there is nothing to hand
+        over live (not opening ahead, not started, or `handover_s` 0): stop instead."""
+        if not (self._started and self._handover_s > 0 and isinstance(self._source, OpensAhead)):
+            return False
+        self.handing_over = True
+        self._policy = dataclasses.replace(self._policy, heartbeat_interval_s=0.0)
+        self._source.handing_over(self._handover_s)
+        log.info("stream=%s handing over: running until the next owner takes it", self.stream_id)
+        return True
+
+    async def _await_previous_owner(self, acked_us: int, stop: asyncio.Event) -> None:
+        """Before fencing: while another instance that committed the stream lately has not
+        yet committed a live time past `acked_us` (it is handing the stream over), wait for
+        it, within `handover_s`. A previous owner that stopped committing is gone: no wait."""
+        deadline = time.monotonic() + self._handover_s
+        own = _instance_name(self._instance_id)
+        while not stop.is_set():
+            entry = await asyncio.to_thread(self._positions.latest, self.stream_id, False)
+            if (
+                entry is None
+                or _instance_name(entry.owner) in ("", own)
+                or (entry.position.live_time_us or 0) >= acked_us
+                or now_us() - entry.committed_at_us > _HANDING_OVER_FRESH_S * 1e6
+            ):
+                return
+            if time.monotonic() >= deadline:
+                log.warning(
+                    "stream=%s: its previous owner %s did not commit past this instance's "
+                    "subscription within %g s; taking the stream over now",
+                    self.stream_id,
+                    entry.owner,
+                    self._handover_s,
+                )
+                return
+            await _sleep_unless(stop, _IDLE_WAKE_S)
 
     async def _committed_entry(self, stop: asyncio.Event) -> StateEntry | None:
         """The stream's committed position. The read may wait up to the transaction
@@ -373,6 +442,11 @@ class Pipeline:
             gap.to_us,
             gap.reason,
         )
+
+
+def _instance_name(owner: str) -> str:
+    """The `cluster.instance_id` part of an instance id (`<name>.<pid>.<random>`)."""
+    return owner.rsplit(".", 2)[0]
 
 
 def _describe(position: Position | None) -> str:

@@ -120,6 +120,10 @@ class Connection:
     def last_alive_us(self) -> int | None:
         return self.liveness.last_alive_us
 
+    def hurry(self, seconds: float) -> None:
+        """Advance the live evidence often for `seconds` (a subscription is handed over)."""
+        self.liveness.hurry(seconds)
+
     def add(self, handle: Handle) -> None:
         handle.conn = self
         self.handles.append(handle)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable
 
 from websockets.asyncio.client import ClientConnection
@@ -32,6 +33,11 @@ is that less a margin for the WebSocket frame headers the byte count does not se
 PING_EARLY_BYTES = SERVER_DROP_BYTES // 4
 """Ping before the interval is up once this much has arrived since the last ping, so a fast
 busy link does not pile `SERVER_DROP_BYTES` into one window without any backlog."""
+
+
+HURRY_PING_S = 0.1
+"""The ping interval while a subscription on the connection is being handed over: its next
+owner waits for this one's live time to pass its own subscription's ack."""
 
 
 class PongTimeout(Exception):
@@ -54,6 +60,17 @@ class Liveness:
         """`bytes_received` when the last answered ping was sent."""
         self.ping_due = asyncio.Event()
         """Set by `received` after `PING_EARLY_BYTES`: the heartbeat pings at once."""
+        self._hurry_until = 0.0
+
+    def hurry(self, seconds: float) -> None:
+        """Ping every `HURRY_PING_S` for `seconds` (from now on)."""
+        self._hurry_until = time.monotonic() + seconds
+        self.ping_due.set()
+
+    def _interval(self) -> float:
+        if time.monotonic() < self._hurry_until:
+            return min(self.ping_interval_s, HURRY_PING_S)
+        return self.ping_interval_s
 
     def opened(self) -> None:
         """The session's first frame arrived: everything before now is of no concern."""
@@ -73,7 +90,7 @@ class Liveness:
         self.ping_due.clear()
         while True:
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.ping_interval_s):
+                async with asyncio.timeout(self._interval()):
                     await self.ping_due.wait()
             self.ping_due.clear()
             sent, sent_bytes = now_us(), self.bytes_received

@@ -25,6 +25,7 @@ connection drops, backoff while attempts fail) and shows up only as gaps.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -32,6 +33,7 @@ from typing import Any
 
 from bridge.mapping.predexon import PredexonMapper
 from bridge.records import Batch, ConnectionPool, Gap, Position, SourceStatus
+from bridge.sources.predexon.liveness import HURRY_PING_S
 from bridge.sources.predexon.placement import PredexonConnectionManager
 from bridge.sources.predexon.subscription import (
     Acked,
@@ -115,6 +117,36 @@ class PredexonSource:
         if self._handle is not None:
             self.manager.update(self._handle, filters)
 
+    async def open(self, timeout_s: float) -> int | None:
+        """Subscribe before the stream is ours (`bridge.records.OpensAhead`); `stream()`
+        then goes on from this subscription. Its ack's instant, or None without one (not
+        acked within `timeout_s`, or lost first: `stream()` accounts for that as usual)."""
+        if self._handle is None:
+            self._handle = self.manager.register(self.spec)
+        handle = self._handle
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while True:
+            first = handle.items[0] if handle.items else None
+            if isinstance(first, Acked):
+                return first.at_us
+            left = deadline - loop.time()
+            if first is not None or left <= 0:
+                return None
+            await handle.wait(left)
+
+    def handing_over(self, seconds: float) -> None:
+        """Report the live time often for `seconds`: pings and idle batches every 0.1 s."""
+        self.liveness_interval_s = min(self.liveness_interval_s, HURRY_PING_S)
+        if self._handle is not None and self._handle.conn is not None:
+            self._handle.conn.hurry(seconds)
+
+    def close(self) -> None:
+        """Drop a subscription `open()` made that `stream()` never took over."""
+        handle, self._handle = self._handle, None
+        if handle is not None:
+            self.manager.unregister(handle)
+
     def _detail(self) -> dict[str, str]:
         return {"channel": self.spec.channel, "filters": self.spec.filters_json}
 
@@ -129,7 +161,7 @@ class PredexonSource:
             if start.live_time_us is not None:
                 pending_gap = (start.live_time_us, "restarted")
         live = False
-        handle = self.manager.register(self.spec)
+        handle = self._handle or self.manager.register(self.spec)
         self._handle = handle
         try:
             while True:
@@ -168,7 +200,10 @@ class PredexonSource:
                     gaps: list[Gap] = []
                     if pending_gap is not None:
                         from_us, reason = pending_gap
-                        gaps.append(self._gap(from_us, item.at_us, reason))
+                        # Acked before the previous owner's last live time (opened ahead
+                        # of a hand-over): no gap; what both received is dropped as repeats.
+                        if from_us is None or from_us < item.at_us:
+                            gaps.append(self._gap(from_us, item.at_us, reason))
                         pending_gap = None
                     live_us = max(live_us or 0, item.at_us)
                     yield Batch([], self._position(live_us, event_us), gaps=gaps)
@@ -193,7 +228,8 @@ class PredexonSource:
                         live_us = max(live_us or 0, alive)
                 yield Batch(records, self._position(live_us, event_us), dead)
         finally:
-            self._handle = None
+            if self._handle is handle:
+                self._handle = None
             self.manager.unregister(handle)
 
     def _gap(self, from_us: int | None, to_us: int, reason: str) -> Gap:

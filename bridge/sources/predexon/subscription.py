@@ -107,6 +107,8 @@ class Carrier(Protocol):
 
     def resubscribe(self, handle: Handle) -> None: ...
 
+    def hurry(self, seconds: float) -> None: ...
+
 
 @dataclass(eq=False)
 class Handle:
