@@ -8,7 +8,10 @@ times (10 by default), with the bridge in its stream group (`[cluster]` defaults
 - `term`: one instance, SIGTERM, started again as soon as it has exited (a supervisor's
   restart);
 - `standby`: two instances share the streams; the one running the DropCopy stream is
-  SIGKILLed, the other takes its streams over; the killed one is then started again.
+  SIGKILLed, the other takes its streams over; the killed one is then started again;
+- `move`: two instances share the streams; the one running the DropCopy stream gets
+  SIGTERM (its streams move to the other), and is started again once it has exited (half
+  of the streams move back): a rolling restart's step, planned moves only.
 
 Per trial:
 
@@ -18,7 +21,11 @@ Per trial:
   that, so the old process's last commit does not count);
 - Predexon gap: for each subscription the faulted instance ran, the length
   (`to_time - from_time`) of the first `restarted` gap record that ends after the fault;
-  the trial's number is the longest of them.
+  the trial's number is the longest of them. `move`: every `restarted` gap ending after
+  the fault, of any subscription, read once both moves are over (0 when there is none);
+  its first commit is not measured (the two instances overlap: the survivor commits
+  while the stopping one still runs), its `started` phase is when the survivor started
+  the last moved Predexon stream.
 
 Workload: the DropCopy simulator (`polybridge sim dropcopy`, a subprocess, `--rate` records
 per second over all kinds; the bridge runs the `executions` stream) and the Predexon
@@ -65,8 +72,9 @@ from bridge.sim.predexon import SimConfig, SimulatorThread
 from bridge.streams.kinds import KINDS
 
 REPO = Path(__file__).resolve().parent.parent
-BASELINE_REV = "878e237"
-"""Main before static membership: the restarted instance waited out its old session."""
+BASELINE_REV = "15ebbe6"
+"""Main before make before break (the Predexon subscription opened after the producer's
+init and the state read, and every move was a gap)."""
 KEY = "sim-pro-key"
 SUBS: dict[str, tuple[str, dict[str, list[str]]]] = {
     "trades": ("orders", {"users": ["*"]}),
@@ -162,8 +170,7 @@ class Deployment:
     def start(self, slot: str) -> subprocess.Popen[bytes]:
         env = dict(os.environ, PYTHONPATH=str(self.root))
         env["POLYMARKET_ACCESS_TOKEN"] = "unused-sim-has-no-auth"
-        if self.system == "new":  # main does not know the key (and refuses unknown keys)
-            env["POLYBRIDGE_CLUSTER__INSTANCE_ID"] = f"bench-{slot}"
+        env["POLYBRIDGE_CLUSTER__INSTANCE_ID"] = f"bench-{slot}"
         command = [sys.executable, "-m", "bridge", "--log-level", "INFO", "run"]
         with open(self.workdir / f"bridge-{slot}.log", "ab") as log:
             process = subprocess.Popen(
@@ -181,8 +188,8 @@ class Deployment:
         return (self.workdir / f"bridge-{slot}.log").read_text(errors="replace")
 
     def owners(self) -> dict[str, str]:
-        """Stream id -> slot of the instance the group assigned it to (new: by its
-        `cluster.instance_id`; main: by the pid in its client.id)."""
+        """Stream id -> slot of the instance the group assigned it to (by its
+        `cluster.instance_id`, else by the pid in its client.id)."""
         text = self.config.read_text()
         app_id = text.split('"')[1]
         prefix = text.split('topic_prefix = "')[1].split('"')[0]
@@ -356,7 +363,7 @@ def run_series(
     dc_topic = prefix + KINDS["executions"].topic
     gaps_topic = prefix + "polybridge.gaps"
     series = Series(system, scenario)
-    slots = ["a", "b"] if scenario == "standby" else ["a"]
+    slots = ["a", "b"] if scenario in ("standby", "move") else ["a"]
     tail: Tail | None = None
     try:
         for slot in slots:
@@ -376,6 +383,10 @@ def run_series(
             process = deployment.processes[victim]
             lost = [s for s in PREDEXON_STREAMS if owners.get(s) == victim]
             fault = time.time()
+            if scenario == "move":
+                series.trials.append(move_trial(deployment, victim, lost, fault, gaps_topic))
+                time.sleep(SETTLE_S)
+                continue
             if scenario == "term":
                 process.send_signal(signal.SIGTERM)
                 process.wait(60)
@@ -419,6 +430,57 @@ def run_series(
     return series
 
 
+def move_trial(
+    deployment: Deployment, victim: str, lost: list[str], fault: float, gaps_topic: str
+) -> Trial:
+    """SIGTERM the victim, wait until the survivor started its Predexon streams, start the
+    victim again and wait for the spread; the restart gaps of both moves."""
+    process = deployment.processes[victim]
+    survivor = next(slot for slot in deployment.processes if slot != victim)
+    process.send_signal(signal.SIGTERM)
+    process.wait(60)
+    exited = time.time()
+
+    def started() -> dict[str, float]:
+        return log_starts(deployment.log(survivor), fault, lost)
+
+    wait_for(lambda: len(started()) == len(lost), "the survivor running the moved streams")
+    taken = max(started().values(), default=0.0)
+    deployment.start(victim)
+    slots = set(deployment.processes)
+
+    def spread() -> bool:
+        owners = deployment.owners()
+        return set(owners) == set(STREAMS) and set(owners.values()) == slots
+
+    wait_for(spread, "the restarted instance running streams again")
+    time.sleep(SETTLE_S)  # the moves back hand over
+    after = {
+        stream: [(t - f) / 1e6 for f, t in gaps if t > fault * 1e6]
+        for stream, gaps in restart_gaps(deployment.bootstrap, gaps_topic).items()
+    }
+    gaps = {stream: max(lengths) for stream, lengths in after.items() if lengths}
+    phases = {"exited": exited - fault, "started": taken}
+    print(
+        f"{deployment.system} move: streams {lost} taken over {taken:.2f} s after SIGTERM, "
+        f"predexon gaps {json.dumps({k: round(v, 2) for k, v in gaps.items()})}",
+        file=sys.stderr,
+    )
+    return Trial(float("nan"), max(gaps.values(), default=0.0), gaps, phases)
+
+
+def log_starts(text: str, fault: float, streams: list[str]) -> dict[str, float]:
+    """Stream -> seconds from `fault` to its first `stream=... starting from` line after it."""
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        for stream in streams:
+            if f"stream={stream} starting from" in line and stream not in out:
+                at = datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+                if at >= fault:
+                    out[stream] = at - fault
+    return out
+
+
 # --- CLI -----------------------------------------------------------------------------------
 
 
@@ -429,13 +491,17 @@ def print_table(results: list[Series], trials: int) -> None:
     )
     print("|---|---|---|---|---|---|---|")
     for s in results:
-        first = [t.first_commit_s for t in s.trials]
+        first = [t.first_commit_s for t in s.trials if t.first_commit_s == t.first_commit_s]
         gaps = [t.gap_s for t in s.trials]
         print(
             f"| {s.scenario} | {s.system} | {len(s.trials)}/{trials} | "
-            f"{percentile(first, 50):.2f} | {max(first, default=float('nan')):.2f} | "
+            f"{_cell(percentile(first, 50))} | {_cell(max(first, default=float('nan')))} | "
             f"{percentile(gaps, 50):.2f} | {max(gaps, default=float('nan')):.2f} |"
         )
+
+
+def _cell(seconds: float) -> str:
+    return "-" if seconds != seconds else f"{seconds:.2f}"
 
 
 def print_phases(results: list[Series]) -> None:

@@ -142,9 +142,11 @@ def current_owners(
 class Membership:
     """This instance's membership of the stream group.
 
-    `on_assign(stream_ids)`, `on_revoke(stream_ids)` and `on_lost(stream_ids)` (the
-    session expired: another instance may run them already) are called from the
-    membership's own thread and must not return before the streams have started / stopped.
+    `on_assign(stream_ids)`, `on_revoke(stream_ids)` (they move to another member) and
+    `on_lost(stream_ids)` (the session expired: another instance may run them already; or
+    this instance closes alone, keeping its place) are called from the membership's own
+    thread and must not return before the streams have started / stopped (or, revoked,
+    are handing over).
     `close()` revokes every owned stream."""
 
     def __init__(
@@ -189,6 +191,9 @@ class Membership:
         self._consumer: Consumer | None = None
         self._lost_at: float | None = None
         """When the session was last lost (None: not since the last (re)join)."""
+        self._keeping_place = False
+        """Closing without leaving (alone): the close's revocation stops the streams; no
+        one is there to hand them over to."""
 
     # -- agreement ---------------------------------------------------------------------
 
@@ -373,6 +378,7 @@ class Membership:
             ):
                 self._unsubscribe(consumer)
             else:
+                self._keeping_place = True
                 log.info(
                     "stream group: no other member; instance %s keeps its place for up to "
                     "%d ms (a restart under the same cluster.instance_id takes the streams "
@@ -448,7 +454,8 @@ class Membership:
         log.debug("assignment served in %.0f ms", (time.monotonic() - started) * 1e3)
 
     def _revoked(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        self._release(self._ids(partitions), "revoked", self._on_revoke)
+        stop = self._on_lost if self._keeping_place else self._on_revoke
+        self._release(self._ids(partitions), "revoked", stop)
 
     def _lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self._lost_at = time.monotonic()

@@ -79,3 +79,52 @@ def test_an_instance_with_others_present_leaves_and_alone_keeps_its_place(
     assert fatal == [] and consumer.unsubscribed and consumer.closed
     consumer, fatal = leave_with(monkeypatch, [member("mine", "twin")])
     assert fatal == [] and not consumer.unsubscribed and consumer.closed
+
+
+@pytest.mark.parametrize(
+    ("members", "called"),
+    [
+        ([member("mine", "twin"), member("x", "other")], "on_revoke"),  # hand over
+        ([member("mine", "twin")], "on_lost"),  # alone: stop, no one to hand over to
+    ],
+)
+def test_the_streams_revoked_at_close_are_handed_over_only_to_other_members(
+    monkeypatch: pytest.MonkeyPatch, members: list[SimpleNamespace], called: str
+) -> None:
+    """Leaving revokes through `unsubscribe`, a close without leaving through `close`:
+    either way librdkafka calls the revoke callback, but only the first has a next owner
+    (a Predexon stream handing over alone would run on for `handover_s` for nobody)."""
+    monkeypatch.setattr(
+        membership_mod, "describe_group", lambda *a, **k: SimpleNamespace(members=members)
+    )
+    monkeypatch.setattr(membership_mod, "LEAVE_S", 0.1)  # the group keeps listing it here
+    calls: list[tuple[str, list[str]]] = []
+    group = Membership(
+        {"bootstrap.servers": "127.0.0.1:1"},
+        group_id="app",
+        topic="app.polybridge.streams",
+        stream_ids=["a", "b"],
+        instance_id="run",
+        group_instance_id="twin",
+        session_timeout_ms=10_000,
+        on_assign=lambda ids: None,
+        on_revoke=lambda ids: calls.append(("on_revoke", ids)),
+        on_lost=lambda ids: calls.append(("on_lost", ids)),
+        on_fatal=lambda error: None,
+    )
+    group._member_id = "mine"
+    group.owned = {"a", "b"}
+    partitions = [SimpleNamespace(topic="app.polybridge.streams", partition=i) for i in (0, 1)]
+
+    class RevokingConsumer(FakeConsumer):
+        def unsubscribe(self) -> None:
+            super().unsubscribe()
+            group._revoked(self, partitions)  # type: ignore[arg-type]
+
+        def close(self) -> None:
+            if not self.unsubscribed:
+                group._revoked(self, partitions)  # type: ignore[arg-type]
+            super().close()
+
+    group._leave(RevokingConsumer())  # type: ignore[arg-type]
+    assert calls == [(called, ["a", "b"])]
