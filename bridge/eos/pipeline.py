@@ -66,6 +66,8 @@ _IDLE_WAKE_S = 0.1
 # A previous owner that committed within this long may be handing the stream over (it
 # commits every live-time heartbeat then: about every second); an older one is gone.
 _HANDING_OVER_FRESH_S = 3.0
+# How long a stopping stream that cannot replay waits for a live time past its stop.
+_LAST_WORD_S = 1.0
 GHOST_FENCES = 3
 """Starts in a row fenced with no other owner in sight that are retried; the next ends the
 stream (two instances fencing each other back and forth, none committing)."""
@@ -143,6 +145,8 @@ class Pipeline:
         then for the previous owner's last live time; how long `hand_over()` lingers."""
         self._opened = False
         self.handing_over = False
+        self._last_word: tuple[int, float] | None = None
+        """(stop request us, deadline) once stopping (`_may_end`)."""
 
     @property
     def queue_depth(self) -> int:
@@ -229,13 +233,21 @@ class Pipeline:
         owner fences this one (it waits for a live time past its own subscription's ack:
         from now on every heartbeat commits at once). False when there is nothing to hand
         over live (not opening ahead, not started, or `handover_s` 0): stop instead."""
-        if not (self._started and self._handover_s > 0 and isinstance(self._source, OpensAhead)):
+        source = self._handing_over_source()
+        if source is None:
             return False
         self.handing_over = True
         self._policy = dataclasses.replace(self._policy, heartbeat_interval_s=0.0)
-        self._source.handing_over(self._handover_s)
+        source.handing_over(self._handover_s)
         log.info("stream=%s handing over: running until the next owner takes it", self.stream_id)
         return True
+
+    def _handing_over_source(self) -> OpensAhead | None:
+        """The source, if the stream started and it opens ahead with make before break on."""
+        source = self._source
+        if self._started and self._handover_s > 0 and isinstance(source, OpensAhead):
+            return source
+        return None
 
     async def _await_previous_owner(self, acked_us: int, stop: asyncio.Event) -> None:
         """Before fencing: while another instance that committed the stream lately has not
@@ -290,7 +302,7 @@ class Pipeline:
         self._queue = queue
         reader = asyncio.create_task(self._read(start, queue), name=f"read {self.stream_id}")
         try:
-            while not stop.is_set():
+            while not self._may_end(stop):
                 item = await self._next(queue)
                 if isinstance(item, BaseException):
                     if not isinstance(item, KafkaError):
@@ -329,6 +341,24 @@ class Pipeline:
                 return await queue.get()
         except TimeoutError:
             return None
+
+    def _may_end(self, stop: asyncio.Event) -> bool:
+        """Whether the loop may end: once `stop` is set and, for a source that opens ahead
+        (no replay: its restart gap begins at the live time committed last), once a live
+        time past the stop request is committed, within `_LAST_WORD_S`. The live time
+        otherwise lags by up to a ping interval (a second), all of it added to the gap."""
+        if not stop.is_set():
+            return False
+        if self._last_word is None:
+            source = self._handing_over_source()
+            if source is None:
+                return True
+            self._last_word = (now_us(), time.monotonic() + _LAST_WORD_S)
+            source.handing_over(_LAST_WORD_S)
+            self._policy = dataclasses.replace(self._policy, heartbeat_interval_s=0.0)
+        asked_us, deadline = self._last_word
+        live_us = self._committed.live_time_us if self._committed is not None else None
+        return (live_us or 0) >= asked_us or time.monotonic() >= deadline
 
     def _wait_budget(self) -> float:
         txn = self._txn

@@ -10,7 +10,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from bridge.kafka.state import encode_state
+from bridge.kafka.state import decode_state, encode_state
 from bridge.records import Batch, Gap, OpensAhead, Position
 from bridge.sources.predexon.liveness import HURRY_PING_S, Liveness
 from bridge.sources.predexon.source import PredexonSource
@@ -264,3 +264,29 @@ def test_handover_s_0_is_break_before_make() -> None:
     source, handed = asyncio.run(body())
     assert source.opened_at is None
     assert not handed
+
+
+def test_a_stopping_stream_commits_a_live_time_past_its_stop_first() -> None:
+    """Its restart gap starts at the live time it committed last: the stop waits for a
+    live time past the stop request (pinged for at once), within a second, instead of
+    ending on the newest one it happened to have (up to a ping interval old)."""
+
+    async def body() -> tuple[int, int, float, AheadSource]:
+        kafka = FakeKafka()
+        source = AheadSource(kafka, now_us())
+        _, stop, task = await _start(kafka, source, heartbeat_commit_interval_s=60)
+        await _until(lambda: kafka.ops().count("commit") == 1)
+        await asyncio.sleep(0.1)  # heartbeats held back: one commit per 60 s
+        stop_us, stopped = now_us(), time.monotonic()
+        stop.set()
+        await asyncio.wait_for(task, 5)
+        took = time.monotonic() - stopped
+        states = [v for t, _, v, _ in kafka.committed if t == STATE]
+        last = decode_state(states[-1]).position.live_time_us
+        assert last is not None
+        return stop_us, last, took, source
+
+    stop_us, last_live_us, took, source = asyncio.run(body())
+    assert last_live_us >= stop_us
+    assert took < 0.5, took  # one heartbeat (20 ms here), not the 1 s bound
+    assert source.hurried == 1.0  # and asked for fresh evidence at once
