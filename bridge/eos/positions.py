@@ -55,9 +55,16 @@ class PositionStore:
     from worker threads)."""
 
     def __init__(
-        self, config: Mapping[str, Any], topic: str, transaction_timeout_s: float = 60.0
+        self,
+        config: Mapping[str, Any],
+        topic: str,
+        transaction_timeout_s: float = 60.0,
+        quick: bool = False,
     ) -> None:
         self.config = dict(config)
+        self._quick = quick
+        """Only quick looks (`complete` False): the store `latest(..., False)` asks."""
+        self._glances = None if quick else PositionStore(config, topic, quick=True)
         self.topic = topic
         self._hanging_s = transaction_timeout_s + HANGING_MARGIN_S
         self._stuck: dict[int, int] = {}
@@ -181,8 +188,14 @@ class PositionStore:
         self, stream_id: str, complete: bool = True, stop: threading.Event | None = None
     ) -> StateEntry | None:
         """The stream's newest committed position, as of now (None: none stored); see
-        `refresh` for `complete` and `stop`."""
-        self.refresh(complete, stop)
+        `refresh` for `complete` and `stop`. A quick look has a reader of its own: it
+        never queues behind a complete read, which may wait up to the transaction timeout
+        for a transaction the quick look's caller is about to end (a stream's start looks
+        for its previous owner before its `init_transactions()`: a bench run deadlocked so
+        for 65 s)."""
+        if not complete and self._glances is not None:
+            return self._glances.latest(stream_id, False, stop)
+        self.refresh(complete and not self._quick, stop)
         # Only this stream's record is decoded strictly (StateRecordError when it
         # cannot be used): a bad one stops this stream, not every stream.
         with self._lock:
@@ -197,6 +210,8 @@ class PositionStore:
     def close(self) -> None:
         with self._lock:
             self._close_clients()
+            if self._glances is not None:
+                self._glances.close()
 
     def _close_clients(self) -> None:
         for client in (self._reader, self._offsets):

@@ -174,3 +174,39 @@ def test_a_stop_ends_a_read_that_waits_for_an_open_transaction(
         other.close()
         mine.close()
         loop.close()
+
+
+def test_a_quick_look_does_not_wait_behind_a_read_that_waits_for_an_open_transaction(
+    kafka_bootstrap: str, make_topic: Callable[..., str], unique_name: Callable[[str], str]
+) -> None:
+    """One stream's start waits for the open transaction (complete read); another looks
+    quickly (its previous owner, before its own init_transactions, which would end that
+    very transaction). The look answers at once: queued behind the waiting read, the two
+    starts deadlocked until the hanging-transaction timeout (65 s in a bench run)."""
+    topic = make_topic(config={"cleanup.policy": "compact"})
+    config = {"bootstrap.servers": kafka_bootstrap}
+    loop = asyncio.new_event_loop()
+    other = TransactionalProducer(config, unique_name("other"), "other")
+    mine = TransactionalProducer(config, unique_name("mine"), "mine")
+    store = PositionStore(config, topic)
+    stop = threading.Event()
+    waiting = threading.Thread(target=lambda: store.latest("mine", True, stop))
+    try:
+        _commit_after_an_open_transaction(loop, topic, other, mine)
+        waiting.start()
+        waiting.join(timeout=2.0)
+        assert waiting.is_alive(), "the complete read did not wait for the open transaction"
+        asked = time.monotonic()
+        entry = store.latest("mine", False)
+        took = time.monotonic() - asked
+        assert waiting.is_alive()  # the complete read still waits
+        assert took < 5.0, took
+        assert entry is not None  # the stable view: token old, before the open transaction
+        assert entry.position.resume_token == b"old"
+    finally:
+        stop.set()
+        waiting.join(timeout=30.0)
+        store.close()
+        other.close()
+        mine.close()
+        loop.close()
