@@ -5,6 +5,7 @@ producer (`<app_id>.<stream id>.backfill`)."""
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Mapping
 from typing import Any
 
@@ -68,8 +69,8 @@ class KafkaBackfillIO:
             self.stream_id,
         )
 
-    def cursor_entry(self) -> StateEntry | None:
-        return self._positions.latest(cursor_key(self.stream_id))
+    def cursor_entry(self, stop: threading.Event | None = None) -> StateEntry | None:
+        return self._positions.latest(cursor_key(self.stream_id), True, stop)
 
     def gap_records(self) -> list[GapRecord]:
         """Every gap record of the stream on the gaps topic, in the order written."""

@@ -35,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -54,6 +55,7 @@ from bridge.backfill.reconcile import Reconcile, ReconcileSchedule
 from bridge.backfill.writer import BackfillWriter, FollowUp, Transaction, outcome_of
 from bridge.eos.contract import Producer, SideTopics
 from bridge.errors import FencedError, KafkaError
+from bridge.kafka.readback import ReadStopped, unless_stopped
 from bridge.kafka.state import StateEntry
 from bridge.records import Gap, Record
 from bridge.timeutil import now_us
@@ -68,7 +70,9 @@ class BackfillIO(Protocol):
 
     def new_producer(self) -> Producer: ...
 
-    def cursor_entry(self) -> StateEntry | None: ...
+    def cursor_entry(self, stop: threading.Event | None = None) -> StateEntry | None:
+        """The committed cursor; `stop`, once set, ends a read that waits (`ReadStopped`)."""
+        ...
 
     def gap_records(self) -> list[GapRecord]: ...
 
@@ -165,7 +169,7 @@ class BackfillTask:
             while not stop.is_set():
                 try:
                     if not started:
-                        await self._start()
+                        await self._start(stop)
                         started = True
                     self._reconcile_if_due()
                     self._take_new()
@@ -215,7 +219,10 @@ class BackfillTask:
         """Fill one window before anything else in the cursor (the `backfill` command).
 
         Raises what `run` would retry: `KafkaError` (fencing included) and REST errors."""
-        await self._start()
+        try:
+            await self._start(stop)
+        except _Stopped:
+            return
         if gap.identity not in {g.identity for g in self._cursor.gaps}:
             self._cursor = Cursor((gap, *self._cursor.gaps))
         elif self._cursor.gaps[0].identity != gap.identity:
@@ -229,10 +236,15 @@ class BackfillTask:
         finally:
             await self._writer.aclose()
 
-    async def _start(self) -> None:
-        """Fence, settle, read the cursor, and add the gaps still open on the gaps topic."""
+    async def _start(self, stop: asyncio.Event) -> None:
+        """Fence, settle, read the cursor, and add the gaps still open on the gaps topic.
+        The cursor read may wait for transactions open on the state topic; a stop ends it
+        (`_Stopped`)."""
         await self._writer.start()
-        entry = await asyncio.to_thread(self._io.cursor_entry)
+        try:
+            entry = await unless_stopped(stop, self._io.cursor_entry)
+        except ReadStopped:
+            raise _Stopped from None
         cursor = cursor_of(entry)
         records = await asyncio.to_thread(self._io.gap_records)
         cursor = cursor.add(still_open(records))

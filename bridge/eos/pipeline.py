@@ -29,7 +29,6 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import threading
 import time
 from collections.abc import Callable, Sequence
 
@@ -41,7 +40,7 @@ from bridge.eos.side_records import SideRecords
 from bridge.eos.transactions import Transactions
 from bridge.errors import FencedError, KafkaError
 from bridge.kafka.producer import Headers
-from bridge.kafka.readback import ReadStopped
+from bridge.kafka.readback import ReadStopped, unless_stopped
 from bridge.kafka.state import StateEntry
 from bridge.records import (
     EVENT_ID_HEADER,
@@ -280,13 +279,9 @@ class Pipeline:
         timeout for a transaction another stream left open on the state topic; a stop
         request ends it (`ReadStopped`) instead of holding the stop, and the process's
         exit, until then (a broker-kill test saw SIGTERM ignored for 60 s)."""
-        halt = threading.Event()
-        watcher = asyncio.create_task(stop.wait())
-        watcher.add_done_callback(lambda _: halt.set())
-        try:
-            return await asyncio.to_thread(self._positions.latest, self.stream_id, True, halt)
-        finally:
-            watcher.cancel()
+        return await unless_stopped(
+            stop, lambda halt: self._positions.latest(self.stream_id, True, halt)
+        )
 
     async def _owned_elsewhere(self) -> str | None:
         """The instance that committed the stream last, if not this one. A quick look (not

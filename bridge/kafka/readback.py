@@ -16,12 +16,13 @@ EOF event (compared with the fetch position) can say the end was reached.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka import KafkaError as LibKafkaError
@@ -33,6 +34,7 @@ from bridge.kafka.client_log import client_log_config
 from bridge.kafka.metadata import cluster_metadata
 from bridge.records import STREAM_HEADER
 
+T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 READ_TIMEOUT_S = 30.0
@@ -54,6 +56,18 @@ Headers = list[tuple[str, bytes | None]]
 
 class ReadStopped(Exception):
     """A read ended because its caller asked it to stop (see `read_ranges`)."""
+
+
+async def unless_stopped(stop: asyncio.Event, read: Callable[[threading.Event], T]) -> T:
+    """`read(halt)` in a worker thread, with `halt` set once `stop` is: a read that waits
+    (`read_ranges`) then ends with `ReadStopped` instead of holding the stop."""
+    halt = threading.Event()
+    watcher = asyncio.create_task(stop.wait())
+    watcher.add_done_callback(lambda _: halt.set())
+    try:
+        return await asyncio.to_thread(read, halt)
+    finally:
+        watcher.cancel()
 
 
 class EndNotReached(KafkaError):

@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import itertools
+import threading
+import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,6 +30,7 @@ from bridge.backfill.writer import SOURCE_HEADER
 from bridge.eos.contract import Producer, SideTopics
 from bridge.eos.side_records import OPEN
 from bridge.errors import FencedError, KafkaError
+from bridge.kafka.readback import ReadStopped
 from bridge.kafka.state import StateEntry, decode_state
 from bridge.records import EVENT_ID_HEADER, DeadLetter, Gap, Record
 from bridge.serde.avro import Serializer, SingleObjectFormat
@@ -161,7 +164,7 @@ class FakeIO:
     def new_producer(self) -> Producer:
         return FakeProducer(self.kafka)
 
-    def cursor_entry(self) -> StateEntry | None:
+    def cursor_entry(self, stop: threading.Event | None = None) -> StateEntry | None:
         return self.kafka.state(cursor_key(STREAM))
 
     def gap_records(self) -> list[GapRecord]:
@@ -616,3 +619,29 @@ def test_the_pipeline_tells_its_gaps_only_once_committed() -> None:
     )
     asyncio.run(eos._run_until(pipeline, lambda: bool(told)))
     assert told == [([GAP], 1)]
+
+
+def test_a_stop_ends_a_start_that_waits_for_the_state_topic() -> None:
+    """The cursor read waits for transactions open on the state topic (up to the
+    transaction timeout); a stop ends it instead of the runner giving up on the task."""
+
+    class WaitingIO(FakeIO):
+        def cursor_entry(self, stop: threading.Event | None = None) -> StateEntry | None:
+            # As the real read: it waits (here up to 30 s) unless a stop event ends it.
+            if (stop or threading.Event()).wait(30):
+                raise ReadStopped("stopped")
+            return None
+
+    async def body() -> float:
+        task = _task(FakeKafka(), FakeHistory())
+        task._io = WaitingIO(FakeKafka())
+        stop = asyncio.Event()
+        runner = asyncio.create_task(task.run(stop))
+        await asyncio.sleep(0.2)  # the read is waiting
+        assert not runner.done()
+        stopped = time.monotonic()
+        stop.set()
+        await asyncio.wait_for(runner, 10)
+        return time.monotonic() - stopped
+
+    assert asyncio.run(body()) < 1.0
