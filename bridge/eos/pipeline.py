@@ -165,6 +165,11 @@ class Pipeline:
                     break  # asked to stop while the start waited for the state topic
                 except KafkaError as exc:
                     await self._after_kafka_error(exc)
+                    if self.handing_over:
+                        # A new producer would fence the next owner, which may have
+                        # fenced this one already: leave the stream to it.
+                        log.info("stream=%s handing over ends on a Kafka error", self.stream_id)
+                        break
                     await _sleep_unless(stop, _RETRY_DELAY_S)
         except FencedError:
             if self.handing_over:  # the next owner took the stream, as it should

@@ -10,6 +10,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+from bridge.errors import KafkaError
 from bridge.kafka.state import decode_state, encode_state
 from bridge.records import Batch, Gap, OpensAhead, Position
 from bridge.sources.predexon.liveness import HURRY_PING_S, Liveness
@@ -290,3 +291,22 @@ def test_a_stopping_stream_commits_a_live_time_past_its_stop_first() -> None:
     assert last_live_us >= stop_us
     assert took < 0.5, took  # one heartbeat (20 ms here), not the 1 s bound
     assert source.hurried == 1.0  # and asked for fresh evidence at once
+
+
+def test_a_stream_handing_over_does_not_start_a_new_producer_after_a_kafka_error() -> None:
+    """Its new producer's init would fence the next owner, which may have fenced this one
+    and not committed yet: a Kafka error while handing over ends the run instead."""
+
+    async def body() -> list[str]:
+        kafka = FakeKafka()
+        source = AheadSource(kafka, now_us())
+        pipeline, _, task = await _start(kafka, source, heartbeat_commit_interval_s=60)
+        await _until(lambda: kafka.ops().count("commit") == 1)
+        kafka.commit_failures.append(KafkaError("broker away", retriable=True))
+        assert pipeline.hand_over()
+        await asyncio.wait_for(task, 5)
+        return kafka.ops()
+
+    ops = asyncio.run(body())
+    assert ops.count("init") == 1, ops
+    assert "abort" in ops
