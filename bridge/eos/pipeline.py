@@ -10,17 +10,17 @@ The loop, for one stream (Kafka Connect's exactly-once source task, in this shap
    the open transaction; the state record carrying the newest batch's position is produced
    last, and the transaction commits when `CommitPolicy` says so: as soon as nothing more
    is queued (group commit), within `max_records` and `max_latency_ms`.
-A source that can open ahead (`OpensAhead`: Predexon, which cannot replay) subscribes
-before step 1 (make before break). If the stream's previous owner is another instance
-still running it (revoked, it goes on until fenced: `hand_over()`), step 1 waits until that
-owner committed a live time past the new subscription's ack, so the two cover the
-hand-over together: the repeat filter drops what both received, and no gap is written.
-
 4. A retriable Kafka error aborts the transaction and goes back to step 1 with a new
    producer: its `init_transactions()` settles the last transaction either way (also when
    its commit had an unknown outcome), its epoch fences the old producer's requests still
    under way, and step 1 reads back the committed position; the source restarts from
    there, so nothing is lost or doubled. Fencing and other fatal errors end the pipeline.
+
+A source that can open ahead (`OpensAhead`: Predexon, which cannot replay) subscribes
+before step 1 (make before break). If the stream's previous owner is another instance
+still running it (revoked, it goes on until fenced: `hand_over()`), step 1 waits until that
+owner committed a live time past the new subscription's ack, so the two cover the
+hand-over together: the repeat filter drops what both received, and no gap is written.
 """
 
 from __future__ import annotations
