@@ -7,7 +7,6 @@ every stream, committing what is complete."""
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 from collections.abc import Callable, Mapping
 
@@ -104,12 +103,8 @@ async def run_in_group(
             _watch(runner, failures)
 
     async def release(ids: list[str]) -> None:
-        moving = {i for i in ids if runners[i].hand_over(handover_s)}
-        rest = {i: runners[i] for i in ids if i not in moving}
+        rest = {i: runners[i] for i in ids if not runners[i].hand_over(handover_s)}
         await _stop_all(rest, failures, stuck_is_failure=False)
-        for stream_id in moving:
-            task = asyncio.create_task(runners[stream_id].handed_over())
-            task.add_done_callback(functools.partial(_report, stream_id, failures))
 
     async def lose(ids: list[str]) -> None:
         # The session expired, most often because the broker is away: a commit in flight
@@ -136,12 +131,6 @@ async def run_in_group(
         await asyncio.gather(*(r.handed_over() for r in runners.values()))
         await _stop_all(runners, failures)  # whatever a failed membership left running
     return member
-
-
-def _report(stream_id: str, failures: Failures, ended: asyncio.Task[BaseException | None]) -> None:
-    """A stream handed over live ended with this error (it was not fenced, it failed)."""
-    if not ended.cancelled() and (error := ended.result()) is not None:
-        failures.add(stream_id, error)
 
 
 async def _until(

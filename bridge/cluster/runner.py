@@ -61,6 +61,8 @@ class StreamRunner:
         self._stop: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
         self._acquired_at = 0.0
+        self._handover: asyncio.Task[None] | None = None
+        """Releases the stream once its hand-over ended (`hand_over`)."""
 
     @property
     def backfills(self) -> bool:
@@ -125,16 +127,21 @@ class StreamRunner:
             return False
         deadline = asyncio.get_running_loop().call_later(linger_s, stop.set)
         task.add_done_callback(lambda _: deadline.cancel())
+        self._handover = asyncio.create_task(self._release_after(task))
         return True
 
-    async def handed_over(self) -> BaseException | None:
-        """Once a stream handing over has ended (fenced by its next owner, or its linger
-        is over), release it; at once for any other stream."""
-        task, pipeline = self._task, self.pipeline
-        if task is None or pipeline is None or not pipeline.handing_over:
-            return None
+    async def _release_after(self, task: asyncio.Task[None]) -> None:
+        """Release the stream once its pipeline handing over has ended (fenced by its next
+        owner, or the linger is over), unless a `stop()` released it first. Its error, if
+        any, was reported when it ended."""
         await asyncio.wait([task])
-        return await self.stop()
+        if self._task is task:
+            await self.stop()
+
+    async def handed_over(self) -> None:
+        """Once the stream handing over (if any) has ended and been released."""
+        if self._handover is not None:
+            await self._handover
 
     async def stop(
         self, timeout: float = STOP_TIMEOUT_S, cancel_after: float = CANCEL_AFTER_S

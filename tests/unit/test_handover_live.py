@@ -10,6 +10,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+from bridge.cluster.runner import StreamRunner
 from bridge.errors import KafkaError
 from bridge.kafka.state import decode_state, encode_state
 from bridge.records import Batch, Gap, OpensAhead, Position
@@ -310,3 +311,45 @@ def test_a_stream_handing_over_does_not_start_a_new_producer_after_a_kafka_error
     ops = asyncio.run(body())
     assert ops.count("init") == 1, ops
     assert "abort" in ops
+
+
+class HandingPipeline:
+    """Runs until its stop, or until the next owner fences it (`fenced`)."""
+
+    def __init__(self) -> None:
+        self.handing_over = False
+        self.fenced = asyncio.Event()
+
+    def hand_over(self) -> bool:
+        self.handing_over = True
+        return True
+
+    async def run(self, stop: asyncio.Event) -> None:
+        waits = [asyncio.create_task(stop.wait()), asyncio.create_task(self.fenced.wait())]
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        for wait in waits:
+            wait.cancel()
+
+
+def test_a_revoked_runner_runs_on_until_fenced_or_its_linger_ends() -> None:
+    async def body() -> tuple[bool, bool, float]:
+        fenced = HandingPipeline()
+        runner = StreamRunner("s", lambda stats: fenced)  # type: ignore[arg-type,return-value]
+        runner.start()
+        assert runner.hand_over(linger_s=30.0)
+        await asyncio.sleep(0.05)
+        still_running = runner.running  # the revocation returned, the stream runs on
+        fenced.fenced.set()
+        await asyncio.wait_for(runner.handed_over(), 5)
+        released = not runner.owned
+
+        lingering = StreamRunner("t", lambda stats: HandingPipeline())  # type: ignore[arg-type,return-value]
+        lingering.start()
+        started = time.monotonic()
+        assert lingering.hand_over(linger_s=0.3)
+        await asyncio.wait_for(lingering.handed_over(), 5)
+        return still_running, released, time.monotonic() - started
+
+    still_running, released, lingered = asyncio.run(body())
+    assert still_running and released
+    assert 0.3 <= lingered < 1.5, lingered
