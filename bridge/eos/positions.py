@@ -62,9 +62,8 @@ class PositionStore:
         quick: bool = False,
     ) -> None:
         self.config = dict(config)
-        self._quick = quick
-        """Only quick looks (`complete` False): the store `latest(..., False)` asks."""
         self._glances = None if quick else PositionStore(config, topic, quick=True)
+        """The store quick looks (`complete` False) read through; None in that store."""
         self.topic = topic
         self._hanging_s = transaction_timeout_s + HANGING_MARGIN_S
         self._stuck: dict[int, int] = {}
@@ -195,7 +194,7 @@ class PositionStore:
         for 65 s)."""
         if not complete and self._glances is not None:
             return self._glances.latest(stream_id, False, stop)
-        self.refresh(complete and not self._quick, stop)
+        self.refresh(complete, stop)
         # Only this stream's record is decoded strictly (StateRecordError when it
         # cannot be used): a bad one stops this stream, not every stream.
         with self._lock:
