@@ -4,6 +4,7 @@ tests/fault/test_static_membership.py, where the order of events is the broker's
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
 
@@ -36,11 +37,17 @@ def member(member_id: str, instance: str) -> SimpleNamespace:
     return SimpleNamespace(member_id=member_id, group_instance_id=instance, client_id="c")
 
 
-def leave_with(monkeypatch: pytest.MonkeyPatch, members: list[SimpleNamespace]) -> tuple:
+def joined(
+    monkeypatch: pytest.MonkeyPatch,
+    members: list[SimpleNamespace],
+    on_revoke: Callable[[list[str]], None] = lambda ids: None,
+    on_lost: Callable[[list[str]], None] = lambda ids: None,
+    on_fatal: Callable[[BaseException], None] = lambda error: None,
+) -> Membership:
+    """Instance `twin` (member `mine`) of a group whose description lists `members`."""
     monkeypatch.setattr(
         membership_mod, "describe_group", lambda *a, **k: SimpleNamespace(members=members)
     )
-    fatal: list[BaseException] = []
     group = Membership(
         {"bootstrap.servers": "127.0.0.1:1"},
         group_id="app",
@@ -50,11 +57,17 @@ def leave_with(monkeypatch: pytest.MonkeyPatch, members: list[SimpleNamespace]) 
         group_instance_id="twin",
         session_timeout_ms=10_000,
         on_assign=lambda ids: None,
-        on_revoke=lambda ids: None,
-        on_lost=lambda ids: None,
-        on_fatal=fatal.append,
+        on_revoke=on_revoke,
+        on_lost=on_lost,
+        on_fatal=on_fatal,
     )
     group._member_id = "mine"
+    return group
+
+
+def leave_with(monkeypatch: pytest.MonkeyPatch, members: list[SimpleNamespace]) -> tuple:
+    fatal: list[BaseException] = []
+    group = joined(monkeypatch, members, on_fatal=fatal.append)
     consumer = FakeConsumer()
     group._leave(consumer)  # type: ignore[arg-type]
     return consumer, fatal
@@ -94,25 +107,14 @@ def test_the_streams_revoked_at_close_are_handed_over_only_to_other_members(
     """Leaving revokes through `unsubscribe`, a close without leaving through `close`:
     either way librdkafka calls the revoke callback, but only the first has a next owner
     (a Predexon stream handing over alone would run on for `handover_s` for nobody)."""
-    monkeypatch.setattr(
-        membership_mod, "describe_group", lambda *a, **k: SimpleNamespace(members=members)
-    )
     monkeypatch.setattr(membership_mod, "LEAVE_S", 0.1)  # the group keeps listing it here
     calls: list[tuple[str, list[str]]] = []
-    group = Membership(
-        {"bootstrap.servers": "127.0.0.1:1"},
-        group_id="app",
-        topic="app.polybridge.streams",
-        stream_ids=["a", "b"],
-        instance_id="run",
-        group_instance_id="twin",
-        session_timeout_ms=10_000,
-        on_assign=lambda ids: None,
+    group = joined(
+        monkeypatch,
+        members,
         on_revoke=lambda ids: calls.append(("on_revoke", ids)),
         on_lost=lambda ids: calls.append(("on_lost", ids)),
-        on_fatal=lambda error: None,
     )
-    group._member_id = "mine"
     group.owned = {"a", "b"}
     partitions = [SimpleNamespace(topic="app.polybridge.streams", partition=i) for i in (0, 1)]
 
